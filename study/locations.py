@@ -1,0 +1,67 @@
+"""Where a study lives: the embedded defaults and the options (or environment) that replace them.
+
+With nothing set, everything sits under one study directory ``<dir>/<name>/``: the results
+database ``results.db``, the MLflow store ``mlflow.db`` with artifacts in ``mlartifacts/``, and
+Ray Tune's experiment in ``tune/``. Each option points the same code elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from study.results import sqlite_url
+
+ENV_DIR = "MOMENTUM_STUDY_DIR"
+ENV_RESULTS_DB = "MOMENTUM_STUDY_RESULTS_DB"
+ENV_MLFLOW = "MLFLOW_TRACKING_URI"
+ENV_RAY = "RAY_ADDRESS"
+
+
+@dataclass(frozen=True)
+class Locations:
+    root: Path
+    name: str
+    results_db: str
+    mlflow_uri: str
+    ray_address: str | None
+
+    @property
+    def study_dir(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def tune_path(self) -> Path:
+        """Ray Tune's experiment directory (absolute, as Tune requires)."""
+        return self.study_dir / "tune"
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Artifacts beside an embedded MLflow store; a tracking server chooses its own."""
+        if self.mlflow_uri.startswith(("sqlite:", "file:")) or "://" not in self.mlflow_uri:
+            return (self.study_dir / "mlartifacts").resolve().as_uri()
+        return None
+
+
+def studies_root(directory: str | os.PathLike[str] | None = None) -> Path:
+    return Path(directory or os.environ.get(ENV_DIR) or "studies").resolve()
+
+
+def resolve(
+    name: str,
+    directory: str | os.PathLike[str] | None = None,
+    results_db: str | None = None,
+    mlflow_uri: str | None = None,
+    ray_address: str | None = None,
+) -> Locations:
+    """Options first, then environment variables, then the embedded defaults."""
+    root = studies_root(directory)
+    study_dir = root / name
+    return Locations(
+        root=root,
+        name=name,
+        results_db=results_db or os.environ.get(ENV_RESULTS_DB) or sqlite_url(study_dir / "results.db"),
+        mlflow_uri=mlflow_uri or os.environ.get(ENV_MLFLOW) or sqlite_url(study_dir / "mlflow.db"),
+        ray_address=ray_address or os.environ.get(ENV_RAY) or None,
+    )

@@ -61,8 +61,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    out = Console()
-    err = Console(stderr=True)
+    # Piped output keeps whole cells instead of rich's 80-column ellipses.
+    out = Console() if sys.stdout.isatty() else Console(width=200)
+    err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=200)
     from study.api import QueryError
     from study.results import ResultsDBError
     from study.spec import SpecError

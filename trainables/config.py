@@ -65,8 +65,9 @@ class TaskConfig(BaseModel):
     eval_cases: int | None = None
     # RNN problems: sequence length T (None: Table 5's, 80 or 200).
     seq_length: int | None = None
-    # Autoencoders: "replica" (procedural Curves, no download) or "original" (files in data_dir).
-    dataset: Literal["replica", "original"] = "replica"
+    # Autoencoders: "replica" (procedural Curves, no download), "original" (files in data_dir) or
+    # "noise" (uniform noise of the task's input size: for speed measurements only, no learning).
+    dataset: Literal["replica", "original", "noise"] = "replica"
     data_dir: str | None = None
     # Exponential (Polyak) averaging of the iterates; reported as extra metric "averaged_error".
     polyak_decay: float | None = None

@@ -1,0 +1,142 @@
+"""Updates per second of every task at the paper's batch sizes: fused populations of K members
+against a plain PyTorch loop (nn.Sequential / nn.RNN + torch.optim.SGD) timed in the same process.
+
+    python benchmarks/updates_per_second.py [--tasks curves addition ...] [--ks 1 4 16 64] [--quick]
+
+Our figure is the marginal cost of an update: train() is run for n1 and n2 updates and the time
+difference divided by n2 - n1, so set-up (SI/ESN initialization, data) and the final evaluation
+are not counted. The baseline's loop is timed after a warm-up. Both draw their minibatches the
+same way each update. "member-updates/s" is K x updates/s; the ratio column divides it by the
+plain loop's updates/s (one configuration per loop, as a one-trial-per-process tuner runs it).
+MNIST and Faces use uniform noise of their input size (dataset "noise"): speed does not depend on
+the data, and the original files are not on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainables import train
+from trainables.data.rnn_problems import PROBLEMS
+from trainables.tasks.autoencoder import ENCODERS, LOGISTIC_OUTPUT, layer_sizes
+
+AUTOENCODERS = ("curves", "mnist", "faces")
+RNN_TASKS = ("addition", "multiplication", "mem5", "mem20")
+TRAIN_CASES = 4000
+# Populations larger than this would not fit a K-fold copy of the weights, velocities, gradients
+# and activations comfortably in 24 GiB (Faces: 7.5M weights per member).
+MAX_K = {"mnist": 16, "faces": 16}
+
+
+def config(task: str, k: int, updates: int) -> dict:
+    cfg = {
+        "task": task, "updates": updates, "report_every": updates, "optimizer": "nag",
+        "lr": [1e-3] * k, "seed": list(range(k)), "final_momentum_updates": 0,
+    }
+    if task in AUTOENCODERS:
+        cfg.update(train_cases=TRAIN_CASES, eval_cases=200, mu_max=0.99,
+                   dataset="replica" if task == "curves" else "noise")
+    else:
+        cfg.update(eval_cases=100, lr=[1e-4] * k, mu_0=0.9)
+    return cfg
+
+
+def ours_seconds_per_update(task: str, k: int, n1: int, n2: int) -> float:
+    t0 = time.perf_counter()
+    train(config(task, k, n1))
+    t1 = time.perf_counter()
+    train(config(task, k, n2))
+    t2 = time.perf_counter()
+    return max((t2 - t1) - (t1 - t0), 1e-9) / (n2 - n1)
+
+
+def plain_autoencoder_loop(task: str, updates: int) -> float:
+    sizes = layer_sizes(task)
+    code = len(ENCODERS[task]) - 2
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i != code and i != len(sizes) - 2:
+            layers.append(nn.Sigmoid())
+    net = nn.Sequential(*layers)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
+    data = torch.rand(TRAIN_CASES, sizes[0])
+    rng = np.random.default_rng(0)
+    bce = LOGISTIC_OUTPUT[task]
+
+    def step() -> None:
+        x = data[torch.as_tensor(rng.integers(0, TRAIN_CASES, 200))]
+        out = net(x)
+        if bce:
+            loss = nn.functional.binary_cross_entropy_with_logits(out, x, reduction="none").sum(-1).mean()
+        else:
+            loss = (out - x).pow(2).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return _time_loop(step, updates)
+
+
+def plain_rnn_loop(task: str, updates: int) -> float:
+    problem = PROBLEMS[task]
+    rnn = nn.RNN(problem.n_in, 100, nonlinearity="tanh")
+    readout = nn.Linear(100, problem.n_out)
+    opt = torch.optim.SGD([*rnn.parameters(), *readout.parameters()], lr=1e-4, momentum=0.9, nesterov=True)
+    rng = np.random.default_rng(0)
+
+    def step() -> None:
+        b = problem.sample(rng, 100, problem.default_length)
+        x = torch.as_tensor(b.inputs)
+        out = readout(rnn(x)[0])
+        mask = torch.as_tensor(b.loss_mask, dtype=torch.float32)
+        if problem.kind == "classification":
+            ce = nn.functional.cross_entropy(out.flatten(0, 1), torch.as_tensor(b.targets).flatten(), reduction="none")
+            loss = (ce * mask.flatten()).sum() / 100
+        else:
+            loss = ((out - torch.as_tensor(b.targets)).pow(2) * mask[..., None]).sum() / 100
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return _time_loop(step, updates)
+
+
+def _time_loop(step, updates: int) -> float:
+    for _ in range(max(2, updates // 5)):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(updates):
+        step()
+    return (time.perf_counter() - t0) / updates
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tasks", nargs="+", default=[*AUTOENCODERS, *RNN_TASKS])
+    ap.add_argument("--ks", nargs="+", type=int, default=[1, 4, 16, 64])
+    ap.add_argument("--quick", action="store_true", help="fewer updates per measurement (noisier)")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch: autoencoders 200, RNN 100")
+    print(f"{'task':<15}{'K':>4}{'plain upd/s':>13}{'ours upd/s':>12}{'member-upd/s':>14}{'ratio':>8}")
+    for task in args.tasks:
+        ae = task in AUTOENCODERS
+        n = (3 if args.quick else 8) if ae else (5 if args.quick else 20)
+        plain = (plain_autoencoder_loop if ae else plain_rnn_loop)(task, n)
+        for k in args.ks:
+            if k > MAX_K.get(task, 64):
+                print(f"{task:<15}{k:>4}{'':>13}{'skipped (memory)':>26}")
+                continue
+            m = max(2, n // max(1, k // 4)) if ae else max(3, n // max(1, k // 8))
+            ours = ours_seconds_per_update(task, k, m, 2 * m)
+            ratio = k * plain / ours
+            print(f"{task:<15}{k:>4}{1 / plain:>13.2f}{1 / ours:>12.2f}{k / ours:>14.2f}{ratio:>7.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The deep autoencoders of Hinton & Salakhutdinov (2006) as the paper trains them (sec. 3).
+
+Sizes, units and losses follow task-definitions.md: every hidden layer is logistic except the
+linear code layer; Curves and MNIST have logistic outputs trained with cross-entropy, Faces has
+linear outputs trained with squared error (no 1/2). The reported error (Tables 1-3) is the
+training squared error per case of the post-nonlinearity reconstruction.
+
+A population of K members is one batched computation: every weight is (K, fan_in, fan_out) and a
+layer is one ``baddbmm``. Member k draws its weights and minibatch order from its own seed, so it
+reproduces the solo run of the same config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainables.config import TaskConfig
+from trainables.init import dense_init
+
+ENCODERS = {
+    "curves": (784, 400, 200, 100, 50, 25, 6),
+    "mnist": (784, 1000, 500, 250, 30),
+    "faces": (625, 2000, 1000, 500, 30),
+}
+LOGISTIC_OUTPUT = {"curves": True, "mnist": True, "faces": False}
+PAPER_BATCH_SIZE = 200
+PAPER_FINAL_MOMENTUM_UPDATES = 1000  # sec. 3: mu = 0.9 for the last 1000 updates (Table 2).
+EVAL_CHUNK = 5000
+
+
+def layer_sizes(task: str) -> tuple[int, ...]:
+    """Encoder then mirrored decoder, e.g. curves: 784-400-200-100-50-25-6-25-50-100-200-400-784."""
+    enc = ENCODERS[task]
+    return enc + enc[-2::-1]
+
+
+@dataclass
+class AutoencoderWorkload:
+    task: str
+    data: torch.Tensor  # (N, D) training cases, shared by every member
+    seeds: list[int]
+    init: str
+    init_scales: list[float]
+    batch_size: int
+    eval_cases: int
+    device: torch.device
+    dtype: torch.dtype
+
+    def __post_init__(self) -> None:
+        self.sizes = layer_sizes(self.task)
+        self.code_layer = len(ENCODERS[self.task]) - 2  # index of the layer that outputs the code
+        self.logistic_output = LOGISTIC_OUTPUT[self.task]
+        self.batches_per_epoch = max(1, self.data.shape[0] // self.batch_size)
+        self._epoch_cache: dict[int, torch.Tensor] = {}
+
+    # -- parameters -----------------------------------------------------------------------
+    def init_params(self) -> list[torch.Tensor]:
+        """[W1, b1, ..., WL, bL], W (K, in, out), b (K, 1, out); SI biases are 0 (sec. 3.1)."""
+        per_member = []
+        for seed, scale in zip(self.seeds, self.init_scales):
+            g = torch.Generator().manual_seed(seed)
+            layers = []
+            for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:]):
+                layers += [dense_init(self.init, fan_in, fan_out, scale, g), torch.zeros(1, fan_out, dtype=torch.float64)]
+            per_member.append(layers)
+        return [
+            torch.stack([m[i] for m in per_member]).to(self.device, self.dtype).contiguous()
+            for i in range(len(per_member[0]))
+        ]
+
+    # -- data -----------------------------------------------------------------------------
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        # Stateless in the step: the order of epoch e is a function of (seed, e) alone, so a
+        # resumed run needs no RNG state to see the same minibatches.
+        if epoch not in self._epoch_cache:
+            n = self.data.shape[0]
+            orders = [np.random.default_rng([seed, 1, epoch]).permutation(n) for seed in self.seeds]
+            self._epoch_cache = {epoch: torch.as_tensor(np.stack(orders), device=self.device)}
+        return self._epoch_cache[epoch]
+
+    def minibatch(self, step: int) -> torch.Tensor:
+        """(K, B, D): member k's minibatch at update ``step``."""
+        epoch, i = divmod(step, self.batches_per_epoch)
+        idx = self._epoch_order(epoch)[:, i * self.batch_size : (i + 1) * self.batch_size]
+        return self.data[idx]
+
+    # -- model ----------------------------------------------------------------------------
+    def forward(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Output pre-activations (K, B, D) for inputs (K, B, D)."""
+        h = x
+        n_layers = len(params) // 2
+        for i in range(n_layers):
+            h = torch.baddbmm(params[2 * i + 1], h, params[2 * i])
+            if i != self.code_layer and i != n_layers - 1:
+                h = torch.sigmoid(h)
+        return h
+
+    def _loss(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.logistic_output:
+            per_case = F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(-1)
+        else:
+            per_case = (out - x).pow(2).sum(-1)
+        return per_case.mean(-1)
+
+    def loss_and_grads(self, params: list[torch.Tensor], step: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = self.minibatch(step)
+        leaves = [p.detach().requires_grad_(True) for p in params]
+        with torch.enable_grad():
+            loss = self._loss(self.forward(leaves, x), x)
+            grads = torch.autograd.grad(loss.sum(), leaves)
+        return loss.detach(), list(grads)
+
+    @torch.no_grad()
+    def error(self, params: list[torch.Tensor]) -> torch.Tensor:
+        """Training squared error per case (no 1/2) on the first ``eval_cases`` cases, per member."""
+        K = params[0].shape[0]
+        total = torch.zeros(K, dtype=torch.float64, device=self.device)
+        n = min(self.eval_cases, self.data.shape[0])
+        for start in range(0, n, EVAL_CHUNK):
+            x = self.data[start : min(n, start + EVAL_CHUNK)].expand(K, -1, -1)
+            out = self.forward(params, x)
+            recon = torch.sigmoid(out) if self.logistic_output else out
+            total += (recon - x).pow(2).sum(-1).sum(-1).double()
+        return total / n
+
+
+def build(cfg: TaskConfig, device: torch.device, dtype: torch.dtype) -> AutoencoderWorkload:
+    from trainables.data.autoencoder_files import load_autoencoder_data
+
+    if cfg.dataset == "noise":
+        data = np.random.default_rng(0).random((cfg.train_cases or 2000, ENCODERS[cfg.task][0]), dtype=np.float32)
+    else:
+        data = load_autoencoder_data(cfg.task, cfg.dataset, cfg.data_dir, cfg.train_cases, 0)
+    batch = cfg.batch_size or PAPER_BATCH_SIZE
+    if batch > data.shape[0]:
+        raise ValueError(f"batch_size={batch} is not allowed: larger than the {data.shape[0]} training cases")
+    scales = [1.0 if s is None else s for s in cfg.member_values("init_scale")]
+    return AutoencoderWorkload(
+        task=cfg.task,
+        data=torch.as_tensor(np.ascontiguousarray(data), device=device, dtype=dtype),
+        seeds=cfg.member_values("seed"),
+        init=cfg.init or "sparse",
+        init_scales=scales,
+        batch_size=batch,
+        eval_cases=cfg.eval_cases or data.shape[0],
+        device=device,
+        dtype=dtype,
+    )

@@ -1,0 +1,205 @@
+"""The 100-unit tanh RNN on the long-range problems (sec. 4, Table 4), with hand-written BPTT.
+
+Why BPTT by hand: autograd records three small matmuls per time step (forward, dh and dW_hh).
+Writing the backward pass out lets the weight gradients of all T steps be one large matmul
+each (dW_hh = H_prev^T dA over all steps), which leaves one sequential matmul per step forward
+and one backward. tests/test_rnn_model.py checks these gradients against autograd through
+torch.nn.RNN with the same weights.
+
+Population: weights carry a leading member dimension K; member k samples its own minibatches from
+its own seed. The addition/multiplication minibatches of different members can have different
+lengths: they are left-padded to the longest and the hidden state is held at h0 = 0 through the
+padding (mask m_t), which adds exact zeros to every sum, so member k computes what its solo run
+computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from trainables.config import TaskConfig
+from trainables.init import esn_recurrent, gaussian, glorot_uniform, orthogonal
+
+HIDDEN_UNITS = 100
+PAPER_BATCH_SIZE = 100
+HID_TO_OUT_SCALE = 0.1  # Table 4
+
+
+@dataclass
+class PaddedBatch:
+    inputs: torch.Tensor  # (K, T, B, n_in)
+    active: torch.Tensor | None  # (K, T, 1, 1) 1.0 where the step is real, None when no padding
+    targets: torch.Tensor  # (K, T, B, n_out) float (regression) or (K, T, B) long (classification)
+    loss_mask: torch.Tensor  # (K, T, B, 1) float
+    raw: list  # the members' unpadded SequenceBatch objects
+    pads: list[int]
+
+
+def recurrent_init(kind: str, n: int, radius: float, g: torch.Generator) -> torch.Tensor:
+    """The hidden-to-hidden matrix; every kind is rescaled to the given spectral radius."""
+    if kind == "esn":
+        return esn_recurrent(n, radius, g)
+    w = {"gaussian": gaussian, "glorot": glorot_uniform, "orthogonal": orthogonal, "sparse": None}[kind]
+    if w is None:
+        raise ValueError("init='sparse' is not allowed for RNN tasks: use 'esn' (sparse, rescaled to the spectral radius)")
+    m = w(n, n, 1.0, g)
+    return m * (radius / float(np.max(np.abs(np.linalg.eigvals(m.numpy())))))
+
+
+class RNNWorkload:
+    def __init__(self, cfg: TaskConfig, device: torch.device, dtype: torch.dtype) -> None:
+        from trainables.data.rnn_problems import PROBLEMS
+
+        self.problem = PROBLEMS[cfg.task]
+        self.seeds = cfg.member_values("seed")
+        self.radii = cfg.member_values("spectral_radius")
+        self.in_scales = [self.problem.input_scale if s is None else s for s in cfg.member_values("init_scale")]
+        self.init = cfg.init or "esn"
+        self.length = cfg.seq_length or self.problem.default_length
+        self.batch_size = cfg.batch_size or PAPER_BATCH_SIZE
+        self.eval_cases = cfg.eval_cases or 1000
+        self.device, self.dtype = device, dtype
+        self.classification = self.problem.kind == "classification"
+        self._eval_batches: list[PaddedBatch] | None = None
+        recurrent_init(self.init, 2, 1.0, torch.Generator().manual_seed(0))  # fail early on a bad kind
+
+    # -- parameters -----------------------------------------------------------------------
+    def init_params(self) -> list[torch.Tensor]:
+        """[W_ih, W_hh, b_h, W_ho, b_o] (Table 4), each with a leading member dimension."""
+        n_in, n_out, H = self.problem.n_in, self.problem.n_out, HIDDEN_UNITS
+        members = []
+        for seed, radius, in_scale in zip(self.seeds, self.radii, self.in_scales):
+            g = torch.Generator().manual_seed(seed)
+            members.append([
+                gaussian(n_in, H, in_scale, g),
+                recurrent_init(self.init, H, radius, g),
+                torch.zeros(1, H, dtype=torch.float64),
+                gaussian(H, n_out, HID_TO_OUT_SCALE, g),
+                torch.as_tensor(self.problem.output_bias(self.length), dtype=torch.float64).reshape(1, n_out),
+            ])
+        return [torch.stack([m[i] for m in members]).to(self.device, self.dtype).contiguous() for i in range(5)]
+
+    # -- data -----------------------------------------------------------------------------
+    def _pad(self, batches: list) -> PaddedBatch:
+        K, B = len(batches), batches[0].inputs.shape[1]
+        T = max(b.inputs.shape[0] for b in batches)
+        pads = [T - b.inputs.shape[0] for b in batches]
+        n_in = self.problem.n_in
+        x = np.zeros((K, T, B, n_in), dtype=np.float32)
+        lm = np.zeros((K, T, B), dtype=np.float32)
+        if self.classification:
+            y = np.zeros((K, T, B), dtype=np.int64)
+        else:
+            y = np.zeros((K, T, B, self.problem.n_out), dtype=np.float32)
+        for k, (b, p) in enumerate(zip(batches, pads)):
+            x[k, p:], y[k, p:], lm[k, p:] = b.inputs, b.targets, b.loss_mask
+        active = None
+        if any(pads):
+            act = np.ones((K, T, 1, 1), dtype=np.float32)
+            for k, p in enumerate(pads):
+                act[k, :p] = 0.0
+            active = torch.as_tensor(act, device=self.device, dtype=self.dtype)
+        as_t = lambda a, dt=self.dtype: torch.as_tensor(a, device=self.device, dtype=dt)
+        return PaddedBatch(
+            inputs=as_t(x),
+            active=active,
+            targets=as_t(y, torch.long) if self.classification else as_t(y),
+            loss_mask=as_t(lm[..., None]),
+            raw=batches,
+            pads=pads,
+        )
+
+    def _sample(self, stream: int, index: int) -> PaddedBatch:
+        # Stateless in the step: batch `index` of a stream is a function of (seed, stream, index),
+        # so a resumed run needs no RNG state. Members with equal seeds share one draw.
+        cache: dict[int, object] = {}
+        for seed in self.seeds:
+            if seed not in cache:
+                cache[seed] = self.problem.sample(np.random.default_rng([seed, stream, index]), self.batch_size, self.length)
+        return self._pad([cache[s] for s in self.seeds])
+
+    # -- model ----------------------------------------------------------------------------
+    def forward(self, params: list[torch.Tensor], batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states (K, T, B, H) and outputs (K, T, B, n_out)."""
+        W_ih, W_hh, b_h, W_ho, b_o = params
+        K, T, B, n_in = batch.inputs.shape
+        pre = torch.baddbmm(b_h, batch.inputs.reshape(K, T * B, n_in), W_ih).reshape(K, T, B, -1)
+        hs = torch.empty_like(pre)
+        h = torch.zeros(K, B, W_hh.shape[-1], device=pre.device, dtype=pre.dtype)
+        for t in range(T):
+            h_new = torch.tanh(torch.baddbmm(pre[:, t], h, W_hh))
+            if batch.active is not None:
+                h_new = h + batch.active[:, t] * (h_new - h)
+            hs[:, t] = h = h_new
+        out = torch.baddbmm(b_o, hs.reshape(K, T * B, -1), W_ho).reshape(K, T, B, -1)
+        return hs, out
+
+    def _loss_and_dout(self, out: torch.Tensor, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-member loss, summed over the loss steps and averaged over sequences, and d loss/d out.
+
+        Regression: squared error without 1/2 (as the Faces autoencoder). Classification: softmax
+        cross-entropy. Both are the paper's losses for these problems (sec. 4.2)."""
+        B = out.shape[2]
+        if self.classification:
+            logp = torch.log_softmax(out, dim=-1)
+            onehot = torch.zeros_like(out).scatter_(-1, batch.targets.unsqueeze(-1), 1.0)
+            loss = -(logp * onehot * batch.loss_mask).sum(dim=(1, 2, 3)) / B
+            dout = (logp.exp() - onehot) * batch.loss_mask / B
+        else:
+            diff = (out - batch.targets) * batch.loss_mask
+            loss = diff.pow(2).sum(dim=(1, 2, 3)) / B
+            dout = 2.0 * diff / B
+        return loss, dout
+
+    def loss_and_grads(self, params: list[torch.Tensor], step: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        batch = self._sample(1, step)
+        W_ih, W_hh, b_h, W_ho, b_o = params
+        hs, out = self.forward(params, batch)
+        loss, dout = self._loss_and_dout(out, batch)
+        K, T, B, H = hs.shape
+        d_o = dout.reshape(K, T * B, -1)
+        hs_flat = hs.reshape(K, T * B, H)
+        g_W_ho = torch.bmm(hs_flat.transpose(1, 2), d_o)
+        g_b_o = d_o.sum(1, keepdim=True)
+        dh_out = torch.bmm(d_o, W_ho.transpose(1, 2)).reshape(K, T, B, H)
+        da = torch.empty_like(hs)
+        W_hh_T = W_hh.transpose(1, 2)
+        dh = torch.zeros(K, B, H, device=hs.device, dtype=hs.dtype)
+        for t in range(T - 1, -1, -1):
+            dh = dh + dh_out[:, t]
+            d_a = dh * (1.0 - hs[:, t].pow(2))
+            if batch.active is not None:
+                m = batch.active[:, t]
+                d_a = d_a * m
+                dh = torch.baddbmm(dh * (1.0 - m), d_a, W_hh_T)
+            else:
+                dh = torch.bmm(d_a, W_hh_T)
+            da[:, t] = d_a
+        da_flat = da.reshape(K, T * B, H)
+        h_prev = torch.cat([torch.zeros_like(hs[:, :1]), hs[:, :-1]], dim=1).reshape(K, T * B, H)
+        g_W_hh = torch.bmm(h_prev.transpose(1, 2), da_flat)
+        g_W_ih = torch.bmm(batch.inputs.reshape(K, T * B, -1).transpose(1, 2), da_flat)
+        g_b_h = da_flat.sum(1, keepdim=True)
+        return loss, [g_W_ih, g_W_hh, g_b_h, g_W_ho, g_b_o]
+
+    @torch.no_grad()
+    def error(self, params: list[torch.Tensor]) -> torch.Tensor:
+        """Zero-one error (sec. 4.2; units in docs/errors.md) on a fixed evaluation set per member."""
+        if self._eval_batches is None:
+            n = -(-self.eval_cases // self.batch_size)
+            self._eval_batches = [self._sample(2, i) for i in range(n)]
+        K = params[0].shape[0]
+        totals = np.zeros(K)
+        for batch in self._eval_batches:
+            _, out = self.forward(params, batch)
+            out = out.cpu().numpy()
+            for k in range(K):
+                totals[k] += self.problem.zero_one_error(out[k, batch.pads[k]:], batch.raw[k])
+        return torch.as_tensor(totals / len(self._eval_batches), dtype=torch.float64)
+
+
+def build(cfg: TaskConfig, device: torch.device, dtype: torch.dtype) -> RNNWorkload:
+    return RNNWorkload(cfg, device, dtype)

@@ -1,0 +1,144 @@
+"""The interface every population optimizer shares, and the per-member broadcasting helper.
+
+A population of K members is trained in lockstep: every parameter tensor has a leading member
+dimension (shape (K, ...)) and the per-member hyperparameters lr and mu are 1-D tensors of shape
+(K,). The training loop calls, for every optimizer alike::
+
+    opt.mu = mu_t                      # (K,), from the schedule; ignored without momentum
+    points = opt.gradient_point()      # theta, or theta + mu*v for Nesterov methods
+    grads = gradient_of_loss(points)   # the caller's job
+    opt.step(grads)
+
+This is not a ``torch.optim.Optimizer``: its param groups carry one scalar lr each and its
+``step(closure)`` evaluates the gradient at the parameters themselves, while a population needs a
+per-member lr along dim 0 and NAG needs the gradient at a point other than theta (Eq. 3).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import Tensor
+
+
+def per_member(x: Tensor, like: Tensor) -> Tensor:
+    """``x`` of shape (K,) (or a scalar) as (K, 1, ..., 1), to broadcast along dim 0 of ``like``."""
+    return torch.as_tensor(x, dtype=like.dtype, device=like.device).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def _as_member_vector(name: str, value: Any, k: int) -> Tensor:
+    t = torch.as_tensor(value, dtype=torch.float64)
+    if t.dim() == 0:
+        t = t.expand(k)
+    if t.shape != (k,):
+        raise ValueError(
+            f"{name} of shape {tuple(t.shape)} is not allowed: must be a scalar or have shape ({k},), "
+            "one value per population member"
+        )
+    return t.clone()
+
+
+class PopulationOptimizer:
+    """Updates a population's parameters in place from gradients the caller computes.
+
+    Attributes:
+        params: theta, each of shape (K, ...), updated in place by ``step``.
+        lr: (K,) learning rates; the trainer may reassign or edit it between steps.
+        mu: (K,) momentum coefficients; the trainer sets it from the schedule before
+            ``gradient_point``, and must not change it between ``gradient_point`` and ``step``
+            (Eq. 3 uses the same mu_t for the gradient point and the velocity decay).
+        state: per-parameter state, name -> list of tensors with a leading member dimension.
+    """
+
+    name: ClassVar[str] = ""
+    # Whether ``mu`` changes anything; the trainer may still set it for every method.
+    uses_momentum: ClassVar[bool] = False
+    # Names of the per-parameter state lists (zeros of the parameter's shape at the start).
+    state_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, params: Sequence[Tensor], lr: Tensor | float | Sequence[float]) -> None:
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("params=[] is not allowed: an optimizer needs at least one tensor")
+        shapes = [tuple(p.shape) for p in self.params]
+        if any(len(s) == 0 for s in shapes) or len({s[0] for s in shapes}) != 1:
+            raise ValueError(
+                f"params with shapes {shapes} are not allowed: every tensor needs the same leading "
+                "member dimension K"
+            )
+        self.population_size = shapes[0][0]
+        lr = _as_member_vector("lr", lr, self.population_size)
+        if not bool(torch.all(torch.isfinite(lr) & (lr > 0))):
+            raise ValueError(f"lr={lr.tolist()!r} is not allowed: each must be a finite number > 0")
+        self.lr = lr
+        self.mu = torch.zeros(self.population_size, dtype=torch.float64)
+        self.state: dict[str, list[Tensor]] = {
+            n: [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
+            for n in self.state_names
+        }
+
+    def gradient_point(self) -> list[Tensor]:
+        """New tensors (not views of theta) at which the caller evaluates the gradient: theta."""
+        return [p.detach().clone() for p in self.params]
+
+    def step(self, grads: Sequence[Tensor]) -> None:
+        """One update from ``grads``, evaluated at ``gradient_point()``."""
+        raise NotImplementedError
+
+    def _check_grads(self, grads: Sequence[Tensor]) -> list[Tensor]:
+        grads = list(grads)
+        if len(grads) != len(self.params) or any(g.shape != p.shape for g, p in zip(grads, self.params)):
+            raise ValueError(
+                f"grads with shapes {[tuple(g.shape) for g in grads]} do not match params with shapes "
+                f"{[tuple(p.shape) for p in self.params]}"
+            )
+        return grads
+
+    def reset_members(self, mask: Tensor) -> None:
+        """Zero all state (velocity, accumulators, step counts) of members where ``mask`` is True."""
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        if mask.shape != (self.population_size,):
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} is not allowed: must have shape ({self.population_size},)"
+            )
+        for tensors in self.state.values():
+            for t in tensors:
+                t[mask.to(t.device)] = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the parameters themselves (the model saves those, as with torch.optim)."""
+        return {
+            "name": self.name,
+            "lr": self.lr.clone(),
+            "mu": self.mu.clone(),
+            "hyperparameters": self.hyperparameters(),
+            "state": {n: [t.clone() for t in ts] for n, ts in self.state.items()},
+        }
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        if d.get("name") != self.name:
+            raise ValueError(f"state of optimizer {d.get('name')!r} cannot be loaded into {self.name!r}")
+        if d["hyperparameters"] != self.hyperparameters():
+            raise ValueError(
+                f"state with hyperparameters {d['hyperparameters']} cannot be loaded into an optimizer "
+                f"with {self.hyperparameters()}"
+            )
+        if set(d["state"]) != set(self.state):
+            raise ValueError(f"state entries {sorted(d['state'])} do not match {sorted(self.state)}")
+        for n, tensors in self.state.items():
+            saved = d["state"][n]
+            if [tuple(s.shape) for s in saved] != [tuple(t.shape) for t in tensors]:
+                raise ValueError(f"state {n!r} has shapes that do not match the parameters")
+            for t, s in zip(tensors, saved):
+                t.copy_(s)
+        self.lr = d["lr"].clone()
+        self.mu = d["mu"].clone()
+
+    def hyperparameters(self) -> dict[str, float]:
+        """The fixed (not per-member) hyperparameters, saved with the state."""
+        return {}
+
+    def __repr__(self) -> str:
+        hp = ", ".join(f"{k}={v}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}(K={self.population_size}{', ' if hp else ''}{hp})"

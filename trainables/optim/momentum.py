@@ -1,0 +1,83 @@
+"""Classical momentum (Eqs. 1-2) and Nesterov's accelerated gradient (Eqs. 3-4), and plain SGD.
+
+Both methods make the same update from a gradient g::
+
+    v     <- mu * v - lr * g        (Eq. 1 / Eq. 3)
+    theta <- theta + v              (Eq. 2 / Eq. 4)
+
+and differ only in where g is computed: at theta for CM, at theta + mu*v for NAG. So one
+functional core, ``momentum_step``, serves both, and the classes differ in ``gradient_point``.
+
+Why not ``torch.optim.SGD(momentum=mu, nesterov=True)``: torch stores ``buf = -v/lr`` and updates
+the look-ahead point phi = theta + mu*v instead of theta. With constant lr and mu the iterates are
+the same (see the tests), but (1) torch uses one mu for both halves of its step, which differs from
+Eq. 3 whenever mu changes between updates, as it does under Eq. 5 and the final phase; (2) storing
+v/lr rescales the velocity when lr changes mid-run, which the paper's form does not; and (3) a
+torch param group carries one scalar lr, while a population carries one lr per member along dim 0.
+Where torch's convention differs from Sutskever et al., ours follows the paper.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Sequence
+
+import torch
+from torch import Tensor
+
+from .base import PopulationOptimizer, per_member
+
+
+@torch.no_grad()
+def momentum_step(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    velocities: Sequence[Tensor],
+    *,
+    lr: Tensor,
+    mu: Tensor,
+) -> None:
+    """In place: v <- mu*v - lr*g; theta <- theta + v (Eqs. 1-2 for CM, 3-4 for NAG).
+
+    ``lr`` and ``mu`` have shape (K,) and act along dim 0 of every tensor. ``grads`` must be
+    evaluated at theta (CM) or at theta + mu*v with this same mu (NAG).
+    """
+    for p, g, v in zip(params, grads, velocities):
+        v.mul_(per_member(mu, v)).sub_(per_member(lr, g) * g)
+        p.add_(v)
+
+
+class CM(PopulationOptimizer):
+    """Classical momentum (Polyak, 1964), Eqs. 1-2: the gradient is taken at theta."""
+
+    name: ClassVar[str] = "cm"
+    uses_momentum: ClassVar[bool] = True
+    state_names: ClassVar[tuple[str, ...]] = ("velocity",)
+
+    def step(self, grads: Sequence[Tensor]) -> None:
+        momentum_step(self.params, self._check_grads(grads), self.state["velocity"], lr=self.lr, mu=self.mu)
+
+
+class NAG(CM):
+    """Nesterov's accelerated gradient in the paper's form, Eqs. 3-4.
+
+    The gradient is evaluated at theta_t + mu_t * v_t, exactly as Eq. 3 writes it, with the mu_t
+    set before ``gradient_point`` (not torch's look-ahead reformulation; see the module docstring).
+    ``params`` stays theta (the paper's iterate), not the look-ahead point.
+    """
+
+    name: ClassVar[str] = "nag"
+
+    @torch.no_grad()
+    def gradient_point(self) -> list[Tensor]:
+        return [p + per_member(self.mu, v) * v for p, v in zip(self.params, self.state["velocity"])]
+
+
+class SGD(CM):
+    """Plain SGD: CM with mu forced to 0 whatever the trainer sets (Table 1's mu_max = 0 column)."""
+
+    name: ClassVar[str] = "sgd"
+    uses_momentum: ClassVar[bool] = False
+
+    def step(self, grads: Sequence[Tensor]) -> None:
+        zero = torch.zeros_like(self.lr)
+        momentum_step(self.params, self._check_grads(grads), self.state["velocity"], lr=self.lr, mu=zero)

@@ -56,6 +56,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--port", type=int, default=5000)
     _locations_args(p)
+
+    p = sub.add_parser("report", help="a study's paper tables, sensitivity curves and figures (Markdown, CSV, PNG)")
+    p.add_argument("name")
+    p.add_argument("--out", help="output directory (default: the study directory's report/)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the report on the study's MLflow parent run")
+    _locations_args(p)
     return top
 
 
@@ -220,6 +226,12 @@ def cmd_ui(args: argparse.Namespace, out: Console, err: Console) -> int:
         return 0
 
 
+def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from study.report.command import report_command
+
+    return report_command(args, out, err)
+
+
 COMMANDS = {
     "run": cmd_run,
     "resume": cmd_resume,
@@ -227,6 +239,7 @@ COMMANDS = {
     "results": cmd_results,
     "query": cmd_query,
     "ui": cmd_ui,
+    "report": cmd_report,
 }
 
 

@@ -1,0 +1,192 @@
+"""A study read from the results database as the two frames every table is built from.
+
+``members``: one row per (trial, population member) with the member's own hyperparameters (from
+the trial's resolved config, population lists unpacked), its outcome and its final error, plus
+the error at the last report before the final low-momentum phase (Table 2).
+``points``: every metric point (trial, step, member).
+
+Outcome of a member: "completed", "diverged" (NaN/inf loss; it keeps its last good error, which
+the tables never use as a result), or the trial's state where the member never finished
+("failed", "pruned", "running", "pending").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import yaml
+from sqlalchemy import select
+
+from study import results
+from study.locations import resolve
+from trainables.config import POPULATION_FIELDS
+
+AUTOENCODER_TASKS = ("curves", "mnist", "faces")
+# The fields a report can group by, in the paper's words.
+HYPERPARAMETERS = ("optimizer", "lr", "mu_max", "mu_0", "init_scale", "spectral_radius")
+
+
+def family(task: str) -> str:
+    return "autoencoder" if task in AUTOENCODER_TASKS else "rnn"
+
+
+def final_phase_updates(config: dict[str, Any]) -> int:
+    """The length of the final low-momentum phase, as trainables/train.py default_final_updates."""
+    if config.get("final_momentum_updates") is not None:
+        return int(config["final_momentum_updates"])
+    updates = int(config.get("updates", 0))
+    return min(1000, updates // 10) if family(config["task"]) == "autoencoder" else 0
+
+
+@dataclass
+class StudyData:
+    name: str
+    task: str
+    metric: str
+    mode: str
+    state: str
+    spec: dict[str, Any]
+    results_db: str
+    mlflow_uri: str | None
+    mlflow_parent_run_id: str | None
+    trials: pd.DataFrame
+    members: pd.DataFrame
+    points: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def family(self) -> str:
+        return family(self.task)
+
+    @property
+    def searched(self) -> dict[str, Any]:
+        return dict(self.spec.get("search") or {})
+
+
+def _member_value(config: dict[str, Any], key: str, k: int) -> Any:
+    v = config.get(key)
+    return v[k] if isinstance(v, list) else v
+
+
+def load_study(name: str, directory: str | None = None, results_db: str | None = None) -> StudyData:
+    """Reads one study through the results DB's ORM; raises ResultsDBError / ValueError if absent."""
+    url = resolve(name, directory, results_db).results_db
+    if not results.sqlite_path_exists(url):
+        raise ValueError(f"no results database for study {name!r} at {url}")
+    with results.session_scope(url) as s:
+        study = s.execute(select(results.StudyRow).where(results.StudyRow.name == name)).scalar_one_or_none()
+        if study is None:
+            raise ValueError(f"no study named {name!r} in {url}; `study status` lists the studies")
+        trial_rows = []
+        point_rows = []
+        for t in study.trials:
+            trial_rows.append(
+                {
+                    "trial_pk": t.id,
+                    "trial_id": t.trial_id,
+                    "optuna_trial_number": t.optuna_trial_number,
+                    "state": t.state,
+                    "params": dict(t.params or {}),
+                    "config": dict(t.config or {}),
+                    "members": t.members,
+                    "members_diverged": t.members_diverged,
+                    "last_step": t.last_step,
+                    "error_message": t.error_message,
+                }
+            )
+            for p in t.points:
+                point_rows.append(
+                    {
+                        "trial_id": t.trial_id,
+                        "step": p.step,
+                        "member": p.member,
+                        "seed": p.seed,
+                        "error": p.error,
+                        "loss": p.loss,
+                        "mu": p.mu,
+                        "lr": p.lr,
+                        "status": p.status,
+                        "diverged_at": p.diverged_at,
+                        "extra": dict(p.extra or {}),
+                    }
+                )
+        info = dict(
+            name=study.name,
+            task=study.task,
+            metric=study.metric,
+            mode=study.mode,
+            state=study.state,
+            spec=yaml.safe_load(study.spec_yaml) or {},
+            mlflow_uri=study.mlflow_uri,
+            mlflow_parent_run_id=study.mlflow_parent_run_id,
+        )
+    trials = pd.DataFrame(trial_rows, columns=["trial_pk", "trial_id", "optuna_trial_number", "state", "params",
+                                               "config", "members", "members_diverged", "last_step", "error_message"])
+    points = pd.DataFrame(point_rows, columns=["trial_id", "step", "member", "seed", "error", "loss", "mu", "lr",
+                                               "status", "diverged_at", "extra"])
+    members = member_table(trials, points, info["metric"])
+    return StudyData(results_db=url, trials=trials, members=members, points=points, **info)
+
+
+def member_table(trials: pd.DataFrame, points: pd.DataFrame, metric: str = "error") -> pd.DataFrame:
+    """One row per (trial, member): hyperparameters, outcome, final and before-final-phase error."""
+    rows = []
+    by_trial = {tid: df.sort_values("step") for tid, df in points.groupby("trial_id")} if len(points) else {}
+    for t in trials.itertuples(index=False):
+        config = t.config if isinstance(t.config, dict) else json.loads(t.config or "{}")
+        k_members = max(int(t.members or 1), 1)
+        updates = int(config.get("updates", 0) or 0)
+        final_n = final_phase_updates(config) if config.get("task") else 0
+        pts = by_trial.get(t.trial_id)
+        for k in range(k_members):
+            row: dict[str, Any] = {"trial_id": t.trial_id, "member": k, "trial_state": t.state}
+            for key in HYPERPARAMETERS + ("seed",):
+                row[key] = _member_value(config, key, k)
+            for key in ("updates", "batch_size", "train_cases", "seq_length", "dataset"):
+                row[key] = config.get(key)
+            row["final_phase_updates"] = final_n
+            mine = pts[pts["member"] == k] if pts is not None else None
+            last = mine.iloc[-1] if mine is not None and len(mine) else None
+            if last is not None and last["seed"] is not None and not pd.isna(last["seed"]):
+                row["seed"] = int(last["seed"])
+            status = last["status"] if last is not None else None
+            if status == "diverged":
+                outcome = "diverged"
+            elif status == "completed" and (last["step"] >= updates or t.state in ("completed", "diverged")):
+                outcome = "completed"
+            elif t.state in ("failed", "pruned", "running", "pending"):
+                outcome = t.state
+            else:
+                outcome = status or t.state
+            row["outcome"] = outcome
+            row["last_step"] = int(last["step"]) if last is not None else None
+            row["diverged_at"] = (
+                int(last["diverged_at"]) if last is not None and not pd.isna(last["diverged_at"]) else None
+            )
+            value = None
+            if last is not None:
+                value = last["error"] if metric in ("error",) else (
+                    last["loss"] if metric == "loss" else (last["extra"] or {}).get(metric)
+                )
+            row["final_error"] = float(value) if outcome == "completed" and value is not None else None
+            row["last_good_error"] = float(last["error"]) if last is not None and last["error"] is not None else None
+            # Table 2: the last report at or before the step where the final phase begins.
+            before = None
+            if mine is not None and final_n > 0 and outcome == "completed":
+                start = updates - final_n
+                earlier = mine[(mine["step"] <= start) & (mine["status"] != "diverged")]
+                if len(earlier):
+                    before = earlier.iloc[-1]
+            row["before_final_phase_step"] = int(before["step"]) if before is not None else None
+            row["error_before_final_phase"] = float(before["error"]) if before is not None else None
+            rows.append(row)
+    columns = ["trial_id", "member", "trial_state", *HYPERPARAMETERS, "seed", "updates", "batch_size", "train_cases",
+               "seq_length", "dataset", "final_phase_updates", "outcome", "last_step", "diverged_at", "final_error",
+               "last_good_error", "before_final_phase_step", "error_before_final_phase"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+__all__ = ["StudyData", "load_study", "member_table", "family", "final_phase_updates", "POPULATION_FIELDS"]

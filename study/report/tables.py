@@ -1,0 +1,328 @@
+"""The paper's tables computed from a study's members (data.member_table).
+
+Aggregation follows the paper: a setting's result is the mean final training error over its seeds
+at the learning rate that gave the lowest such mean (Table 1 and Table 5's "for each mu_0 we used
+the fixed learning rate that gave the best performance"). Failures are never dropped: a learning
+rate where any seed diverged (or failed) is not a candidate for "best", and every table counts the
+diverged and failed members of each setting; a setting where no learning rate finished cleanly
+shows "diverged" (or "failed") instead of a number.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from study.report.published import published_row, published_value
+
+FAILED_OUTCOMES = ("failed", "pruned", "running", "pending")
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.{digits}g}"
+    return str(v)
+
+
+def _key_value(v: Any) -> Any:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def lr_candidates(group: pd.DataFrame, select: str = "lr") -> pd.DataFrame:
+    """Per learning rate: seeds, outcome counts and the mean/std/min/max final error over seeds.
+
+    ``clean`` is True where every member completed: only those rates can be "best".
+    """
+    rows = []
+    for value, g in group.groupby(select, dropna=False, sort=True):
+        done = g[g["outcome"] == "completed"]["final_error"].astype(float)
+        n = len(g)
+        n_div = int((g["outcome"] == "diverged").sum())
+        n_fail = int(g["outcome"].isin(FAILED_OUTCOMES).sum())
+        clean = n_div == 0 and n_fail == 0 and len(done) == n and n > 0
+        rows.append(
+            {
+                select: _key_value(value),
+                "n": n,
+                "n_diverged": n_div,
+                "n_failed": n_fail,
+                "clean": clean,
+                "mean": float(done.mean()) if clean else math.nan,
+                "std": float(done.std(ddof=0)) if clean else math.nan,
+                "min": float(done.min()) if clean else math.nan,
+                "max": float(done.max()) if clean else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def best_over(members: pd.DataFrame, keys: Sequence[str], select: str = "lr") -> pd.DataFrame:
+    """For each combination of ``keys``: the ``select`` value (the lr) with the lowest mean final
+    error over seeds, that mean and its spread, and the failure counts over every lr tried."""
+    rows = []
+    if members.empty:
+        return pd.DataFrame(columns=[*keys, f"best_{select}", "error", "std", "min", "max", "seeds", "n_diverged",
+                                     "n_failed", "n_members", f"{select}_tried", "result"])
+    for key, g in members.groupby(list(keys), dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        cands = lr_candidates(g, select)
+        clean = cands[cands["clean"]]
+        row: dict[str, Any] = {k: _key_value(v) for k, v in zip(keys, key)}
+        n_div = int(cands["n_diverged"].sum())
+        n_fail = int(cands["n_failed"].sum())
+        if len(clean):
+            best = clean.loc[clean["mean"].idxmin()]
+            row.update(
+                {
+                    f"best_{select}": best[select],
+                    "error": best["mean"],
+                    "std": best["std"],
+                    "min": best["min"],
+                    "max": best["max"],
+                    "seeds": int(best["n"]),
+                    "result": "ok",
+                }
+            )
+        else:
+            row.update(
+                {f"best_{select}": None, "error": math.nan, "std": math.nan, "min": math.nan, "max": math.nan,
+                 "seeds": 0, "result": "diverged" if n_div else _unfinished(g)}
+            )
+        row.update(
+            {
+                "n_diverged": n_div,
+                "n_failed": n_fail,
+                "n_members": int(len(g)),
+                f"{select}_tried": ", ".join(fmt(v) for v in cands[select].tolist()),
+            }
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _unfinished(g: pd.DataFrame) -> str:
+    """'incomplete' while members are still running or pending, else 'failed' (crashed or pruned)."""
+    if g["outcome"].isin(("running", "pending")).any():
+        return "incomplete"
+    return "failed" if g["outcome"].isin(FAILED_OUTCOMES).any() else "no result"
+
+
+def _cell(row: pd.Series, spread: bool = True) -> str:
+    """'0.0123 ± 0.001 (2 seeds)' or 'diverged (3/3)'."""
+    if row["result"] != "ok":
+        bad = row["n_diverged"] if row["result"] == "diverged" else row["n_failed"]
+        return f"{row['result']} ({bad}/{row['n_members']})"
+    text = fmt(row["error"])
+    if spread and row["seeds"] > 1:
+        text += f" ± {fmt(row['std'], 2)}"
+    return text
+
+
+def _with_paper(df: pd.DataFrame, table: str, task: str, key: str) -> pd.DataFrame:
+    df = df.copy()
+    df["paper"] = [
+        published_value(table, task, r["optimizer"], **{key: float(r[key])}) if r[key] is not None else None
+        for _, r in df.iterrows()
+    ]
+    return df
+
+
+# --- Table 1 ------------------------------------------------------------------------------------
+
+
+def table1(members: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Best-lr final training error per (optimizer, mu_max), as the paper's Table 1."""
+    df = best_over(members, ["optimizer", "mu_max"])
+    return _with_paper(df, "table1", task, "mu_max")
+
+
+# --- Table 2 ------------------------------------------------------------------------------------
+
+
+def table2(members: pd.DataFrame, task: str) -> pd.DataFrame:
+    """NAG before/after the final low-momentum phase, at each mu_max's best lr (Table 2).
+
+    "Before" is the error at the last report at or before the update where the final phase begins
+    (updates - final_momentum_updates); "after" the final error. Members without a final phase or
+    with no report before it are left out of "before" and counted in ``n_without_before``.
+    """
+    nag = members[(members["optimizer"] == "nag") & (members["final_phase_updates"] > 0)]
+    best = best_over(nag, ["mu_max"])
+    rows = []
+    paper = published_row("table2", task) or {}
+    for _, b in best.iterrows():
+        row: dict[str, Any] = {"optimizer": "nag", "mu_max": b["mu_max"], "best_lr": b["best_lr"]}
+        sel = nag[(nag["mu_max"] == b["mu_max"]) & (nag["lr"] == b["best_lr"])]
+        before = sel["error_before_final_phase"].dropna().astype(float)
+        row.update(
+            {
+                "final_phase_updates": int(sel["final_phase_updates"].iloc[0]) if len(sel) else None,
+                "before_step": int(sel["before_final_phase_step"].dropna().iloc[0]) if before.size else None,
+                "before": float(before.mean()) if before.size else math.nan,
+                "after": b["error"],
+                "seeds": b["seeds"],
+                "n_without_before": int(len(sel) - before.size),
+                "n_diverged": b["n_diverged"],
+                "n_failed": b["n_failed"],
+                "result": b["result"],
+                "paper_before": paper.get("before"),
+                "paper_after": paper.get("after"),
+            }
+        )
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["optimizer", "mu_max", "best_lr", "final_phase_updates", "before_step",
+                                       "before", "after", "seeds", "n_without_before", "n_diverged", "n_failed",
+                                       "result", "paper_before", "paper_after"])
+
+
+# --- Table 3 ------------------------------------------------------------------------------------
+
+
+def table3(members: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Final training error against the SI scale multiplier (Table 3), best lr per scale."""
+    df = best_over(members, ["optimizer", "init_scale"])
+    return _with_paper(df, "table3", task, "init_scale")
+
+
+# --- Table 5 ------------------------------------------------------------------------------------
+
+
+def table5(members: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Zero-one error per (optimizer, mu_0), mean over seeds at the best lr, with its spread.
+
+    Seeds may be population members of one trial (``repeats``), separate trials with different
+    ``seed``, or both: members are grouped by their hyperparameters, never by trial.
+    """
+    df = best_over(members, ["optimizer", "mu_0"])
+    return _with_paper(df, "table5", task, "mu_0")
+
+
+# --- sensitivity --------------------------------------------------------------------------------
+
+
+def axis_of(field: str, param: dict[str, Any] | None, values: Sequence[float]) -> tuple[str, bool]:
+    """(x label, log x?) for a searched field: log where the spec samples it on a log scale or the
+    values span more than a decade. A ``one_minus`` field is shown as 1 - value."""
+    param = param or {}
+    one_minus = param.get("transform") == "one_minus"
+    label = f"1 - {field}" if one_minus else field
+    xs = [1 - v if one_minus else v for v in values if v is not None]
+    positive = [x for x in xs if isinstance(x, (int, float)) and x > 0]
+    log = bool(param.get("log")) or (
+        len(positive) == len(xs) and len(positive) > 1 and max(positive) / min(positive) > 10
+    )
+    return label, log
+
+
+def sensitivity(members: pd.DataFrame, field: str, param: dict[str, Any] | None = None, bins: int = 8) -> pd.DataFrame:
+    """Best and median final error over every other parameter, per value of ``field``.
+
+    Continuous searches (more than 12 distinct values) are grouped into ``bins`` bins, on a log
+    scale where the axis is logarithmic; each row then reports its bin's centre.
+    """
+    param = param or {}
+    one_minus = param.get("transform") == "one_minus"
+    df = members[members[field].notna()].copy() if field in members else members.iloc[0:0].copy()
+    df["x"] = [1 - float(v) if one_minus else v for v in df[field]] if len(df) else []
+    label, log = axis_of(field, param, list(df["x"]) if len(df) else [])
+    numeric = len(df) and all(isinstance(v, (int, float, np.integer, np.floating)) for v in df["x"])
+    if numeric and df["x"].nunique() > 12:
+        xs = df["x"].astype(float)
+        edges = (np.geomspace(xs.min(), xs.max(), bins + 1) if log and xs.min() > 0
+                 else np.linspace(xs.min(), xs.max(), bins + 1))
+        idx = np.clip(np.searchsorted(edges, xs, side="right") - 1, 0, bins - 1)
+        centres = np.sqrt(edges[:-1] * edges[1:]) if log and xs.min() > 0 else (edges[:-1] + edges[1:]) / 2
+        df["x"] = centres[idx]
+    rows = []
+    for x, g in df.groupby("x", sort=True):
+        done = g[g["outcome"] == "completed"]["final_error"].astype(float)
+        rows.append(
+            {
+                "x": x,
+                "best": float(done.min()) if len(done) else math.nan,
+                "median": float(done.median()) if len(done) else math.nan,
+                "n": int(len(g)),
+                "n_completed": int(len(done)),
+                "n_diverged": int((g["outcome"] == "diverged").sum()),
+                "n_failed": int(g["outcome"].isin(FAILED_OUTCOMES).sum()),
+            }
+        )
+    out = pd.DataFrame(rows, columns=["x", "best", "median", "n", "n_completed", "n_diverged", "n_failed"])
+    out.attrs.update({"field": field, "label": label, "log": log})
+    return out
+
+
+# --- Optuna parameter importances ----------------------------------------------------------------
+
+
+def importances(study_name: str, results_db: str, spec: dict[str, Any]) -> tuple[pd.DataFrame | None, str | None]:
+    """optuna.importance.get_param_importances on the study's Optuna storage (in the results DB).
+
+    Returns (table, None), or (None, why it was skipped): a grid (every point is run, there is
+    nothing to attribute), fewer than 2 completed trials, or no searched parameter.
+    """
+    sampler = spec.get("sampler") or {}
+    sampler_type = sampler.get("type") if isinstance(sampler, dict) else sampler
+    if sampler_type == "grid":
+        return None, "skipped: a grid study (every point is run; importances need a sampled search)"
+    if not spec.get("search"):
+        return None, "skipped: nothing was searched"
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=results_db)
+    except Exception as exc:  # noqa: BLE001 - a study run without Optuna's tables
+        return None, f"skipped: no Optuna study {study_name!r} in the results DB ({type(exc).__name__})"
+    finite = [
+        t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.value is not None and math.isfinite(t.value)
+    ]
+    if len(finite) < 2:
+        return None, f"skipped: {len(finite)} completed trial(s) with a finite objective; importances need at least 2"
+    try:
+        # Diverged trials report +inf to the searcher; importances are computed on the finite ones
+        # (they are counted as failures in the tables instead).
+        values = _importances_on_finite(study, finite)
+    except Exception as exc:  # noqa: BLE001 - e.g. a parameter that never varied
+        return None, f"skipped: optuna could not compute importances ({type(exc).__name__}: {exc})"
+    df = pd.DataFrame({"parameter": list(values), "importance": [float(v) for v in values.values()]})
+    return df, None
+
+
+def _importances_on_finite(study: Any, finite: list) -> dict[str, float]:
+    import optuna
+
+    copy = optuna.create_study(direction=study.direction)
+    copy.add_trials(finite)
+    return optuna.importance.get_param_importances(copy)
+
+
+# --- Markdown -----------------------------------------------------------------------------------
+
+
+def markdown(df: pd.DataFrame, columns: dict[str, str] | None = None) -> str:
+    """A GitHub Markdown table of ``df`` (columns renamed by ``columns``), numbers to 4 digits."""
+    if columns:
+        df = df[list(columns)].rename(columns=columns)
+    header = "| " + " | ".join(str(c) for c in df.columns) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    lines = [header, rule]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(fmt(v).replace("|", "\\|") for v in row) + " |")
+    return "\n".join(lines)
+
+
+def display(df: pd.DataFrame) -> pd.DataFrame:
+    """The best-over table with one readable result cell ('0.07 ± 0.01' or 'diverged (2/2)')."""
+    out = df.copy()
+    if {"result", "error"} <= set(out.columns) and len(out):
+        out["result_cell"] = [_cell(r) for _, r in out.iterrows()]
+    elif {"result", "error"} <= set(out.columns):
+        out["result_cell"] = []
+    return out

@@ -1,0 +1,336 @@
+"""study.report on results databases with known values, written through study.results (real SQLite
+files), a real local MLflow SQLite store, and the `study report` command line."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from study import results, tracking
+from study.report import build_report, load_study, log_to_mlflow, published_value
+from study.report import figures, tables
+from trainables.config import parse_config
+
+from conftest import STUDY_BIN
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# --- building a results database with known values ----------------------------------------------
+
+
+def make_study(root: Path, name: str, task: str, spec: dict, trials: list[dict], mlflow: bool = False) -> str:
+    """Writes a study into <root>/<name>/results.db through the results API.
+
+    Each trial: {"id", "state", "config" (raw training config; lists make a population),
+    "params", "points": {step: [(error, status), ...one per member]}}.
+    """
+    study_dir = root / name
+    url = results.sqlite_url(study_dir / "results.db")
+    spec = {"name": name, "task": task, **spec}
+    spec_yaml = yaml.safe_dump(spec)
+    experiment_id = parent = None
+    mlflow_uri = results.sqlite_url(study_dir / "mlflow.db")
+    if mlflow:
+        experiment_id, parent = tracking.setup_study(
+            mlflow_uri, name, spec, spec_yaml, (study_dir / "mlartifacts").resolve().as_uri()
+        )
+    study_id = results.upsert_study(
+        url, name=name, task=task, metric="error", mode="min", num_samples=len(trials),
+        repeats=spec.get("repeats", 1), state="completed", spec_yaml=spec_yaml, tune_path=str(study_dir / "tune"),
+        mlflow_uri=mlflow_uri, mlflow_experiment_id=experiment_id, mlflow_parent_run_id=parent,
+    )
+    for i, t in enumerate(trials):
+        cfg = parse_config({"task": task, **t["config"]})
+        seeds = cfg.member_values("seed")
+        pk = results.upsert_trial(
+            url, study_id, t["id"], state=t["state"], params=t.get("params", {}), config=cfg.model_dump(mode="json"),
+            members=cfg.population_size, optuna_trial_number=i,
+        )
+        for step, members in sorted(t.get("points", {}).items()):
+            rows = []
+            for k, (error, status) in enumerate(members):
+                rows.append({"member": k, "seed": seeds[k], "error": error, "loss": error, "mu": 0.9,
+                             "lr": cfg.member_values("lr")[k], "status": status,
+                             "diverged_at": step - 5 if status == "diverged" else None})
+            results.record_points(url, pk, step, rows)
+        n_div = sum(s == "diverged" for _, s in t.get("points", {}).get(max(t.get("points", {0: []})), []))
+        results.upsert_trial(url, study_id, t["id"], members_diverged=n_div)
+    return url
+
+
+def ae_trial(tid: str, optimizer: str, mu_max: float, lr: float, finals: list, before: list | None = None,
+             state: str | None = None, init_scale: float | None = None, updates: int = 1000) -> dict:
+    """An autoencoder trial with two seeds; final error None means that member diverged."""
+    before = before or [f * 2 if f is not None else 5.0 for f in finals]
+    final_row = [(f, "completed") if f is not None else (3.0, "diverged") for f in finals]
+    config = {"optimizer": optimizer, "mu_max": mu_max, "lr": lr, "seed": [0, 1], "updates": updates,
+              "report_every": 100, "train_cases": 2000}
+    if init_scale is not None:
+        config["init_scale"] = init_scale
+    diverged = any(f is None for f in finals)
+    return {
+        "id": tid,
+        "state": state or ("diverged" if diverged else "completed"),
+        "params": {"lr": lr},
+        "config": config,
+        "points": {
+            100: [(30.0, "running")] * 2,
+            # the final phase of 1000 updates is the last 100 (trainables default_final_updates)
+            900: [(b, "running") for b in before],
+            1000: final_row,
+        },
+    }
+
+
+@pytest.fixture
+def curves_study(tmp_path):
+    spec = {
+        "config": {"updates": 1000, "train_cases": 2000},
+        "search": {"optimizer": {"type": "grid", "values": ["nag", "cm"]},
+                   "mu_max": {"type": "grid", "values": [0.9, 0.99]},
+                   "lr": {"type": "grid", "values": [0.01, 0.05]}},
+        "sampler": {"type": "grid"},
+        "repeats": 2,
+    }
+    trials = [
+        ae_trial("n90a", "nag", 0.9, 0.01, [0.30, 0.34]),
+        ae_trial("n90b", "nag", 0.9, 0.05, [0.20, 0.26], before=[0.5, 0.7]),  # best for (nag, 0.9)
+        ae_trial("n99a", "nag", 0.99, 0.01, [0.12, 0.14]),                    # best: 0.05 had a divergence
+        ae_trial("n99b", "nag", 0.99, 0.05, [0.01, None]),
+        ae_trial("c90a", "cm", 0.9, 0.01, [0.40, 0.40]),
+        ae_trial("c90b", "cm", 0.9, 0.05, [0.50, 0.70]),
+        ae_trial("c99a", "cm", 0.99, 0.01, [None, None]),
+        ae_trial("c99b", "cm", 0.99, 0.05, [None, None]),
+    ]
+    return tmp_path / "studies", make_study(tmp_path / "studies", "ae", "curves", spec, trials)
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+def test_members_unpack_populations_and_mark_diverged_members(curves_study):
+    root, _ = curves_study
+    m = load_study("ae", root).members
+    assert len(m) == 16
+    row = m[(m.trial_id == "n99b") & (m.member == 1)].iloc[0]
+    assert row.outcome == "diverged" and row.seed == 1 and row.diverged_at == 995
+    assert row.final_error is None or math.isnan(row.final_error)
+    ok = m[(m.trial_id == "n99b") & (m.member == 0)].iloc[0]
+    assert ok.outcome == "completed" and ok.final_error == pytest.approx(0.01)
+
+
+def test_table1_picks_the_best_clean_lr_per_mu_max_and_momentum_type(curves_study):
+    root, _ = curves_study
+    t1 = tables.table1(load_study("ae", root).members, "curves").set_index(["optimizer", "mu_max"])
+    nag90 = t1.loc[("nag", 0.9)]
+    assert nag90.best_lr == 0.05 and nag90.error == pytest.approx(0.23) and nag90["std"] == pytest.approx(0.03)
+    assert nag90.seeds == 2 and nag90.n_diverged == 0 and nag90.paper == 0.16
+    # lr 0.05 reached 0.01 on one seed but diverged on the other: a failure, so 0.01 is best
+    nag99 = t1.loc[("nag", 0.99)]
+    assert nag99.best_lr == 0.01 and nag99.error == pytest.approx(0.13) and nag99.n_diverged == 1
+    assert nag99.paper == 0.096
+    cm90 = t1.loc[("cm", 0.9)]
+    assert cm90.best_lr == 0.01 and cm90.error == pytest.approx(0.40) and cm90.paper == 0.15
+    cm99 = t1.loc[("cm", 0.99)]
+    assert cm99.result == "diverged" and cm99.n_diverged == 4 and cm99.n_members == 4 and math.isnan(cm99.error)
+    shown = tables.display(t1.reset_index()).set_index(["optimizer", "mu_max"])
+    assert shown.loc[("cm", 0.99), "result_cell"] == "diverged (4/4)"
+    assert shown.loc[("nag", 0.9), "result_cell"] == "0.23 ± 0.03"
+
+
+def test_table2_reads_the_error_before_the_final_phase_from_the_history(curves_study):
+    root, _ = curves_study
+    t2 = tables.table2(load_study("ae", root).members, "curves").set_index("mu_max")
+    row = t2.loc[0.9]
+    assert row.best_lr == 0.05 and row.final_phase_updates == 100 and row.before_step == 900
+    assert row.before == pytest.approx(0.6) and row.after == pytest.approx(0.23)
+    assert row.paper_before == 0.096 and row.paper_after == 0.074
+    assert t2.loc[0.99].before == pytest.approx(0.26)
+
+
+def test_table3_per_si_scale_with_the_paper_beside(tmp_path):
+    trials = [
+        ae_trial("s025", "nag", 0.99, 0.01, [16.5, 16.7], init_scale=0.25),
+        ae_trial("s1", "nag", 0.99, 0.01, [0.5, 0.7], init_scale=1.0),
+        ae_trial("s4", "nag", 0.99, 0.01, [None, 2.0], init_scale=4.0),
+    ]
+    spec = {"search": {"init_scale": {"type": "grid", "values": [0.25, 1.0, 4.0]}}, "sampler": "grid", "repeats": 2}
+    make_study(tmp_path, "t3", "curves", spec, trials)
+    t3 = tables.table3(load_study("t3", tmp_path).members, "curves").set_index("init_scale")
+    assert t3.loc[0.25].error == pytest.approx(16.6) and t3.loc[0.25].paper == 16
+    assert t3.loc[1.0].error == pytest.approx(0.6) and t3.loc[1.0].paper == 0.074
+    assert t3.loc[4.0].result == "diverged" and t3.loc[4.0].n_diverged == 1 and t3.loc[4.0].paper == 0.35
+
+
+def rnn_trial(tid: str, optimizer: str, mu_0: float, seeds, finals: list, lr: float = 0.001) -> dict:
+    final_row = [(f, "completed") if f is not None else (0.9, "diverged") for f in finals]
+    return {
+        "id": tid,
+        "state": "diverged" if None in finals else "completed",
+        "config": {"optimizer": optimizer, "mu_0": mu_0, "lr": lr, "seed": seeds, "updates": 2000,
+                   "report_every": 1000, "seq_length": 20},
+        "points": {1000: [(0.8, "running")] * len(finals), 2000: final_row},
+    }
+
+
+@pytest.fixture
+def addition_study(tmp_path):
+    trials = [
+        # seeds as population members of one trial (repeats) AND as a separate trial
+        rnn_trial("n9", "nag", 0.9, [0, 1], [0.10, 0.20]),
+        rnn_trial("n9s2", "nag", 0.9, 2, [0.30]),
+        rnn_trial("n9lr", "nag", 0.9, [0, 1], [0.50, 0.60], lr=0.0001),
+        rnn_trial("c9", "cm", 0.9, [0, 1], [0.40, None]),
+        rnn_trial("c0", "cm", 0.0, [0, 1], [0.80, 0.82]),
+    ]
+    spec = {"config": {"updates": 2000, "seq_length": 20},
+            "search": {"optimizer": {"type": "grid", "values": ["nag", "cm"]},
+                       "mu_0": {"type": "grid", "values": [0.0, 0.9]},
+                       "lr": {"type": "grid", "values": [0.001, 0.0001]}},
+            "sampler": "grid"}
+    make_study(tmp_path / "studies", "add", "addition", spec, trials, mlflow=True)
+    return tmp_path / "studies"
+
+
+def test_table5_averages_over_member_and_trial_seeds_with_spread(addition_study):
+    t5 = tables.table5(load_study("add", addition_study).members, "addition").set_index(["optimizer", "mu_0"])
+    nag = t5.loc[("nag", 0.9)]
+    assert nag.best_lr == 0.001 and nag.seeds == 3
+    assert nag.error == pytest.approx(0.2) and nag["min"] == pytest.approx(0.1) and nag["max"] == pytest.approx(0.3)
+    assert nag["std"] == pytest.approx(math.sqrt(((0.1 - 0.2) ** 2 + 0 + (0.3 - 0.2) ** 2) / 3))
+    assert nag.paper == 0.02 and nag.n_members == 5
+    cm = t5.loc[("cm", 0.9)]
+    assert cm.result == "diverged" and cm.n_diverged == 1 and cm.paper == 0.43
+    # mu_0 = 0: one column in the paper for NAG and CM
+    assert t5.loc[("cm", 0.0)].paper == 0.39 and t5.loc[("cm", 0.0)].error == pytest.approx(0.81)
+
+
+def test_published_values_are_data():
+    assert published_value("table5", "addition", "nag", mu_0=0.995) == 0.00025
+    assert published_value("table5", "mem20", "cm", mu_0=0.98) == 0.0017
+    assert published_value("table1", "faces", "cm", mu_max=0.999) == 9.3
+    assert published_value("table1", "mnist", "nag", mu_max=0.0) == 2.1
+    assert published_value("table3", "curves", "nag", init_scale=2.0) == 0.083
+
+
+# --- sensitivity and importances ----------------------------------------------------------------
+
+
+def test_sensitivity_best_and_median_and_log_axis(curves_study):
+    root, _ = curves_study
+    m = load_study("ae", root).members
+    s = tables.sensitivity(m, "lr", {"type": "grid", "values": [0.01, 0.05]}).set_index("x")
+    assert s.loc[0.01].best == pytest.approx(0.12) and s.loc[0.01].n_diverged == 2
+    assert s.loc[0.05, "median"] == pytest.approx(0.26)  # 0.01, 0.2, 0.26, 0.5, 0.7 completed
+    assert s.attrs["log"] is False  # 0.01..0.05 is less than a decade
+    assert tables.axis_of("lr", {"type": "float", "log": True}, [0.01, 0.02]) == ("lr", True)
+    assert tables.axis_of("lr", None, [1e-4, 1e-2]) == ("lr", True)
+    assert tables.axis_of("mu_max", {"transform": "one_minus", "log": True}, [0.9]) == ("1 - mu_max", True)
+
+
+def test_importances_skip_grids_and_too_few_trials_and_run_on_a_search(tmp_path):
+    import optuna
+
+    url = make_study(tmp_path, "tpe", "addition", {"search": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2,
+                                                                       "log": True}}, "sampler": "tpe"}, [])
+    _, why = tables.importances("tpe", url, {"search": {"lr": {}}, "sampler": {"type": "grid"}})
+    assert "grid" in why
+    study = optuna.create_study(study_name="tpe", storage=url)
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+             "mu_0": optuna.distributions.CategoricalDistribution([0.0, 0.9])}
+    study.add_trial(optuna.trial.create_trial(params={"lr": 1e-3, "mu_0": 0.0}, distributions=dists, value=0.5))
+    _, why = tables.importances("tpe", url, {"search": {"lr": {}}, "sampler": {"type": "tpe"}})
+    assert "1 completed" in why
+    for i, lr in enumerate([2e-4, 5e-4, 2e-3, 5e-3, 8e-3]):
+        study.add_trial(optuna.trial.create_trial(params={"lr": lr, "mu_0": 0.9 if i % 2 else 0.0},
+                                                  distributions=dists, value=lr * 10))
+    study.add_trial(optuna.trial.create_trial(params={"lr": 1e-2, "mu_0": 0.9}, distributions=dists,
+                                              value=math.inf))  # a diverged trial
+    df, why = tables.importances("tpe", url, {"search": {"lr": {}, "mu_0": {}}, "sampler": {"type": "tpe"}})
+    assert why is None and set(df.parameter) == {"lr", "mu_0"}
+    assert df.set_index("parameter").importance.sum() == pytest.approx(1.0)
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+
+def _is_png(path: Path) -> bool:
+    data = path.read_bytes()
+    return data[:8] == PNG_SIGNATURE and len(data) > 5000
+
+
+def test_figures_carry_the_right_axes_and_are_png(curves_study, tmp_path):
+    root, _ = curves_study
+    m = load_study("ae", root).members
+    fig = figures.table1_figure(tables.table1(m, "curves"))
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "mu_max (Eq. 5 cap)" and ax.get_ylabel() == "final training squared error"
+    assert _is_png(figures.save(fig, tmp_path / "t1.png"))
+    fig = figures.table3_figure(tables.table3(m.assign(init_scale=1.0), "curves"))
+    assert fig.axes[0].get_xlabel() == "SI scale multiplier" and fig.axes[0].get_xscale() == "log"
+    s = tables.sensitivity(m, "lr", {"type": "float", "log": True})
+    fig = figures.sensitivity_figure(s, "autoencoder")
+    assert fig.axes[0].get_xlabel() == "lr" and fig.axes[0].get_xscale() == "log"
+    assert fig.axes[0].get_ylabel() == "final training squared error"
+    assert _is_png(figures.save(fig, tmp_path / "s.png"))
+
+
+# --- the whole report, MLflow and the command line ------------------------------------------------
+
+
+def test_report_writes_markdown_csv_png_with_scale_and_paper(addition_study, tmp_path):
+    rep = build_report("add", addition_study, out_dir=tmp_path / "out")
+    out = tmp_path / "out"
+    for name in ("report.md", "table5.csv", "table5.png", "curves.png", "sensitivity_mu_0.png",
+                 "sensitivity_lr.csv", "members.csv"):
+        assert (out / name).is_file(), name
+    assert _is_png(out / "table5.png")
+    assert rep.figures["table5"].axes[0].get_ylabel() == "final zero-one error"
+    assert rep.figures["table5"].axes[0].get_xlabel() == "mu_0"
+    csv = pd.read_csv(out / "table5.csv")
+    assert list(csv.sort_values(["optimizer", "mu_0"]).result) == ["ok", "diverged", "ok"]
+    md = (out / "report.md").read_text()
+    assert "updates: 2,000 here vs 50,000 in the paper" in md
+    assert "sequence length T: 20 here vs 80 in the paper" in md
+    assert "seeds: 3 here vs 4 in the paper" in md
+    assert "diverged (1/2)" in md and "| 0.43 |" in md
+    assert "Importances skipped: a grid study" in md
+
+
+def test_report_states_the_autoencoder_data_set_scale(curves_study, tmp_path):
+    root, _ = curves_study
+    rep = build_report("ae", root, out_dir=tmp_path / "r")
+    assert "data set: curves-replica (procedural) here vs original Curves (digs3pts_1.mat) in the paper" in rep.markdown
+    assert "training cases: 2,000 here vs 20,000 in the paper" in rep.markdown
+    assert {"table1", "table2"} <= set(rep.tables) and "table3" not in rep.tables
+
+
+def test_report_is_logged_on_the_mlflow_parent_run(addition_study, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    rep = build_report("add", addition_study, out_dir=tmp_path / "out")
+    run_id = log_to_mlflow(rep)
+    data = load_study("add", addition_study)
+    assert run_id == data.mlflow_parent_run_id
+    client = MlflowClient(tracking_uri=data.mlflow_uri)
+    names = {Path(a.path).name for a in client.list_artifacts(run_id, "report")}
+    assert {"report.md", "table5.csv", "table5.png", "members.csv"} <= names
+    local = Path(client.download_artifacts(run_id, "report/table5.png", str(tmp_path / "dl")))
+    assert _is_png(local)
+
+
+def test_cli_report_default_out_dir_and_mlflow(addition_study):
+    proc = subprocess.run([STUDY_BIN, "report", "add", "--dir", str(addition_study)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (addition_study / "add" / "report" / "report.md").is_file()
+    assert "logged as artifacts report/ of MLflow parent run" in proc.stdout
+    missing = subprocess.run([STUDY_BIN, "report", "nope", "--dir", str(addition_study)], capture_output=True,
+                             text=True, timeout=300)
+    assert missing.returncode == 2 and "nope" in missing.stderr

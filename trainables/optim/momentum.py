@@ -41,8 +41,15 @@ def momentum_step(
     ``lr`` and ``mu`` have shape (K,) and act along dim 0 of every tensor. ``grads`` must be
     evaluated at theta (CM) or at theta + mu*v with this same mu (NAG).
     """
+    if lr.numel() == 1:
+        # One member: the same multi-tensor kernels torch.optim.SGD uses (foreach), no broadcast.
+        velocities, params = list(velocities), list(params)
+        torch._foreach_mul_(velocities, float(mu[0]))
+        torch._foreach_add_(velocities, list(grads), alpha=-float(lr[0]))
+        torch._foreach_add_(params, velocities)
+        return
     for p, g, v in zip(params, grads, velocities):
-        v.mul_(per_member(mu, v)).sub_(per_member(lr, g) * g)
+        v.mul_(per_member(mu, v)).addcmul_(g, per_member(-lr, g))
         p.add_(v)
 
 
@@ -69,7 +76,9 @@ class NAG(CM):
 
     @torch.no_grad()
     def gradient_point(self) -> list[Tensor]:
-        return [p + per_member(self.mu, v) * v for p, v in zip(self.params, self.state["velocity"])]
+        if self.population_size == 1:
+            return list(torch._foreach_add(self.params, self.state["velocity"], alpha=float(self.mu[0])))
+        return [torch.addcmul(p, v, per_member(self.mu, v)) for p, v in zip(self.params, self.state["velocity"])]
 
 
 class SGD(CM):

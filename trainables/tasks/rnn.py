@@ -34,6 +34,7 @@ class PaddedBatch:
     active: torch.Tensor | None  # (K, T, 1, 1) 1.0 where the step is real, None when no padding
     targets: torch.Tensor  # (K, T, B, n_out) float (regression) or (K, T, B) long (classification)
     loss_mask: torch.Tensor  # (K, T, B, 1) float
+    error_mask: torch.Tensor  # (K, T, B) bool
     raw: list  # the members' unpadded SequenceBatch objects
     pads: list[int]
 
@@ -90,12 +91,13 @@ class RNNWorkload:
         n_in = self.problem.n_in
         x = np.zeros((K, T, B, n_in), dtype=np.float32)
         lm = np.zeros((K, T, B), dtype=np.float32)
+        em = np.zeros((K, T, B), dtype=bool)
         if self.classification:
             y = np.zeros((K, T, B), dtype=np.int64)
         else:
             y = np.zeros((K, T, B, self.problem.n_out), dtype=np.float32)
         for k, (b, p) in enumerate(zip(batches, pads)):
-            x[k, p:], y[k, p:], lm[k, p:] = b.inputs, b.targets, b.loss_mask
+            x[k, p:], y[k, p:], lm[k, p:], em[k, p:] = b.inputs, b.targets, b.loss_mask, b.error_mask
         active = None
         if any(pads):
             act = np.ones((K, T, 1, 1), dtype=np.float32)
@@ -108,6 +110,7 @@ class RNNWorkload:
             active=active,
             targets=as_t(y, torch.long) if self.classification else as_t(y),
             loss_mask=as_t(lm[..., None]),
+            error_mask=torch.as_tensor(em, device=self.device),
             raw=batches,
             pads=pads,
         )
@@ -122,22 +125,35 @@ class RNNWorkload:
         return self._pad([cache[s] for s in self.seeds])
 
     # -- model ----------------------------------------------------------------------------
-    def forward(self, params: list[torch.Tensor], batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hidden states (K, T, B, H) and outputs (K, T, B, n_out)."""
-        W_ih, W_hh, b_h, W_ho, b_o = params
+    def hidden_states(self, params: list[torch.Tensor], batch: PaddedBatch) -> torch.Tensor:
+        """Hidden states (T, K, B, H): time-major, so each step writes one contiguous block in
+        place (two ops per step, no allocation)."""
+        W_ih, W_hh, b_h = params[:3]
         K, T, B, n_in = batch.inputs.shape
         pre = torch.baddbmm(b_h, batch.inputs.reshape(K, T * B, n_in), W_ih).reshape(K, T, B, -1)
-        hs = torch.empty_like(pre)
-        h = torch.zeros(K, B, W_hh.shape[-1], device=pre.device, dtype=pre.dtype)
+        hs = torch.empty(T, K, B, W_hh.shape[-1], device=pre.device, dtype=pre.dtype)
+        h = torch.zeros_like(hs[0])
         for t in range(T):
-            h_new = torch.tanh(torch.baddbmm(pre[:, t], h, W_hh))
+            torch.baddbmm(pre[:, t], h, W_hh, out=hs[t])
+            torch.tanh(hs[t], out=hs[t])
             if batch.active is not None:
-                h_new = h + batch.active[:, t] * (h_new - h)
-            hs[:, t] = h = h_new
-        out = torch.baddbmm(b_o, hs.reshape(K, T * B, -1), W_ho).reshape(K, T, B, -1)
-        return hs, out
+                hs[t] = h + batch.active[:, t] * (hs[t] - h)
+            h = hs[t]
+        return hs
 
-    def _loss_and_dout(self, out: torch.Tensor, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def _readout_steps(mask: torch.Tensor) -> torch.Tensor:
+        """The steps at which some member reads an output (addition: only the last)."""
+        return (mask.reshape(mask.shape[0], mask.shape[1], -1) != 0).any(dim=2).any(dim=0).nonzero().flatten()
+
+    def readout(self, params: list[torch.Tensor], hs: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """Outputs (K, S, B, n_out) at the given steps."""
+        W_ho, b_o = params[3:]
+        S, K, B, H = hs[steps].shape
+        h_sel = hs[steps].transpose(0, 1).reshape(K, S * B, H)
+        return torch.baddbmm(b_o, h_sel, W_ho).reshape(K, S, B, -1)
+
+    def _loss_and_dout(self, out: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-member loss, summed over the loss steps and averaged over sequences, and d loss/d out.
 
         Regression: squared error without 1/2 (as the Faces autoencoder). Classification: softmax
@@ -145,11 +161,11 @@ class RNNWorkload:
         B = out.shape[2]
         if self.classification:
             logp = torch.log_softmax(out, dim=-1)
-            onehot = torch.zeros_like(out).scatter_(-1, batch.targets.unsqueeze(-1), 1.0)
-            loss = -(logp * onehot * batch.loss_mask).sum(dim=(1, 2, 3)) / B
-            dout = (logp.exp() - onehot) * batch.loss_mask / B
+            onehot = torch.zeros_like(out).scatter_(-1, targets.unsqueeze(-1), 1.0)
+            loss = -(logp * onehot * mask).sum(dim=(1, 2, 3)) / B
+            dout = (logp.exp() - onehot) * mask / B
         else:
-            diff = (out - batch.targets) * batch.loss_mask
+            diff = (out - targets) * mask
             loss = diff.pow(2).sum(dim=(1, 2, 3)) / B
             dout = 2.0 * diff / B
         return loss, dout
@@ -157,33 +173,50 @@ class RNNWorkload:
     def loss_and_grads(self, params: list[torch.Tensor], step: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         batch = self._sample(1, step)
         W_ih, W_hh, b_h, W_ho, b_o = params
-        hs, out = self.forward(params, batch)
-        loss, dout = self._loss_and_dout(out, batch)
-        K, T, B, H = hs.shape
-        d_o = dout.reshape(K, T * B, -1)
-        hs_flat = hs.reshape(K, T * B, H)
-        g_W_ho = torch.bmm(hs_flat.transpose(1, 2), d_o)
+        hs = self.hidden_states(params, batch)
+        T, K, B, H = hs.shape
+        steps = self._readout_steps(batch.loss_mask)
+        out = self.readout(params, hs, steps)
+        loss, dout = self._loss_and_dout(out, batch.targets[:, steps], batch.loss_mask[:, steps])
+        S = len(steps)
+        d_o = dout.reshape(K, S * B, -1)
+        h_sel = hs[steps].transpose(0, 1).reshape(K, S * B, H)
+        g_W_ho = torch.bmm(h_sel.transpose(1, 2), d_o)
         g_b_o = d_o.sum(1, keepdim=True)
-        dh_out = torch.bmm(d_o, W_ho.transpose(1, 2)).reshape(K, T, B, H)
-        da = torch.empty_like(hs)
+        dh_out = torch.bmm(d_o, W_ho.transpose(1, 2)).reshape(K, S, B, H)
+        readout_at = dict(zip(steps.tolist(), range(S)))
+
+        # Backward through time: one matmul per step; the weight gradients of all steps are one
+        # large matmul each afterwards. da[t] = dh_t * tanh'(a_t), with tanh' taken for all steps
+        # in one op.
+        da = 1.0 - hs.pow(2)
         W_hh_T = W_hh.transpose(1, 2)
-        dh = torch.zeros(K, B, H, device=hs.device, dtype=hs.dtype)
+        dh = torch.zeros_like(hs[0])
         for t in range(T - 1, -1, -1):
-            dh = dh + dh_out[:, t]
-            d_a = dh * (1.0 - hs[:, t].pow(2))
-            if batch.active is not None:
-                m = batch.active[:, t]
-                d_a = d_a * m
-                dh = torch.baddbmm(dh * (1.0 - m), d_a, W_hh_T)
+            if t in readout_at:
+                dh = dh + dh_out[:, readout_at[t]]
+            if batch.active is None:
+                da[t].mul_(dh)
+                dh = torch.bmm(da[t], W_hh_T)
             else:
-                dh = torch.bmm(d_a, W_hh_T)
-            da[:, t] = d_a
-        da_flat = da.reshape(K, T * B, H)
-        h_prev = torch.cat([torch.zeros_like(hs[:, :1]), hs[:, :-1]], dim=1).reshape(K, T * B, H)
+                m = batch.active[:, t]
+                da[t].mul_(dh * m)
+                dh = torch.baddbmm(dh * (1.0 - m), da[t], W_hh_T)
+        da_flat = da.transpose(0, 1).reshape(K, T * B, H)
+        h_prev = torch.cat([torch.zeros_like(hs[:1]), hs[:-1]], dim=0).transpose(0, 1).reshape(K, T * B, H)
         g_W_hh = torch.bmm(h_prev.transpose(1, 2), da_flat)
         g_W_ih = torch.bmm(batch.inputs.reshape(K, T * B, -1).transpose(1, 2), da_flat)
         g_b_h = da_flat.sum(1, keepdim=True)
         return loss, [g_W_ih, g_W_hh, g_b_h, g_W_ho, g_b_o]
+
+    def forward(self, params: list[torch.Tensor], batch: PaddedBatch) -> torch.Tensor:
+        """Outputs (K, T, B, n_out) at every step where the error is read, zeros elsewhere."""
+        hs = self.hidden_states(params, batch)
+        steps = self._readout_steps(batch.error_mask)
+        out = self.readout(params, hs, steps)
+        full = torch.zeros(*batch.inputs.shape[:3], out.shape[-1], device=out.device, dtype=out.dtype)
+        full[:, steps] = out
+        return full
 
     @torch.no_grad()
     def error(self, params: list[torch.Tensor]) -> torch.Tensor:
@@ -194,7 +227,7 @@ class RNNWorkload:
         K = params[0].shape[0]
         totals = np.zeros(K)
         for batch in self._eval_batches:
-            _, out = self.forward(params, batch)
+            out = self.forward(params, batch)
             out = out.cpu().numpy()
             for k in range(K):
                 totals[k] += self.problem.zero_one_error(out[k, batch.pads[k]:], batch.raw[k])

@@ -1,4 +1,5 @@
-"""The `study` command line: run, status, resume, results, query, ui."""
+"""The `study` command line: run, status, resume, results, query, ui; submit, logs and
+mlflow-server for a cluster (docs/cluster.md)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ def _locations_args(p: argparse.ArgumentParser, ray: bool = False) -> None:
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (env MLFLOW_TRACKING_URI)")
     if ray:
         p.add_argument("--ray-address", help="Ray cluster address (env RAY_ADDRESS; default: a local Ray)")
+        p.add_argument("--storage", help="Ray Tune storage every node reaches: a shared path or s3://, gs:// "
+                       "(env MOMENTUM_STUDY_STORAGE; default: the study directory)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,8 +39,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     _locations_args(p, ray=True)
 
-    p = sub.add_parser("status", help="the studies, or one study's trials")
+    p = sub.add_parser("status", help="the studies, one study's trials, or a submitted job (--job)")
     p.add_argument("name", nargs="?")
+    p.add_argument("--job", help="a job id from `study submit`: its state on the cluster")
+    p.add_argument("--address", help="Ray Jobs API, http://HEAD:8265 (env RAY_API_SERVER_ADDRESS)")
     _locations_args(p)
 
     p = sub.add_parser("results", help="a study's trials as a table, CSV or JSON")
@@ -62,6 +67,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default: the study directory's report/)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report on the study's MLflow parent run")
     _locations_args(p)
+
+    p = sub.add_parser("submit", help="run a study as a Ray job on a cluster; prints the job id")
+    p.add_argument("spec", help="path to a study spec (YAML)")
+    p.add_argument("--address", help="Ray Jobs API, http://HEAD:8265 (env RAY_API_SERVER_ADDRESS)")
+    p.add_argument("--storage", help="Ray Tune storage every node reaches (shared path, s3://, gs://)")
+    p.add_argument("--python", default="python", help="the cluster's Python for the job (default: python)")
+    p.add_argument("--job-id", help="submission id (default: study-<name>-<random>)")
+    p.add_argument("--wait", action="store_true", help="follow the job's log until it ends; exit 1 unless it succeeded")
+    _locations_args(p)
+
+    p = sub.add_parser("logs", help="a submitted job's log (the study's driver output)")
+    p.add_argument("job")
+    p.add_argument("--address", help="Ray Jobs API, http://HEAD:8265 (env RAY_API_SERVER_ADDRESS)")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+
+    p = sub.add_parser("mlflow-server", help="an MLflow tracking server for a cluster's studies")
+    p.add_argument("--backend-store-uri", help="database URL, e.g. postgresql://mlflow@HOST:5432/mlflow "
+                   "(env MLFLOW_BACKEND_STORE_URI; a password belongs in ~/.pgpass or the environment)")
+    p.add_argument("--artifacts-destination", help="where the server keeps artifacts: a directory, s3://, gs://")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--basic-auth", action="store_true", help="MLflow's basic-auth app (users and permissions)")
+    p.add_argument("--allowed-hosts", help="Host headers to accept when serving beyond 127.0.0.1")
     return top
 
 
@@ -71,12 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Console() if sys.stdout.isatty() else Console(width=200)
     err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=200)
     from study.api import QueryError
+    from study.cluster import ClusterError
     from study.results import ResultsDBError
     from study.spec import SpecError
 
     try:
         return COMMANDS[args.command](args, out, err)
-    except (SpecError, QueryError, ResultsDBError) as exc:
+    except (SpecError, QueryError, ResultsDBError, ClusterError) as exc:
         err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -87,7 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _loc(args: argparse.Namespace, name: str):
     from study.locations import resolve
 
-    return resolve(name, args.dir, args.results_db, args.mlflow_uri, getattr(args, "ray_address", None))
+    return resolve(
+        name, args.dir, args.results_db, args.mlflow_uri, getattr(args, "ray_address", None), getattr(args, "storage", None)
+    )
 
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -140,6 +172,8 @@ def _cell(v) -> str:
 def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
     from study import api
 
+    if args.job:
+        return _job_status(args, out)
     if not args.name:
         df = api.studies(args.dir, args.results_db)
         if df.empty:
@@ -210,7 +244,9 @@ def cmd_ui(args: argparse.Namespace, out: Console, err: Console) -> int:
         return EXIT_BAD_INPUT
     uri = args.mlflow_uri or df.iloc[0]["mlflow_uri"]
     if not uri.startswith(("sqlite:", "file:", "postgresql", "mysql")) and "://" in uri:
-        out.print(f"study {args.name} tracks to the MLflow server {uri}; open it there "
+        from study.locations import redact
+
+        out.print(f"study {args.name} tracks to the MLflow server {redact(uri)}; open it there "
                   f"(experiment {df.iloc[0]['mlflow_experiment_id']})")
         return 0
     cmd = mlflow_ui_command(uri, args.port)
@@ -223,6 +259,72 @@ def cmd_ui(args: argparse.Namespace, out: Console, err: Console) -> int:
     except KeyboardInterrupt:
         proc.terminate()
         proc.wait(timeout=20)
+        return 0
+
+
+def _job_status(args: argparse.Namespace, out: Console) -> int:
+    from study import cluster
+
+    info = cluster.job_info(args.job, args.address)
+    table = Table(title=f"job {info['job_id']}: {info['status']}", show_header=False)
+    for key, value in info.items():
+        table.add_row(key, _cell(value))
+    out.print(table)
+    if info["study"]:
+        out.print(f"trials: study status {info['study']} (with the cluster's --results-db / --dir)")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from study import cluster
+
+    env = cluster.job_env(args.dir, args.results_db, args.mlflow_uri, args.storage)
+    job_id = cluster.submit(args.spec, args.address, env, args.job_id, args.python)
+    print(job_id)
+    sys.stdout.flush()
+    err.print(f"follow it with: study status --job {job_id} --address ...; study logs {job_id} --follow")
+    if not args.wait:
+        return 0
+    for chunk in cluster.follow_logs(job_id, args.address):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+    status = cluster.wait(job_id, args.address)
+    err.print(f"job {job_id} {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def cmd_logs(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from study import cluster
+
+    if args.follow:
+        for chunk in cluster.follow_logs(args.job, args.address):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    else:
+        sys.stdout.write(cluster.logs(args.job, args.address))
+    return 0
+
+
+def cmd_mlflow_server(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from study.locations import redact
+    from study.servers import mlflow_server_command, printable
+
+    backend = args.backend_store_uri or os.environ.get("MLFLOW_BACKEND_STORE_URI")
+    if not backend:
+        err.print("[bold red]error:[/] --backend-store-uri (or MLFLOW_BACKEND_STORE_URI) is required", highlight=False)
+        return EXIT_BAD_INPUT
+    cmd = mlflow_server_command(
+        backend, args.artifacts_destination, args.host, args.port, args.workers, args.basic_auth, args.allowed_hosts
+    )
+    err.print(f"MLflow tracking server on http://{args.host}:{args.port} (backend {redact(backend)})", highlight=False)
+    err.print(printable(cmd), highlight=False, soft_wrap=True)
+    sys.stdout.flush()
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=30)
         return 0
 
 
@@ -240,6 +342,9 @@ COMMANDS = {
     "query": cmd_query,
     "ui": cmd_ui,
     "report": cmd_report,
+    "submit": cmd_submit,
+    "logs": cmd_logs,
+    "mlflow-server": cmd_mlflow_server,
 }
 
 

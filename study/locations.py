@@ -17,6 +17,7 @@ ENV_DIR = "MOMENTUM_STUDY_DIR"
 ENV_RESULTS_DB = "MOMENTUM_STUDY_RESULTS_DB"
 ENV_MLFLOW = "MLFLOW_TRACKING_URI"
 ENV_RAY = "RAY_ADDRESS"
+ENV_STORAGE = "MOMENTUM_STUDY_STORAGE"
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class Locations:
     results_db: str
     mlflow_uri: str
     ray_address: str | None
+    # Ray Tune's storage (checkpoints, experiment state): a shared filesystem path or a URI such as
+    # s3://bucket/prefix that every node reaches; None keeps it in the study directory.
+    storage: str | None = None
 
     @property
     def study_dir(self) -> Path:
@@ -35,6 +39,15 @@ class Locations:
     def tune_path(self) -> Path:
         """Ray Tune's experiment directory (absolute, as Tune requires)."""
         return self.study_dir / "tune"
+
+    @property
+    def tune_uri(self) -> str:
+        """Where Tune's experiment lives: ``<storage>/<name>/tune``, else the study directory's."""
+        if not self.storage:
+            return str(self.tune_path.resolve())
+        if "://" in self.storage:
+            return f"{self.storage.rstrip('/')}/{self.name}/tune"
+        return str((Path(self.storage) / self.name / "tune").resolve())
 
     @property
     def artifact_location(self) -> str | None:
@@ -54,6 +67,7 @@ def resolve(
     results_db: str | None = None,
     mlflow_uri: str | None = None,
     ray_address: str | None = None,
+    storage: str | None = None,
 ) -> Locations:
     """Options first, then environment variables, then the embedded defaults."""
     root = studies_root(directory)
@@ -64,4 +78,23 @@ def resolve(
         results_db=results_db or os.environ.get(ENV_RESULTS_DB) or sqlite_url(study_dir / "results.db"),
         mlflow_uri=mlflow_uri or os.environ.get(ENV_MLFLOW) or sqlite_url(study_dir / "mlflow.db"),
         ray_address=ray_address or os.environ.get(ENV_RAY) or None,
+        storage=storage or os.environ.get(ENV_STORAGE) or None,
     )
+
+
+def redact(url: str | None) -> str | None:
+    """A URL fit to print or store: any password replaced by ``***`` (database and HTTP URLs)."""
+    if not url or "@" not in url or "://" not in url:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))

@@ -112,6 +112,10 @@ class TrialRow(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # Where the trial process last reported from (migration 0002): host, IP and Ray node id.
+    hostname: Mapped[str | None] = mapped_column(String(255))
+    node_ip: Mapped[str | None] = mapped_column(String(64))
+    ray_node_id: Mapped[str | None] = mapped_column(String(64))
 
     study: Mapped[StudyRow] = relationship(back_populates="trials")
     points: Mapped[list["MetricPointRow"]] = relationship(back_populates="trial", cascade="all, delete-orphan")

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from study import results, tracking
-from study.locations import Locations
+from study.locations import Locations, redact
 from study.progress import Progress
 from study.spec import (
     CategoricalParam,
@@ -187,6 +187,10 @@ class Recorder(tune.Callback):
             metric_value=value,
             objective=result.get("objective"),
             members_diverged=int(result.get("members_diverged", 0)),
+            # Where the trial ran: Tune fills in hostname and node_ip; ray_node_id comes from trial.py.
+            hostname=result.get("hostname"),
+            node_ip=result.get("node_ip"),
+            ray_node_id=result.get("ray_node_id"),
         )
         if best is not None:
             values["best_metric_value"] = best
@@ -278,9 +282,11 @@ def scheduler(spec: StudySpec, reports: int) -> Any:
 
 
 def run_config(spec: StudySpec, loc: Locations, callbacks: list) -> Any:
+    # A multi-node study needs storage every node reaches (shared path or s3://, gs://: docs/cluster.md).
+    storage_path, _, name = loc.tune_uri.rpartition("/")
     return tune.RunConfig(
-        name=loc.tune_path.name,
-        storage_path=str(loc.tune_path.parent.resolve()),
+        name=name,
+        storage_path=storage_path,
         failure_config=tune.FailureConfig(max_failures=spec.retries),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         callbacks=callbacks,
@@ -298,7 +304,7 @@ def prepare(spec: StudySpec, loc: Locations) -> None:
             raise SpecError("sampler.type='cmaes' needs the 'cmaes' package: pip install cmaes") from None
     if results.sqlite_path_exists(loc.results_db) and results.get_study(loc.results_db, spec.name):
         raise StudyExistsError(
-            f"study {spec.name!r} already exists in {loc.results_db}: continue it with "
+            f"study {spec.name!r} already exists in {redact(loc.results_db)}: continue it with "
             f"`study resume {spec.name}`, or give the spec another name"
         )
 
@@ -323,8 +329,9 @@ def run(spec: StudySpec, loc: Locations, console: Any = None) -> str:
         repeats=spec.repeats,
         state="running",
         spec_yaml=spec_yaml,
-        tune_path=str(loc.tune_path.resolve()),
-        mlflow_uri=loc.mlflow_uri,
+        tune_path=loc.tune_uri,
+        # Stored without a password; `study resume` takes the secret from its own options/env.
+        mlflow_uri=redact(loc.mlflow_uri),
         mlflow_experiment_id=experiment_id,
         mlflow_parent_run_id=parent_run_id,
     )
@@ -363,9 +370,10 @@ def resume(name: str, loc: Locations, console: Any = None) -> str:
 
     row = results.get_study(loc.results_db, name) if results.sqlite_path_exists(loc.results_db) else None
     if row is None:
-        raise SpecError(f"no study named {name!r} in {loc.results_db}; `study status` lists the studies")
+        raise SpecError(f"no study named {name!r} in {redact(loc.results_db)}; `study status` lists the studies")
     spec = load_spec(row.spec_yaml)
-    loc = Locations(loc.root, name, loc.results_db, row.mlflow_uri, loc.ray_address)
+    mlflow_uri = loc.mlflow_uri if "***" in row.mlflow_uri else row.mlflow_uri
+    loc = Locations(loc.root, name, loc.results_db, mlflow_uri, loc.ray_address, loc.storage)
     path = row.tune_path
     if not tune.Tuner.can_restore(path):
         raise SpecError(f"study {name!r} has no Ray Tune experiment to restore at {path}")

@@ -22,6 +22,31 @@ from trainables.config import ConfigError, TaskConfig, parse_config
 SamplerName = Literal["tpe", "cmaes", "gp", "random", "grid", "qmc"]
 METRICS = ("error", "loss", "averaged_error")
 NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# Credentials come from the environment or a secret store, never from a spec (docs/cluster.md):
+# a spec is stored in the results DB and logged to MLflow as parameters and an artifact.
+CREDENTIAL_KEY = re.compile(r"pass(word|wd)?$|secret|token|api[_-]?key|credential|private[_-]?key|auth", re.I)
+CREDENTIAL_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.I)
+
+
+def find_credentials(value: Any, where: str = "") -> str | None:
+    """The first field of a raw spec that looks like a credential (by its name or a URL with a
+    password), as a dotted path; None if there is none."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            path = f"{where}.{k}" if where else str(k)
+            if CREDENTIAL_KEY.search(str(k)):
+                return path
+            found = find_credentials(v, path)
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = find_credentials(v, f"{where}[{i}]")
+            if found:
+                return found
+    elif isinstance(value, str) and CREDENTIAL_URL.search(value):
+        return where or "spec"
+    return None
 
 
 class SpecError(ValueError):
@@ -126,8 +151,19 @@ class SchedulerSpec(_Strict):
 
 
 class ResourcesSpec(_Strict):
+    """Per trial: a trial trains its whole population on one device, so ``gpus: 0.25`` puts four
+    trials (each a fused population) on one GPU."""
+
     cpus: float = Field(1.0, gt=0)
     gpus: float = Field(0.0, ge=0)
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_fraction(cls, v: float) -> float:
+        # Ray schedules fractions of one GPU, or whole GPUs; 1.5 GPUs is not a placement it makes.
+        if v > 1 and v != int(v):
+            raise ValueError(f"gpus={v!r} is not allowed: use a fraction of one GPU (0 < gpus <= 1) or a whole number")
+        return v
 
 
 class StudySpec(_Strict):
@@ -153,6 +189,18 @@ class StudySpec(_Strict):
     retries: int = Field(0, ge=0)
     # Save a checkpoint every N reports (and at the last one).
     checkpoint_every: int = Field(1, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, raw: Any) -> Any:
+        found = find_credentials(raw)
+        if found:
+            raise ValueError(
+                f"{found} is not allowed: it looks like a credential; give passwords, tokens and keys "
+                "through the environment or a secret (MOMENTUM_STUDY_RESULTS_DB, MLFLOW_TRACKING_PASSWORD, ...), "
+                "never in a spec"
+            )
+        return raw
 
     @field_validator("sampler", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -108,12 +109,14 @@ def run_trial(config: dict[str, Any]) -> None:
             resume_from = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=False)
 
     reports = 0
+    node_id = ray.get_runtime_context().get_node_id()
 
     def reporter(report: Any) -> None:
         nonlocal reports
         reports += 1
         result = summarize(report, seeds, spec.metric, spec.mode)
         result["mlflow_run_id"] = run_id
+        result["ray_node_id"] = node_id
         if report.final or reports % spec.checkpoint_every == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save(report.checkpoint(), Path(tmp) / CHECKPOINT_FILE)

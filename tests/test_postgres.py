@@ -170,3 +170,12 @@ def test_mlflow_server_command_binds_to_localhost_by_default():
     assert ["--app-name", "basic-auth"] == cmd[cmd.index("--app-name"):cmd.index("--app-name") + 2]
     assert "secret" not in printable(cmd) and "u:***@db" in printable(cmd)
     assert sys.executable == cmd[0]
+
+
+def test_study_ui_points_at_the_tracking_server(postgres, mlflow_server, pg_study):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MOMENTUM_STUDY_", "MLFLOW_"))}
+    r = subprocess.run([STUDY_BIN, "ui", "pg-test", "--results-db", postgres["results"]],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert mlflow_server["uri"] in r.stdout and "tracks to the MLflow server" in r.stdout
+    assert PASSWORD not in r.stdout + r.stderr

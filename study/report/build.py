@@ -23,6 +23,8 @@ from study.report.data import StudyData, load_study
 from study.report.published import load_published, scale_differences, study_scale
 
 REPORT_ARTIFACT_PATH = "report"
+REPORT_FILES = ("report.md", "members.csv", "table[0-9].csv", "table[0-9].png", "sensitivity_*.csv",
+                "sensitivity_*.png", "importances.csv", "importances.png", "curves.png")
 
 
 @dataclass
@@ -72,6 +74,10 @@ def _warmup_note(members: pd.DataFrame) -> str:
     return f" mu_0 applied for the last {n - warm:,} of {n:,} updates (after the {warm}-update warm-up at mu = 0.9)."
 
 
+def _keys(table: pd.DataFrame, members: pd.DataFrame, own: list[str]) -> dict[str, str]:
+    return {k: k for k in tables.other_varied(members, own) if k in table}
+
+
 def _varied(members: pd.DataFrame, col: str) -> bool:
     return members[col].dropna().nunique() > 1
 
@@ -91,6 +97,10 @@ def build_report(
     data = load_study(name, directory, results_db)
     out = Path(out_dir) if out_dir else default_out_dir(name, directory)
     out.mkdir(parents=True, exist_ok=True)
+    # A rerun must not leave an earlier run's table beside the new ones (only our own file names).
+    for pattern in REPORT_FILES:
+        for old in out.glob(pattern):
+            old.unlink()
     rep = Report(study=data, out_dir=out)
     m = data.members
     task = data.task
@@ -125,36 +135,43 @@ def build_report(
         md.extend([f"![{caption}]({path.name})", ""])
 
     best_cols = {"result_cell": "error (mean ± sd over seeds)", "best_lr": "best lr", "seeds": "seeds",
-                 "n_diverged": "diverged", "n_failed": "failed", "n_members": "runs", "lr_tried": "lr tried",
+                 "n_diverged": "diverged", "n_failed": "failed or unfinished", "n_members": "runs", "lr_tried": "lr tried",
                  "paper": "paper"}
     if data.family == "autoencoder" and len(m):
+        # A study of the SI scale alone (Table 3) would only repeat Table 3 as Table 1.
+        show_table1 = _varied(m, "optimizer") or _varied(m, "mu_max") or not _varied(m, "init_scale")
+    if data.family == "autoencoder" and len(m) and show_table1:
         t1 = tables.table1(m, task)
         add_table("table1", t1, "Table 1: best-lr error per mu_max and momentum type",
-                  {"optimizer": "optimizer", "mu_max": "mu_max", **best_cols},
+                  {"optimizer": "optimizer", "mu_max": "mu_max", **_keys(t1, m, ["optimizer", "mu_max"]), **best_cols},
                   "The paper's Table 1 at mu_max = 0 is one column for NAG and CM (plain SGD).")
         add_figure("table1", figures.table1_figure(t1, data.family), "Table 1")
+    if data.family == "autoencoder" and len(m):
         if ((m["optimizer"] == "nag") & (m["final_phase_updates"] > 0)).any():
             t2 = tables.table2(m, task)
             add_table("table2", t2, "Table 2: NAG before and after the final low-momentum phase",
-                      {"mu_max": "mu_max", "best_lr": "best lr", "final_phase_updates": "final-phase updates",
+                      {"mu_max": "mu_max", **_keys(t2, m, ["optimizer", "mu_max"]), "best_lr": "best lr",
+                       "final_phase_updates": "final-phase updates",
                        "before_step": "before: at update", "before": "before", "after": "after", "seeds": "seeds",
                        "n_diverged": "diverged", "result": "result", "paper_before": "paper before",
                        "paper_after": "paper after"},
                       "Before: the error at the last report before the final phase (mu <= 0.9) begins; "
                       "after: the final error. The paper's row is at its best mu_max and lr.")
             if (t2["result"] == "ok").any():
-                add_figure("table2", figures.table2_figure(t2), "Table 2")
+                add_figure("table2", figures.table2_figure(t2, list(_keys(t2, m, ["optimizer", "mu_max"]))), "Table 2")
         if _varied(m, "init_scale"):
             t3 = tables.table3(m, task)
             add_table("table3", t3, "Table 3: error against the SI scale multiplier",
-                      {"optimizer": "optimizer", "init_scale": "SI scale", **best_cols},
+                      {"optimizer": "optimizer", "init_scale": "SI scale", **_keys(t3, m, ["optimizer", "init_scale"]),
+                       **best_cols},
                       "The paper: Curves, NAG, 750,000 updates.")
             add_figure("table3", figures.table3_figure(t3), "Table 3")
     elif len(m):
         t5 = tables.table5(m, task)
         bias = next((r["error"] for r in load_published().get("table5_biases", []) if r["task"] == task), None)
         add_table("table5", t5, f"Table 5: zero-one error per mu_0 and momentum type ({task})",
-                  {"optimizer": "optimizer", "mu_0": "mu_0", **best_cols, "min": "min", "max": "max"},
+                  {"optimizer": "optimizer", "mu_0": "mu_0", **_keys(t5, m, ["optimizer", "mu_0"]), **best_cols,
+                   "min": "min", "max": "max"},
                   "Mean over seeds (population members and/or trials with different seeds) at the best lr; "
                   f"sd, min and max over those seeds. The paper's bias-only error for {task}: {bias}."
                   + _warmup_note(m))

@@ -92,15 +92,17 @@ def table5_figure(df: pd.DataFrame, task: str) -> Figure:
     )
 
 
-def table2_figure(df: pd.DataFrame) -> Figure:
+def table2_figure(df: pd.DataFrame, other_keys: list[str] | None = None) -> Figure:
     fig = Figure(figsize=(6.0, 4.0), dpi=110)
     ax = fig.add_subplot()
     ok = df[df["result"] == "ok"]
     x = np.arange(len(ok))
     ax.bar(x - 0.2, ok["before"].astype(float), width=0.4, label="before final phase")
     ax.bar(x + 0.2, ok["after"].astype(float), width=0.4, label="after final phase")
-    ax.set_xticks(x, [f"{v:g}" for v in ok["mu_max"]])
-    ax.set_xlabel("mu_max (NAG, best lr)")
+    keys = ["mu_max", *(other_keys or [])]
+    ax.set_xticks(x, [", ".join(f"{r[k]:g}" if isinstance(r[k], float) else str(r[k]) for k in keys)
+                      for _, r in ok.iterrows()], fontsize=8)
+    ax.set_xlabel(", ".join(keys) + " (NAG, best lr)")
     ax.set_ylabel(error_label("autoencoder"))
     ax.set_title("Table 2: low-momentum final phase")
     ax.legend(fontsize=7)
@@ -197,7 +199,8 @@ def curves_figure(points: pd.DataFrame, members: pd.DataFrame, keys: list[str], 
             p = p[p["error"].notna()]
             ax.plot(p["step"], p["error"].astype(float), color=color, alpha=0.8, lw=1,
                     label=label if j == 0 else None, ls="--" if m.outcome == "diverged" else "-")
-    if _finite_positive(points["error"].dropna()):
+    errors = list(points["error"].dropna())
+    if _finite_positive(errors) and max(errors) / min(errors) > 20:
         ax.set_yscale("log")
     ax.set_xlabel("update")
     ax.set_ylabel(error_label(family).replace("final ", ""))

@@ -132,12 +132,22 @@ def _with_paper(df: pd.DataFrame, table: str, task: str, key: str) -> pd.DataFra
     return df
 
 
+def other_varied(members: pd.DataFrame, own: Sequence[str]) -> list[str]:
+    """Hyperparameters besides ``own`` and the lr that the study varied: a table keeps them as
+    keys, so settings are never pooled across, say, SI scales (the paper's tables hold all else
+    at its defaults)."""
+    from study.report.data import HYPERPARAMETERS
+
+    return [c for c in HYPERPARAMETERS
+            if c not in own and c != "lr" and c in members and members[c].dropna().nunique() > 1]
+
+
 # --- Table 1 ------------------------------------------------------------------------------------
 
 
 def table1(members: pd.DataFrame, task: str) -> pd.DataFrame:
     """Best-lr final training error per (optimizer, mu_max), as the paper's Table 1."""
-    df = best_over(members, ["optimizer", "mu_max"])
+    df = best_over(members, ["optimizer", "mu_max", *other_varied(members, ["optimizer", "mu_max"])])
     return _with_paper(df, "table1", task, "mu_max")
 
 
@@ -152,12 +162,16 @@ def table2(members: pd.DataFrame, task: str) -> pd.DataFrame:
     with no report before it are left out of "before" and counted in ``n_without_before``.
     """
     nag = members[(members["optimizer"] == "nag") & (members["final_phase_updates"] > 0)]
-    best = best_over(nag, ["mu_max"])
+    others = other_varied(nag, ["optimizer", "mu_max"])
+    best = best_over(nag, ["mu_max", *others])
     rows = []
     paper = published_row("table2", task) or {}
     for _, b in best.iterrows():
-        row: dict[str, Any] = {"optimizer": "nag", "mu_max": b["mu_max"], "best_lr": b["best_lr"]}
+        row: dict[str, Any] = {"optimizer": "nag", "mu_max": b["mu_max"], **{k: b[k] for k in others},
+                               "best_lr": b["best_lr"]}
         sel = nag[(nag["mu_max"] == b["mu_max"]) & (nag["lr"] == b["best_lr"])]
+        for k in others:
+            sel = sel[sel[k] == b[k]]
         before = sel["error_before_final_phase"].dropna().astype(float)
         row.update(
             {
@@ -175,7 +189,7 @@ def table2(members: pd.DataFrame, task: str) -> pd.DataFrame:
             }
         )
         rows.append(row)
-    return pd.DataFrame(rows, columns=["optimizer", "mu_max", "best_lr", "final_phase_updates", "before_step",
+    return pd.DataFrame(rows, columns=["optimizer", "mu_max", *others, "best_lr", "final_phase_updates", "before_step",
                                        "before", "after", "seeds", "n_without_before", "n_diverged", "n_failed",
                                        "result", "paper_before", "paper_after"])
 
@@ -185,7 +199,7 @@ def table2(members: pd.DataFrame, task: str) -> pd.DataFrame:
 
 def table3(members: pd.DataFrame, task: str) -> pd.DataFrame:
     """Final training error against the SI scale multiplier (Table 3), best lr per scale."""
-    df = best_over(members, ["optimizer", "init_scale"])
+    df = best_over(members, ["optimizer", "init_scale", *other_varied(members, ["optimizer", "init_scale"])])
     return _with_paper(df, "table3", task, "init_scale")
 
 
@@ -198,7 +212,7 @@ def table5(members: pd.DataFrame, task: str) -> pd.DataFrame:
     Seeds may be population members of one trial (``repeats``), separate trials with different
     ``seed``, or both: members are grouped by their hyperparameters, never by trial.
     """
-    df = best_over(members, ["optimizer", "mu_0"])
+    df = best_over(members, ["optimizer", "mu_0", *other_varied(members, ["optimizer", "mu_0"])])
     return _with_paper(df, "table5", task, "mu_0")
 
 

@@ -59,7 +59,8 @@ def make_study(root: Path, name: str, task: str, spec: dict, trials: list[dict],
                              "lr": cfg.member_values("lr")[k], "status": status,
                              "diverged_at": step - 5 if status == "diverged" else None})
             results.record_points(url, pk, step, rows)
-        n_div = sum(s == "diverged" for _, s in t.get("points", {}).get(max(t.get("points", {0: []})), []))
+        points = t.get("points") or {0: []}
+        n_div = sum(s == "diverged" for _, s in points[max(points)])
         results.upsert_trial(url, study_id, t["id"], members_diverged=n_div)
     return url
 
@@ -159,6 +160,8 @@ def test_table3_per_si_scale_with_the_paper_beside(tmp_path):
         ae_trial("s025", "nag", 0.99, 0.01, [16.5, 16.7], init_scale=0.25),
         ae_trial("s1", "nag", 0.99, 0.01, [0.5, 0.7], init_scale=1.0),
         ae_trial("s4", "nag", 0.99, 0.01, [None, 2.0], init_scale=4.0),
+        # a trial that crashed before its first report: its members are failures, not absent
+        {**ae_trial("s2", "nag", 0.99, 0.01, [1, 1], init_scale=2.0), "state": "failed", "points": {}},
     ]
     spec = {"search": {"init_scale": {"type": "grid", "values": [0.25, 1.0, 4.0]}}, "sampler": "grid", "repeats": 2}
     make_study(tmp_path, "t3", "curves", spec, trials)
@@ -166,6 +169,7 @@ def test_table3_per_si_scale_with_the_paper_beside(tmp_path):
     assert t3.loc[0.25].error == pytest.approx(16.6) and t3.loc[0.25].paper == 16
     assert t3.loc[1.0].error == pytest.approx(0.6) and t3.loc[1.0].paper == 0.074
     assert t3.loc[4.0].result == "diverged" and t3.loc[4.0].n_diverged == 1 and t3.loc[4.0].paper == 0.35
+    assert t3.loc[2.0].result == "failed" and t3.loc[2.0].n_failed == 2 and t3.loc[2.0].paper == 0.083
 
 
 def rnn_trial(tid: str, optimizer: str, mu_0: float, seeds, finals: list, lr: float = 0.001) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,20 +61,17 @@ def two_nodes(tmp_path_factory):
     worker_tmp = tempfile.mkdtemp(prefix="msw-", dir="/tmp")
     gcs, dash = free_port(), free_port()
     common = ["--num-cpus=1", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
-    started = []
     try:
         subprocess.run(
             [RAY_BIN, "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
              "--resources=" + json.dumps({"head_node": 1}), f"--temp-dir={head_tmp}", *common],
             env=env, check=True, capture_output=True, text=True, timeout=180,
         )
-        started.append(head_tmp)
         subprocess.run(
             [RAY_BIN, "start", f"--address=127.0.0.1:{gcs}", "--resources=" + json.dumps({"worker_node": 1}),
              f"--temp-dir={worker_tmp}", *common],
             env=env, check=True, capture_output=True, text=True, timeout=180,
         )
-        started.append(worker_tmp)
         yield {"address": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{gcs}", "token": token, "env": env}
     finally:
         procs = _ours([head_tmp, worker_tmp])
@@ -88,6 +86,9 @@ def two_nodes(tmp_path_factory):
                 p.kill()
             except psutil.Error:
                 pass
+        psutil.wait_procs(alive, timeout=10)
+        for d in (head_tmp, worker_tmp):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _study(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -124,6 +125,8 @@ def test_submitted_study_runs_trials_on_both_nodes(two_nodes, tmp_path):
     assert logs.returncode == 0, logs.stderr
     assert state == "SUCCEEDED", logs.stdout[-4000:]
     assert "study cluster-test completed" in logs.stdout
+    follow = _study(["logs", job_id, "--address", two_nodes["address"], "--follow"], env)
+    assert follow.returncode == 0 and "study cluster-test completed" in follow.stdout
 
     status = _study(["status", "--job", job_id, "--address", two_nodes["address"]], env)
     assert "cluster-test" in status.stdout and "python -m study.cli run spec.yaml" in status.stdout

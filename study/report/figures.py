@@ -161,6 +161,11 @@ def sensitivity_figure(df: pd.DataFrame, family: str, metric: str = "error") -> 
         ax.set_xticks(xs, [str(v) for v in df["x"]])
     elif log:
         ax.set_xscale("log")
+        if len(xs) <= 12:  # label the values run, not matplotlib's crowded minor ticks
+            from matplotlib.ticker import NullFormatter
+
+            ax.set_xticks(xs, [f"{x:g}" for x in xs])
+            ax.xaxis.set_minor_formatter(NullFormatter())
     values = list(df["best"].dropna()) + list(df["median"].dropna())
     if _finite_positive(values) and max(values) / min(values) > 20:
         ax.set_yscale("log")

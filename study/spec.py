@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.config import ConfigError, TaskConfig, parse_config
+from trainables.train import check_config
 
 # Samplers Optuna ships; "cmaes" also needs the `cmaes` package at run time.
 SamplerName = Literal["tpe", "cmaes", "gp", "random", "grid", "qmc"]
@@ -314,12 +315,12 @@ def check_configs(spec: StudySpec) -> TaskConfig:
     """
     first = {param_name(f, p): p.values_to_check()[0] for f, p in spec.search.items()}
     try:
-        resolved = parse_config(task_config_dict(spec, first))
+        resolved = check_config(task_config_dict(spec, first))
         for field, param in spec.search.items():
             for value in param.values_to_check():
                 point = dict(first)
                 point[param_name(field, param)] = value
-                parse_config(task_config_dict(spec, point))
+                check_config(task_config_dict(spec, point))
     except ConfigError as exc:
         raise SpecError(f"spec {spec.name!r}: {exc}") from None
     return resolved

@@ -119,3 +119,8 @@ def test_bad_config_is_refused_with_key_value_and_rule(raw, words):
 def test_missing_original_data_file_names_the_file_before_training():
     with pytest.raises(FileNotFoundError, match="mnist"):
         train({"task": "mnist", "dataset": "original", "data_dir": "/nonexistent", "updates": 1})
+
+
+def test_mnist_without_its_original_file_is_refused_before_any_work():
+    with pytest.raises(ConfigError, match="dataset='replica' is not allowed for task 'mnist'.*mnist_all.mat"):
+        train({"task": "mnist", "updates": 1})

@@ -54,10 +54,26 @@ def validate_for_task(cfg: TaskConfig) -> None:
         raise ConfigError(f"init={cfg.init!r} is not allowed for task {cfg.task!r}: allowed {ALLOWED_INITS[fam]}")
     if fam == "rnn" and cfg.dataset != "replica":
         raise ConfigError(f"dataset={cfg.dataset!r} is not allowed for task {cfg.task!r}: RNN problems are generated")
+    if fam == "autoencoder" and cfg.dataset == "replica" and cfg.task != "curves":
+        from trainables.data.autoencoder_files import KNOWN_FILES, TASK_FILES
+
+        name = TASK_FILES[cfg.task]
+        raise ConfigError(
+            f"dataset='replica' is not allowed for task {cfg.task!r}: only curves has a procedural replica; "
+            f"use dataset='original' with {name} in data_dir (from {KNOWN_FILES[name].url})"
+        )
     if default_final_updates(cfg) > cfg.updates:
         raise ConfigError(
             f"final_momentum_updates={cfg.final_momentum_updates!r} is not allowed: more than updates={cfg.updates}"
         )
+
+
+def check_config(config: dict[str, Any] | TaskConfig) -> TaskConfig:
+    """Everything ``train`` refuses before any work (data files excepted: they may live on other
+    machines), as one ConfigError naming the key, the value and the rule."""
+    cfg = parse_config(config)
+    validate_for_task(cfg)
+    return cfg
 
 
 def train(
@@ -66,8 +82,7 @@ def train(
     resume_from: dict[str, Any] | None = None,
 ) -> list[MemberMetrics]:
     """Train the config's population; returns each member's final metrics."""
-    cfg = parse_config(config)
-    validate_for_task(cfg)
+    cfg = check_config(config)
     device = resolve_device(cfg.device)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     K = cfg.population_size

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -99,6 +100,10 @@ def job_env(
     return env
 
 
+# How long `submit` waits for a just-started head's job agent.
+AGENT_WAIT_S = 60.0
+
+
 def runtime_env(spec_dir: Path, env: dict[str, str], pip: list[str] | None = None) -> dict[str, Any]:
     runtime: dict[str, Any] = {
         "working_dir": str(spec_dir),
@@ -136,16 +141,25 @@ def submit(
         kwargs: dict[str, Any] = {}
         if entrypoint_num_cpus is not None:
             kwargs["entrypoint_num_cpus"] = entrypoint_num_cpus
-        try:
-            return jobs.submit_job(
-                entrypoint=entrypoint(python),
-                submission_id=job_id,
-                runtime_env=runtime_env(staged, env or {}, pip),
-                metadata={"study": spec.name, "submitted_by": "momentum-study"},
-                **kwargs,
-            )
-        except Exception as exc:
-            raise ClusterError(f"job submission to {redact(jobs_address(address))} failed: {_first_line(exc)}") from None
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                return jobs.submit_job(
+                    entrypoint=entrypoint(python),
+                    submission_id=job_id,
+                    runtime_env=runtime_env(staged, env or {}, pip),
+                    metadata={"study": spec.name, "submitted_by": "momentum-study"},
+                    **kwargs,
+                )
+            except Exception as exc:
+                # Right after `ray start` the head's job agent may not be up yet; Ray answers
+                # "No available agent to submit job, please try again later".
+                if "No available agent" in str(exc) and time.monotonic() < deadline:
+                    time.sleep(2.0)
+                    continue
+                raise ClusterError(
+                    f"job submission to {redact(jobs_address(address))} failed: {_first_line(exc)}"
+                ) from None
 
 
 def job_info(job_id: str, address: str | None = None) -> dict[str, Any]:

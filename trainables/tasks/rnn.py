@@ -126,19 +126,21 @@ class RNNWorkload:
 
     # -- model ----------------------------------------------------------------------------
     def hidden_states(self, params: list[torch.Tensor], batch: PaddedBatch) -> torch.Tensor:
-        """Hidden states (T, K, B, H): time-major, so each step writes one contiguous block in
-        place (two ops per step, no allocation)."""
+        """Hidden states (K, T, B, H). Each step writes its (K, B, H) slice in place (two ops per
+        step, no allocation); member-major storage makes the weight gradients of all steps plain
+        views for one matmul each, with no transposed copies."""
         W_ih, W_hh, b_h = params[:3]
         K, T, B, n_in = batch.inputs.shape
         pre = torch.baddbmm(b_h, batch.inputs.reshape(K, T * B, n_in), W_ih).reshape(K, T, B, -1)
-        hs = torch.empty(T, K, B, W_hh.shape[-1], device=pre.device, dtype=pre.dtype)
-        h = torch.zeros_like(hs[0])
+        hs = pre  # overwritten step by step: pre[:, t] is read before hs[:, t] is written
+        h = torch.zeros_like(pre[:, 0])
         for t in range(T):
-            torch.baddbmm(pre[:, t], h, W_hh, out=hs[t])
-            torch.tanh(hs[t], out=hs[t])
+            h_t = hs[:, t]
+            torch.baddbmm(pre[:, t], h, W_hh, out=h_t)
+            torch.tanh(h_t, out=h_t)
             if batch.active is not None:
-                hs[t] = h + batch.active[:, t] * (hs[t] - h)
-            h = hs[t]
+                h_t.copy_(h + batch.active[:, t] * (h_t - h))
+            h = h_t
         return hs
 
     @staticmethod
@@ -149,9 +151,14 @@ class RNNWorkload:
     def readout(self, params: list[torch.Tensor], hs: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """Outputs (K, S, B, n_out) at the given steps."""
         W_ho, b_o = params[3:]
-        S, K, B, H = hs[steps].shape
-        h_sel = hs[steps].transpose(0, 1).reshape(K, S * B, H)
-        return torch.baddbmm(b_o, h_sel, W_ho).reshape(K, S, B, -1)
+        K, _, B, H = hs.shape
+        S = len(steps)
+        return torch.baddbmm(b_o, self._at(hs, steps).reshape(K, S * B, H), W_ho).reshape(K, S, B, -1)
+
+    @staticmethod
+    def _at(hs: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """hs at the given steps; a view (no copy) when every step is read (memorization)."""
+        return hs if len(steps) == hs.shape[1] else hs[:, steps]
 
     def _loss_and_dout(self, out: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-member loss, summed over the loss steps and averaged over sequences, and d loss/d out.
@@ -174,37 +181,38 @@ class RNNWorkload:
         batch = self._sample(1, step)
         W_ih, W_hh, b_h, W_ho, b_o = params
         hs = self.hidden_states(params, batch)
-        T, K, B, H = hs.shape
+        K, T, B, H = hs.shape
         steps = self._readout_steps(batch.loss_mask)
         out = self.readout(params, hs, steps)
         loss, dout = self._loss_and_dout(out, batch.targets[:, steps], batch.loss_mask[:, steps])
         S = len(steps)
         d_o = dout.reshape(K, S * B, -1)
-        h_sel = hs[steps].transpose(0, 1).reshape(K, S * B, H)
-        g_W_ho = torch.bmm(h_sel.transpose(1, 2), d_o)
+        g_W_ho = torch.bmm(self._at(hs, steps).reshape(K, S * B, H).transpose(1, 2), d_o)
         g_b_o = d_o.sum(1, keepdim=True)
         dh_out = torch.bmm(d_o, W_ho.transpose(1, 2)).reshape(K, S, B, H)
         readout_at = dict(zip(steps.tolist(), range(S)))
 
         # Backward through time: one matmul per step; the weight gradients of all steps are one
-        # large matmul each afterwards. da[t] = dh_t * tanh'(a_t), with tanh' taken for all steps
-        # in one op.
-        da = 1.0 - hs.pow(2)
-        W_hh_T = W_hh.transpose(1, 2)
-        dh = torch.zeros_like(hs[0])
+        # large matmul each afterwards. da_t = dh_t * (1 - h_t^2), computed per step on a slice
+        # that is still in cache.
+        da = torch.empty_like(hs)
+        W_hh_T = W_hh.transpose(1, 2).contiguous()
+        dh = torch.zeros_like(hs[:, 0])
         for t in range(T - 1, -1, -1):
             if t in readout_at:
                 dh = dh + dh_out[:, readout_at[t]]
+            d_t, h_t = da[:, t], hs[:, t]
+            torch.mul(h_t, h_t, out=d_t)
+            torch.addcmul(dh, dh, d_t, value=-1.0, out=d_t)
             if batch.active is None:
-                da[t].mul_(dh)
-                dh = torch.bmm(da[t], W_hh_T)
+                dh = torch.bmm(d_t, W_hh_T)
             else:
                 m = batch.active[:, t]
-                da[t].mul_(dh * m)
-                dh = torch.baddbmm(dh * (1.0 - m), da[t], W_hh_T)
-        da_flat = da.transpose(0, 1).reshape(K, T * B, H)
-        h_prev = torch.cat([torch.zeros_like(hs[:1]), hs[:-1]], dim=0).transpose(0, 1).reshape(K, T * B, H)
-        g_W_hh = torch.bmm(h_prev.transpose(1, 2), da_flat)
+                d_t.mul_(m)
+                dh = torch.baddbmm(dh * (1.0 - m), d_t, W_hh_T)
+        # h_{-1} = 0 adds nothing to dW_hh, so the sum runs over t >= 1 on views of hs and da.
+        g_W_hh = torch.bmm(hs[:, :-1].reshape(K, (T - 1) * B, H).transpose(1, 2), da[:, 1:].reshape(K, (T - 1) * B, H))
+        da_flat = da.reshape(K, T * B, H)
         g_W_ih = torch.bmm(batch.inputs.reshape(K, T * B, -1).transpose(1, 2), da_flat)
         g_b_h = da_flat.sum(1, keepdim=True)
         return loss, [g_W_ih, g_W_hh, g_b_h, g_W_ho, g_b_o]

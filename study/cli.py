@@ -134,21 +134,31 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     except runner.StudyExistsError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
-    return _report_end(spec.name, state, out)
+    return _report_end(spec.name, state, out, loc)
 
 
 def cmd_resume(args: argparse.Namespace, out: Console, err: Console) -> int:
     from study import runner
 
-    state = runner.resume(args.name, _loc(args, args.name), err)
-    return _report_end(args.name, state, out)
+    loc = _loc(args, args.name)
+    state = runner.resume(args.name, loc, err)
+    return _report_end(args.name, state, out, loc)
 
 
-def _report_end(name: str, state: str, out: Console) -> int:
+def _report_end(name: str, state: str, out: Console, loc) -> int:
+    from study.locations import redact
+
     if state == "interrupted":
         out.print(f"study {name} interrupted; continue it with: study resume {name}")
         return EXIT_INTERRUPTED
-    out.print(f"study {name} {state}")
+    out.print(f"study {name} {state}", highlight=False)
+    out.print(f"  results database: {redact(loc.results_db)}", highlight=False, soft_wrap=True)
+    out.print(f"  MLflow store:     {redact(loc.mlflow_uri)}", highlight=False, soft_wrap=True)
+    out.print(f"  Ray Tune results: {loc.tune_uri}", highlight=False, soft_wrap=True)
+    out.print(
+        f"  next: study status {name} | study results {name} --format csv | study report {name} | study ui {name}",
+        highlight=False, soft_wrap=True,
+    )
     return 0
 
 

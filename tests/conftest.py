@@ -28,7 +28,8 @@ QUICK_ADDITION = {
 def ray_session():
     """One local Ray for the whole session; the study code reuses it (ray.is_initialized)."""
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("MOMENTUM_STUDY_SYSTEM_METRICS_INTERVAL", "1")
+    # Short: a quick trial on a quiet machine ends within a second or two.
+    os.environ.setdefault("MOMENTUM_STUDY_SYSTEM_METRICS_INTERVAL", "0.2")
     import ray
 
     if not ray.is_initialized():

@@ -4,7 +4,6 @@ mlflow-server for a cluster (docs/cluster.md)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -192,22 +191,28 @@ def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
             out.print(_table(df, "studies"))
         return 0
     df = api.trials(args.name, args.dir, args.results_db)
-    state = api.query(
-        args.name,
-        f"SELECT state, num_samples, metric FROM ms_studies WHERE name = {api._quote(args.name)}",
-        args.dir,
-        args.results_db,
-    )
-    if state.empty:
-        err.print(f"no study named {args.name!r}")
+    s = _study_row(args, "state, num_samples, metric", err)
+    if s is None:
         return EXIT_BAD_INPUT
-    s = state.iloc[0]
     shown = df[["trial_id", "optuna_trial_number", "state", "last_step", "metric_value", "best_metric_value"]]
     shown = shown.rename(
         columns={"optuna_trial_number": "optuna", "last_step": "step", "metric_value": s["metric"], "best_metric_value": "best"}
     )
     out.print(_table(shown, f"study {args.name}: {s['state']}, {len(df)}/{s['num_samples']} trials"))
     return 0
+
+
+def _study_row(args: argparse.Namespace, columns: str, err: Console):
+    """The study's row of ms_studies (the given columns), or None after saying there is none."""
+    from study import api
+
+    df = api.query(
+        args.name, f"SELECT {columns} FROM ms_studies WHERE name = {api._quote(args.name)}", args.dir, args.results_db
+    )
+    if df.empty:
+        err.print(f"no study named {args.name!r}")
+        return None
+    return df.iloc[0]
 
 
 def _emit(df, fmt: str, out: Console, title: str | None = None) -> None:
@@ -240,28 +245,21 @@ def cmd_query(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_ui(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from study import api
     from study.ui import mlflow_ui_command
 
-    df = api.query(
-        args.name,
-        f"SELECT mlflow_uri, mlflow_experiment_id FROM ms_studies WHERE name = {api._quote(args.name)}",
-        args.dir,
-        args.results_db,
-    )
-    if df.empty:
-        err.print(f"no study named {args.name!r}")
+    row = _study_row(args, "mlflow_uri, mlflow_experiment_id", err)
+    if row is None:
         return EXIT_BAD_INPUT
-    uri = args.mlflow_uri or df.iloc[0]["mlflow_uri"]
+    uri = args.mlflow_uri or row["mlflow_uri"]
     if not uri.startswith(("sqlite:", "file:", "postgresql", "mysql")) and "://" in uri:
         from study.locations import redact
 
         out.print(f"study {args.name} tracks to the MLflow server {redact(uri)}; open it there "
-                  f"(experiment {df.iloc[0]['mlflow_experiment_id']})")
+                  f"(experiment {row['mlflow_experiment_id']})")
         return 0
     cmd = mlflow_ui_command(uri, args.port)
     out.print(f"MLflow UI for study {args.name}: http://127.0.0.1:{args.port}/#/experiments/"
-              f"{df.iloc[0]['mlflow_experiment_id']}  (Ctrl+C stops it)")
+              f"{row['mlflow_experiment_id']}  (Ctrl+C stops it)")
     sys.stdout.flush()
     proc = subprocess.Popen(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     try:

@@ -9,10 +9,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
-import urllib.request
 
 import pytest
+
+from study.servers import wait_http
 from mlflow.tracking import MlflowClient
 
 from conftest import STUDY_BIN
@@ -30,17 +30,10 @@ def _free_port() -> int:
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"study ui exited with {proc.returncode}: {proc.stdout.read()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {timeout}s")
+    try:
+        wait_http(url, timeout, proc)
+    except (RuntimeError, TimeoutError) as exc:
+        raise AssertionError(f"study ui did not answer at {url}: {exc}") from None
 
 
 @pytest.fixture

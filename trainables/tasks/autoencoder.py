@@ -91,16 +91,18 @@ class AutoencoderWorkload:
     # -- model ----------------------------------------------------------------------------
     def forward(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Output pre-activations (K, B, D) for inputs (K, B, D)."""
-        # One member: the 2-D addmm that nn.Linear uses (a batch of one costs more in baddbmm).
-        solo = x.shape[0] == 1
-        h = x[0] if solo else x
+        if x.shape[0] == 1:
+            # One member: the 2-D addmm that nn.Linear uses (a batch of one costs more in baddbmm).
+            return self._layers([p[0] for p in params], x[0], torch.addmm)[None]
+        return self._layers(params, x, torch.baddbmm)
+
+    def _layers(self, params: list[torch.Tensor], h: torch.Tensor, matmul_add) -> torch.Tensor:
         n_layers = len(params) // 2
         for i in range(n_layers):
-            W, b = params[2 * i], params[2 * i + 1]
-            h = torch.addmm(b[0], h, W[0]) if solo else torch.baddbmm(b, h, W)
+            h = matmul_add(params[2 * i + 1], h, params[2 * i])
             if i != self.code_layer and i != n_layers - 1:
                 h = torch.sigmoid(h)
-        return h[None] if solo else h
+        return h
 
     def _loss(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.logistic_output:
@@ -111,11 +113,15 @@ class AutoencoderWorkload:
 
     def loss_and_grads(self, params: list[torch.Tensor], step: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.minibatch(step)
-        leaves = [p.detach().requires_grad_(True) for p in params]
+        solo = x.shape[0] == 1
+        # One member: differentiate with respect to the 2-D slices themselves. Slicing inside the
+        # graph would make autograd scatter every gradient into a fresh zero (1, ...) tensor.
+        leaves = [(p[0] if solo else p).detach().requires_grad_(True) for p in params]
         with torch.enable_grad():
-            loss = self._loss(self.forward(leaves, x), x)
+            out = self._layers(leaves, x[0], torch.addmm)[None] if solo else self._layers(leaves, x, torch.baddbmm)
+            loss = self._loss(out, x)
             grads = torch.autograd.grad(loss.sum(), leaves)
-        return loss.detach(), list(grads)
+        return loss.detach(), [g[None] for g in grads] if solo else list(grads)
 
     @torch.no_grad()
     def error(self, params: list[torch.Tensor]) -> torch.Tensor:

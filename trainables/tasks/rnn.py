@@ -15,6 +15,7 @@ computes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,16 @@ from trainables.init import esn_recurrent, gaussian, glorot_uniform, orthogonal
 HIDDEN_UNITS = 100
 PAPER_BATCH_SIZE = 100
 HID_TO_OUT_SCALE = 0.1  # Table 4
+
+
+def _tanh_of_half_(x: torch.Tensor) -> torch.Tensor:
+    """In place: ``x`` holding 2a becomes tanh(a) = 2 sigmoid(2a) - 1.
+
+    Why not torch.tanh: in this CPU build it takes about 3x as long as sigmoid, and in the RNN's
+    time step it cost as much as the matmul. The result is within 2e-7 of the exact tanh in
+    float32 (torch.tanh: 3e-8); the caller folds the doubling into the matmul that produces a.
+    """
+    return x.sigmoid_().mul_(2.0).sub_(1.0)
 
 
 @dataclass
@@ -65,6 +76,7 @@ class RNNWorkload:
         self.device, self.dtype = device, dtype
         self.classification = self.problem.kind == "classification"
         self._eval_batches: list[PaddedBatch] | None = None
+        self._workspaces: dict[str, torch.Tensor] = {}
         recurrent_init(self.init, 2, 1.0, torch.Generator().manual_seed(0))  # fail early on a bad kind
 
     # -- parameters -----------------------------------------------------------------------
@@ -125,21 +137,31 @@ class RNNWorkload:
         return self._pad([cache[s] for s in self.seeds])
 
     # -- model ----------------------------------------------------------------------------
-    def hidden_states(self, params: list[torch.Tensor], batch: PaddedBatch) -> torch.Tensor:
-        """Hidden states (K, T, B, H). Each step writes its (K, B, H) slice in place (two ops per
-        step, no allocation); member-major storage makes the weight gradients of all steps plain
-        views for one matmul each, with no transposed copies."""
+    def hidden_states(self, params: list[torch.Tensor], batch: PaddedBatch, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (K, T, B, H), written into ``out`` when given. Each step works in place on
+        its (K, B, H) slice (no allocation); member-major storage makes the weight gradients of
+        all steps plain views for one matmul each, with no transposed copies."""
         W_ih, W_hh, b_h = params[:3]
         K, T, B, n_in = batch.inputs.shape
-        pre = torch.baddbmm(b_h, batch.inputs.reshape(K, T * B, n_in), W_ih).reshape(K, T, B, -1)
-        hs = pre  # overwritten step by step: pre[:, t] is read before hs[:, t] is written
-        h = torch.zeros_like(pre[:, 0])
+        hs = torch.empty(K, T, B, W_hh.shape[-1], device=W_hh.device, dtype=W_hh.dtype) if out is None else out
+        # Every slice first holds 2 a_t (twice the pre-activation), for _tanh_of_half_. The input
+        # term of all steps is one matmul per member: a 2-D addmm writes its result in one pass,
+        # where baddbmm first copies the broadcast bias into the output.
+        x = batch.inputs.reshape(K, T * B, n_in)
+        for k, pre_k in enumerate(hs.view(K, T * B, -1)):
+            torch.addmm(b_h[k], x[k], W_ih[k], beta=2, alpha=2, out=pre_k)
+        h, hW = None, torch.empty_like(hs[:, 0])  # h_{-1} = 0
         for t in range(T):
             h_t = hs[:, t]
-            torch.baddbmm(pre[:, t], h, W_hh, out=h_t)
-            torch.tanh(h_t, out=h_t)
+            if h is not None:
+                # bmm then add: baddbmm_ on a strided slice runs as K separate addmm_ calls.
+                h_t.add_(torch.bmm(h, W_hh, out=hW), alpha=2)
+            _tanh_of_half_(h_t)
             if batch.active is not None:
-                h_t.copy_(h + batch.active[:, t] * (h_t - h))
+                if h is None:
+                    h_t.mul_(batch.active[:, t])
+                else:
+                    h_t.copy_(h + batch.active[:, t] * (h_t - h))
             h = h_t
         return hs
 
@@ -153,7 +175,9 @@ class RNNWorkload:
         W_ho, b_o = params[3:]
         K, _, B, H = hs.shape
         S = len(steps)
-        return torch.baddbmm(b_o, self._at(hs, steps).reshape(K, S * B, H), W_ho).reshape(K, S, B, -1)
+        # (W_ho^T hs^T)^T: with few outputs, BLAS is much faster this way round than hs W_ho.
+        h_t = self._at(hs, steps).reshape(K, S * B, H).transpose(1, 2)
+        return torch.bmm(W_ho.transpose(1, 2), h_t).transpose(1, 2).add(b_o).reshape(K, S, B, -1)
 
     @staticmethod
     def _at(hs: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
@@ -180,42 +204,57 @@ class RNNWorkload:
     def loss_and_grads(self, params: list[torch.Tensor], step: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         batch = self._sample(1, step)
         W_ih, W_hh, b_h, W_ho, b_o = params
-        hs = self.hidden_states(params, batch)
-        K, T, B, H = hs.shape
+        K, T, B, _ = batch.inputs.shape
+        H = W_hh.shape[-1]
+        hs = self.hidden_states(params, batch, out=self._workspace("hs", (K, T, B, H)))
         steps = self._readout_steps(batch.loss_mask)
         out = self.readout(params, hs, steps)
         loss, dout = self._loss_and_dout(out, batch.targets[:, steps], batch.loss_mask[:, steps])
         S = len(steps)
         d_o = dout.reshape(K, S * B, -1)
-        g_W_ho = torch.bmm(self._at(hs, steps).reshape(K, S * B, H).transpose(1, 2), d_o)
+        g_W_ho = torch.bmm(d_o.transpose(1, 2), self._at(hs, steps).reshape(K, S * B, H)).transpose(1, 2)
         g_b_o = d_o.sum(1, keepdim=True)
-        dh_out = torch.bmm(d_o, W_ho.transpose(1, 2)).reshape(K, S, B, H)
+        dh_out = self._workspace("dh_out", (K, S, B, H))
+        torch.bmm(d_o, W_ho.transpose(1, 2), out=dh_out.view(K, S * B, H))
         readout_at = dict(zip(steps.tolist(), range(S)))
 
         # Backward through time: one matmul per step; the weight gradients of all steps are one
         # large matmul each afterwards. da_t = dh_t * (1 - h_t^2), computed per step on a slice
         # that is still in cache.
-        da = torch.empty_like(hs)
+        da = self._workspace("da", (K, T, B, H))
         W_hh_T = W_hh.transpose(1, 2).contiguous()
         dh = torch.zeros_like(hs[:, 0])
         for t in range(T - 1, -1, -1):
             if t in readout_at:
-                dh = dh + dh_out[:, readout_at[t]]
+                dh.add_(dh_out[:, readout_at[t]])
             d_t, h_t = da[:, t], hs[:, t]
             torch.mul(h_t, h_t, out=d_t)
             torch.addcmul(dh, dh, d_t, value=-1.0, out=d_t)
             if batch.active is None:
-                dh = torch.bmm(d_t, W_hh_T)
+                torch.bmm(d_t, W_hh_T, out=dh)
             else:
                 m = batch.active[:, t]
                 d_t.mul_(m)
-                dh = torch.baddbmm(dh * (1.0 - m), d_t, W_hh_T)
+                torch.baddbmm(dh * (1.0 - m), d_t, W_hh_T, out=dh)
         # h_{-1} = 0 adds nothing to dW_hh, so the sum runs over t >= 1 on views of hs and da.
         g_W_hh = torch.bmm(hs[:, :-1].reshape(K, (T - 1) * B, H).transpose(1, 2), da[:, 1:].reshape(K, (T - 1) * B, H))
         da_flat = da.reshape(K, T * B, H)
         g_W_ih = torch.bmm(batch.inputs.reshape(K, T * B, -1).transpose(1, 2), da_flat)
         g_b_h = da_flat.sum(1, keepdim=True)
         return loss, [g_W_ih, g_W_hh, g_b_h, g_W_ho, g_b_o]
+
+    def _workspace(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """A tensor of ``shape`` whose storage is kept from one update to the next (contents undefined).
+
+        Why: the (K, T, B, H) arrays of BPTT are about 130 MB each at K = 16 and T = 200. Allocated
+        afresh every update, the allocator returns them to the OS and the next update faults them
+        back in page by page, which cost more than the arithmetic done on them (mem5, K = 16: about
+        700 -> 500 ms per update)."""
+        n = math.prod(shape)
+        buf = self._workspaces.get(name)
+        if buf is None or buf.numel() < n:
+            buf = self._workspaces[name] = torch.empty(n, device=self.device, dtype=self.dtype)
+        return buf[:n].view(shape)
 
     def forward(self, params: list[torch.Tensor], batch: PaddedBatch) -> torch.Tensor:
         """Outputs (K, T, B, n_out) at every step where the error is read, zeros elsewhere."""

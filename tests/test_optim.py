@@ -393,3 +393,21 @@ def test_polyak_update_matches_torch_ema_averaged_model() -> None:
 def test_polyak_decay_is_validated() -> None:
     with pytest.raises(ValueError, match=r"polyak_decay=1\.0 is not allowed"):
         polyak_update([torch.zeros(1)], [torch.zeros(1)], 1.0)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("k", [1, 2])
+def test_gradient_point_into_out_equals_a_fresh_point_and_reuses_the_tensors(name: str, k: int) -> None:
+    params = _init_params(k)
+    opt = make_optimizer(name, params, torch.tensor([0.1, 0.2][:k], dtype=DTYPE))
+    opt.mu = torch.tensor([0.9, 0.5][:k], dtype=DTYPE)
+    out = [torch.full_like(p, float("nan")) for p in params]
+    for _ in range(3):
+        opt.step(_grad(opt.gradient_point()))
+        fresh = opt.gradient_point()
+        written = opt.gradient_point(out)
+        assert all(w is o for w, o in zip(written, out))
+        for f, w in zip(fresh, written):
+            assert torch.equal(f, w)
+    with pytest.raises(ValueError, match="out with shapes"):
+        opt.gradient_point(out[:-1])

@@ -171,9 +171,11 @@ def train(
         opt.reset_members(members)
         opt.lr = opt.lr * alive.to(opt.lr)
         opt.mu = opt.mu * alive.to(opt.mu)
+    points = None
     while step < cfg.updates and bool(alive.any()):
         opt.mu = torch.tensor([mu_of[k](step) for k in range(K)], device=device, dtype=dtype) * alive
-        loss, grads = workload.loss_and_grads(opt.gradient_point(), step)
+        points = opt.gradient_point(points)  # into the last update's point: no copy of every weight allocated
+        loss, grads = workload.loss_and_grads(points, step)
         # Checking the loss alone is enough: a non-finite gradient makes the weights non-finite,
         # which the next update's loss (or the report's error) shows.
         newly = alive & ~torch.isfinite(loss)

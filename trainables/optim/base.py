@@ -5,7 +5,8 @@ dimension (shape (K, ...)) and the per-member hyperparameters lr and mu are 1-D 
 (K,). The training loop calls, for every optimizer alike::
 
     opt.mu = mu_t                      # (K,), from the schedule; ignored without momentum
-    points = opt.gradient_point()      # theta, or theta + mu*v for Nesterov methods
+    points = opt.gradient_point(points)  # theta, or theta + mu*v for Nesterov methods (reusing
+                                         # the previous point's tensors; None the first time)
     grads = gradient_of_loss(points)   # the caller's job
     opt.step(grads)
 
@@ -78,9 +79,26 @@ class PopulationOptimizer:
             for n in self.state_names
         }
 
-    def gradient_point(self) -> list[Tensor]:
-        """New tensors (not views of theta) at which the caller evaluates the gradient: theta."""
-        return [p.detach().clone() for p in self.params]
+    @torch.no_grad()
+    def gradient_point(self, out: Sequence[Tensor] | None = None) -> list[Tensor]:
+        """The point at which the caller evaluates the gradient (here theta), as new tensors (not
+        views of theta), or written into ``out`` (tensors of the parameters' shapes, e.g. the
+        previous call's result) and returned. Reusing ``out`` spares a training loop allocating
+        a copy of every weight each update; the caller must be done with the previous point."""
+        if out is None:
+            return [p.detach().clone() for p in self.params]
+        out = self._check_out(out)
+        torch._foreach_copy_(out, self.params)
+        return out
+
+    def _check_out(self, out: Sequence[Tensor]) -> list[Tensor]:
+        out = list(out)
+        if len(out) != len(self.params) or any(o.shape != p.shape for o, p in zip(out, self.params)):
+            raise ValueError(
+                f"out with shapes {[tuple(o.shape) for o in out]} does not match params with shapes "
+                f"{[tuple(p.shape) for p in self.params]}"
+            )
+        return out
 
     def step(self, grads: Sequence[Tensor]) -> None:
         """One update from ``grads``, evaluated at ``gradient_point()``."""

@@ -75,10 +75,20 @@ class NAG(CM):
     name: ClassVar[str] = "nag"
 
     @torch.no_grad()
-    def gradient_point(self) -> list[Tensor]:
+    def gradient_point(self, out: Sequence[Tensor] | None = None) -> list[Tensor]:
+        velocities = self.state["velocity"]
+        if out is None:
+            if self.population_size == 1:
+                return list(torch._foreach_add(self.params, velocities, alpha=float(self.mu[0])))
+            return [torch.addcmul(p, v, per_member(self.mu, v)) for p, v in zip(self.params, velocities)]
+        out = self._check_out(out)
         if self.population_size == 1:
-            return list(torch._foreach_add(self.params, self.state["velocity"], alpha=float(self.mu[0])))
-        return [torch.addcmul(p, v, per_member(self.mu, v)) for p, v in zip(self.params, self.state["velocity"])]
+            torch._foreach_copy_(out, self.params)
+            torch._foreach_add_(out, velocities, alpha=float(self.mu[0]))
+        else:
+            for o, p, v in zip(out, self.params, velocities):
+                torch.addcmul(p, v, per_member(self.mu, v), out=o)
+        return out
 
 
 class SGD(CM):

@@ -83,8 +83,9 @@ class NAG(CM):
             return [torch.addcmul(p, v, per_member(self.mu, v)) for p, v in zip(self.params, velocities)]
         out = self._check_out(out)
         if self.population_size == 1:
-            torch._foreach_copy_(out, self.params)
-            torch._foreach_add_(out, velocities, alpha=float(self.mu[0]))
+            mu = float(self.mu[0])
+            for o, p, v in zip(out, self.params, velocities):  # one pass each; foreach has no out=
+                torch.add(p, v, alpha=mu, out=o)
         else:
             for o, p, v in zip(out, self.params, velocities):
                 torch.addcmul(p, v, per_member(self.mu, v), out=o)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainables.config import ConfigError, TaskConfig, parse_config
+from trainables.config import ConfigError, TaskConfig
 from trainables.train import check_config
 
 # Samplers Optuna ships; "cmaes" also needs the `cmaes` package at run time.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 
 import optuna
 import pandas as pd
@@ -13,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import STUDY_BIN, quick_spec
-from study import api, results, runner
+from study import api, runner
 from study.locations import resolve
 from study.spec import load_spec
 from trainables.config import TaskConfig

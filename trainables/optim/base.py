@@ -87,28 +87,20 @@ class PopulationOptimizer:
         a copy of every weight each update; the caller must be done with the previous point."""
         if out is None:
             return [p.detach().clone() for p in self.params]
-        out = self._check_out(out)
+        out = self._check_grads(out, "out")
         torch._foreach_copy_(out, self.params)
-        return out
-
-    def _check_out(self, out: Sequence[Tensor]) -> list[Tensor]:
-        out = list(out)
-        if len(out) != len(self.params) or any(o.shape != p.shape for o, p in zip(out, self.params)):
-            raise ValueError(
-                f"out with shapes {[tuple(o.shape) for o in out]} does not match params with shapes "
-                f"{[tuple(p.shape) for p in self.params]}"
-            )
         return out
 
     def step(self, grads: Sequence[Tensor]) -> None:
         """One update from ``grads``, evaluated at ``gradient_point()``."""
         raise NotImplementedError
 
-    def _check_grads(self, grads: Sequence[Tensor]) -> list[Tensor]:
+    def _check_grads(self, grads: Sequence[Tensor], what: str = "grads") -> list[Tensor]:
+        """``grads`` (or another list named ``what``) as a list, after checking it matches params."""
         grads = list(grads)
         if len(grads) != len(self.params) or any(g.shape != p.shape for g, p in zip(grads, self.params)):
             raise ValueError(
-                f"grads with shapes {[tuple(g.shape) for g in grads]} do not match params with shapes "
+                f"{what} with shapes {[tuple(g.shape) for g in grads]} do not match params with shapes "
                 f"{[tuple(p.shape) for p in self.params]}"
             )
         return grads

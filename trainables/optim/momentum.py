@@ -81,7 +81,7 @@ class NAG(CM):
             if self.population_size == 1:
                 return list(torch._foreach_add(self.params, velocities, alpha=float(self.mu[0])))
             return [torch.addcmul(p, v, per_member(self.mu, v)) for p, v in zip(self.params, velocities)]
-        out = self._check_out(out)
+        out = self._check_grads(out, "out")
         if self.population_size == 1:
             mu = float(self.mu[0])
             for o, p, v in zip(out, self.params, velocities):  # one pass each; foreach has no out=

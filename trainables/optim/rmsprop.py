@@ -129,7 +129,7 @@ class RMSpropNesterov(RMSprop):
     def gradient_point(self, out: Sequence[Tensor] | None = None) -> list[Tensor]:
         if out is None:
             return [p + per_member(self.mu, v) * v for p, v in zip(self.params, self.state["velocity"])]
-        out = self._check_out(out)
+        out = self._check_grads(out, "out")
         for o, p, v in zip(out, self.params, self.state["velocity"]):
             torch.add(p, per_member(self.mu, v) * v, out=o)
         return out

@@ -212,7 +212,7 @@ class RNNWorkload:
         loss, dout = self._loss_and_dout(out, batch.targets[:, steps], batch.loss_mask[:, steps])
         S = len(steps)
         d_o = dout.reshape(K, S * B, -1)
-        g_W_ho = torch.bmm(d_o.transpose(1, 2), self._at(hs, steps).reshape(K, S * B, H)).transpose(1, 2)
+        g_W_ho = torch.bmm(d_o.transpose(1, 2), self._at(hs, steps).reshape(K, S * B, H)).transpose(1, 2).contiguous()
         g_b_o = d_o.sum(1, keepdim=True)
         dh_out = self._workspace("dh_out", (K, S, B, H))
         torch.bmm(d_o, W_ho.transpose(1, 2), out=dh_out.view(K, S * B, H))

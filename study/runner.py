@@ -312,6 +312,9 @@ def prepare(spec: StudySpec, loc: Locations) -> None:
 def run(spec: StudySpec, loc: Locations, console: Any = None) -> str:
     """Runs a new study to the end (or until interrupted); returns the study's final state."""
     prepare(spec, loc)
+    from study import preflight
+
+    preflight.check(spec, loc)
     reports = math.ceil(check_configs(spec).updates / check_configs(spec).report_every)
     loc.study_dir.mkdir(parents=True, exist_ok=True)
     spec_yaml = spec_to_yaml(spec)

@@ -12,6 +12,7 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
@@ -54,6 +55,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("sql")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--timeout", type=float, help="stop the query after this many seconds (default 30; 0: no limit)")
+    p.add_argument("--max-rows", type=int, help="print at most this many rows (default 10000; 0: no limit)")
     _locations_args(p)
 
     p = sub.add_parser("ui", help="the MLflow UI on a study's store (127.0.0.1)")
@@ -98,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Piped output keeps whole cells instead of rich's 80-column ellipses.
     out = Console() if sys.stdout.isatty() else Console(width=200)
     err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=200)
+    from rich.markup import escape
+    from sqlalchemy.exc import DBAPIError
+
     from study.api import QueryError
     from study.cluster import ClusterError
     from study.results import ResultsDBError
@@ -106,7 +112,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args, out, err)
     except (SpecError, QueryError, ResultsDBError, ClusterError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        message = str(exc)
+        if isinstance(exc, ResultsDBError):
+            message = " ".join(message.split()) + "; check --results-db (MOMENTUM_STUDY_RESULTS_DB)"
+        # escape: a path or value such as "[x]" in the message is text, not rich markup.
+        err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
+    except DBAPIError as exc:
+        if exc.statement is not None:
+            raise
+        # No statement: the database could not be reached at all (before anything was written).
+        reason = " ".join(str(exc.orig or exc).split())[:300]
+        err.print(
+            f"[bold red]error:[/] cannot connect to a database: {escape(reason)}; check --results-db "
+            "(MOMENTUM_STUDY_RESULTS_DB) and --mlflow-uri (MLFLOW_TRACKING_URI)",
+            markup=True, highlight=False, soft_wrap=True,
+        )
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -145,11 +166,22 @@ def cmd_resume(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def _report_end(name: str, state: str, out: Console, loc) -> int:
+    from study import results
     from study.locations import redact
 
+    try:
+        row = results.get_study(loc.results_db, name)
+        reason = row.state_reason if row is not None else None
+    except Exception:
+        reason = None
     if state == "interrupted":
-        out.print(f"study {name} interrupted; continue it with: study resume {name}")
+        out.print(f"study {name} interrupted: {reason or ''}", highlight=False, soft_wrap=True)
+        out.print(f"continue it with: study resume {name}", highlight=False)
         return EXIT_INTERRUPTED
+    if state == "failed":
+        out.print(f"study {name} failed: {reason or 'see the log above'}", highlight=False, soft_wrap=True)
+        out.print(f"continue it with: study resume {name}", highlight=False)
+        return EXIT_FAILED
     out.print(f"study {name} {state}", highlight=False)
     out.print(f"  results database: {redact(loc.results_db)}", highlight=False, soft_wrap=True)
     out.print(f"  MLflow store:     {redact(loc.mlflow_uri)}", highlight=False, soft_wrap=True)
@@ -240,7 +272,20 @@ def cmd_results(args: argparse.Namespace, out: Console, err: Console) -> int:
 def cmd_query(args: argparse.Namespace, out: Console, err: Console) -> int:
     from study import api
 
-    _emit(api.query(args.name, args.sql, args.dir, args.results_db), args.format, out)
+    timeout = api.DEFAULT_TIMEOUT_S if args.timeout is None else args.timeout
+    max_rows = api.DEFAULT_MAX_ROWS if args.max_rows is None else args.max_rows
+    if not timeout >= 0:
+        raise api.QueryError(f"--timeout={args.timeout!r} is not allowed: need seconds >= 0 (0: no limit)")
+    if max_rows < 0:
+        raise api.QueryError(f"--max-rows={args.max_rows!r} is not allowed: need a count >= 0 (0: no limit)")
+    df = api.query(args.name, args.sql, args.dir, args.results_db, timeout=timeout, max_rows=max_rows)
+    _emit(df, args.format, out)
+    if df.attrs.get("rows_cut"):
+        err.print(
+            f"showed the first {len(df)} rows; {'' if df.attrs.get('rows_cut_exact', True) else 'at least '}"
+            f"{df.attrs['rows_cut']} more were cut (--max-rows N; 0: no limit)",
+            highlight=False,
+        )
     return 0
 
 

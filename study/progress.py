@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from study.outcome import better, trial_state
+
 
 class Progress(tune.Callback):
     """One line per trial: state, step, current metric and best so far; redrawn as results come."""
@@ -59,16 +61,15 @@ class Progress(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         value = result.get("metric_value")
         best = self._rows.get(trial.trial_id, {}).get("best")
-        if value is not None and math.isfinite(value) and not result.get("members_diverged"):
-            if best is None or (value < best if self.mode == "min" else value > best):
-                best = value
+        if result.get("members_diverged"):
+            best = None  # a diverged configuration has no best (study/outcome.py)
+        elif value is not None and math.isfinite(value) and better(value, best, self.mode):
+            best = value
         state = "diverged" if result.get("members_diverged") else "running"
         self._update(trial, state=state, step=result.get("step"), value=value, best=best)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        last = trial.last_result or {}
-        state = "pruned" if not last.get("final") else ("diverged" if last.get("members_diverged") else "completed")
-        self._update(trial, state=state)
+        self._update(trial, state=trial_state(trial.last_result))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._update(trial, state="failed")

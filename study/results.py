@@ -37,6 +37,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 TRIAL_STATES = ("pending", "running", "completed", "diverged", "failed", "pruned")
 STUDY_STATES = ("running", "interrupted", "completed", "failed")
 MEMBER_STATES = ("running", "completed", "diverged")
+TERMINAL_TRIAL_STATES = ("completed", "diverged", "failed", "pruned")
 VERSION_TABLE = "ms_alembic_version"
 
 
@@ -76,6 +77,8 @@ class StudyRow(Base):
     mlflow_uri: Mapped[str] = mapped_column(Text)
     mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
     mlflow_parent_run_id: Mapped[str | None] = mapped_column(String(64))
+    # Why the study is failed or interrupted (migration 0003); None once it completed.
+    state_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now, onupdate=_now)
 
@@ -168,7 +171,11 @@ def engine_for(url: str) -> Engine:
         engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(engine, "connect", _sqlite_pragmas)
-        migrate(engine)
+        try:
+            migrate(engine)
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            raise ResultsDBError(f"results database {engine.url!r} cannot be opened: {exc}") from exc
         _engines[url] = engine
     return _engines[url]
 
@@ -177,6 +184,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=60000")
+    # WAL: a long `study report` or `study query` (readers) never blocks the driver's writes, and
+    # the writes never block them. The mode is stored in the file, so read-only openers see it too.
+    cur.execute("PRAGMA journal_mode=WAL")
     cur.close()
 
 
@@ -262,11 +272,15 @@ def set_study_state(url: str, name: str, state: str, **values: Any) -> None:
             setattr(row, k, v)
 
 
+def _trial(s: Session, study_id: int, trial_id: str) -> TrialRow | None:
+    return s.execute(
+        select(TrialRow).where(TrialRow.study_id == study_id, TrialRow.trial_id == trial_id)
+    ).scalar_one_or_none()
+
+
 def upsert_trial(url: str, study_id: int, trial_id: str, **values: Any) -> int:
     with session_scope(url) as s:
-        row = s.execute(
-            select(TrialRow).where(TrialRow.study_id == study_id, TrialRow.trial_id == trial_id)
-        ).scalar_one_or_none()
+        row = _trial(s, study_id, trial_id)
         if row is None:
             values.setdefault("state", "pending")
             values.setdefault("params", {})
@@ -280,26 +294,134 @@ def upsert_trial(url: str, study_id: int, trial_id: str, **values: Any) -> int:
         return row.id
 
 
+def start_trial(url: str, study_id: int, trial_id: str, started_at: dt.datetime, **values: Any) -> None:
+    """A trial (re)started: a new row, or an existing one marked running again.
+
+    Tune calls this on every start, retries and `study resume` included, so it keeps what an
+    earlier start recorded: the first ``started_at``, the error message of the retry, and the
+    state of a trial that already finished (Tune can resume a finished trial after a hard kill).
+    """
+    with session_scope(url) as s:
+        row = _trial(s, study_id, trial_id)
+        if row is None:
+            s.add(TrialRow(study_id=study_id, trial_id=trial_id, state="running", started_at=started_at, **values))
+            return
+        for k, v in values.items():
+            if getattr(row, k) in (None, {}, []):
+                setattr(row, k, v)
+        if row.state not in TERMINAL_TRIAL_STATES:
+            row.state = "running"
+        if row.started_at is None:
+            row.started_at = started_at
+
+
+def adopt_trial(url: str, study_id: int, optuna_trial_number: int, trial_id: str) -> bool:
+    """Re-keys the row of an Optuna trial that a new Tune trial took over after a hard kill (see
+    study/search.py: orphans); True if there was one. Its metric points stay; the new trial
+    rewrites each step it reports."""
+    with session_scope(url) as s:
+        rows = s.execute(
+            select(TrialRow).where(
+                TrialRow.study_id == study_id,
+                TrialRow.optuna_trial_number == optuna_trial_number,
+                TrialRow.trial_id != trial_id,
+            )
+        ).scalars().all()
+        if not rows or _trial(s, study_id, trial_id) is not None:
+            return False
+        for row in rows[1:]:
+            s.delete(row)
+        rows[0].trial_id = trial_id
+        return True
+
+
+def report_trial(url: str, study_id: int, trial_id: str, mode: str, **values: Any) -> None:
+    """One report: the row's last figures, and its best metric.
+
+    ``best_metric_value`` is the best metric over the trial's reports while no member had
+    diverged; once a member diverges the configuration has no best (None), so a study whose trials
+    all diverged shows no best at all. It is kept in the row, so a resumed study goes on from it.
+    """
+    from study.outcome import better
+
+    with session_scope(url) as s:
+        row = _trial(s, study_id, trial_id)
+        if row is None:
+            row = TrialRow(study_id=study_id, trial_id=trial_id, state="running", params={}, config={})
+            s.add(row)
+        for k, v in values.items():
+            if v is not None:
+                setattr(row, k, v)
+        value = values.get("metric_value")
+        if values.get("members_diverged"):
+            row.best_metric_value = None
+        elif value is not None and math.isfinite(value) and better(value, row.best_metric_value, mode):
+            row.best_metric_value = value
+
+
+def finish_trial(url: str, study_id: int, trial_id: str, state: str, ended_at: dt.datetime,
+                 error_message: str | None = None) -> None:
+    with session_scope(url) as s:
+        row = _trial(s, study_id, trial_id)
+        if row is None:
+            row = TrialRow(study_id=study_id, trial_id=trial_id, params={}, config={})
+            s.add(row)
+        row.state, row.ended_at = state, ended_at
+        if error_message is not None:
+            row.error_message = error_message
+        if state == "diverged":
+            row.best_metric_value = None
+
+
 def record_points(url: str, trial_pk: int, step: int, members: list[dict[str, Any]]) -> None:
     """One row per (trial, step, member); writing the same report again updates in place."""
     with session_scope(url) as s:
-        for m in members:
-            _upsert(
-                s,
-                MetricPointRow,
-                {"trial_pk": trial_pk, "step": step, "member": int(m["member"])},
-                {
-                    "seed": m.get("seed"),
-                    "error": _finite(m.get("error")),
-                    "loss": _finite(m.get("loss")),
-                    "mu": _finite(m.get("mu")),
-                    "lr": _finite(m.get("lr")),
-                    "status": m.get("status", "running"),
-                    "diverged_at": m.get("diverged_at"),
-                    "extra": {k: _finite(v) for k, v in (m.get("extra") or {}).items()},
-                    "recorded_at": _now(),
-                },
-            )
+        _points(s, trial_pk, step, members)
+
+
+def record_trial_points(url: str, study_id: int, trial_id: str, step: int, members: list[dict[str, Any]]) -> None:
+    """record_points for the trial (study, Ray trial id), its row created if need be."""
+    with session_scope(url) as s:
+        row = _trial(s, study_id, trial_id)
+        if row is None:
+            row = TrialRow(study_id=study_id, trial_id=trial_id, state="running", params={}, config={})
+            s.add(row)
+            s.flush()
+        _points(s, row.id, step, members)
+
+
+def _points(s: Session, trial_pk: int, step: int, members: list[dict[str, Any]]) -> None:
+    for m in members:
+        _upsert(
+            s,
+            MetricPointRow,
+            {"trial_pk": trial_pk, "step": step, "member": int(m["member"])},
+            {
+                "seed": m.get("seed"),
+                "error": _finite(m.get("error")),
+                "loss": _finite(m.get("loss")),
+                "mu": _finite(m.get("mu")),
+                "lr": _finite(m.get("lr")),
+                "status": m.get("status", "running"),
+                "diverged_at": m.get("diverged_at"),
+                "extra": {k: _finite(v) for k, v in (m.get("extra") or {}).items()},
+                "recorded_at": _now(),
+            },
+        )
+
+
+def delete_study(url: str, name: str) -> None:
+    """Removes a study's rows (trials and points cascade) and its Optuna study, if present."""
+    with session_scope(url) as s:
+        row = s.execute(select(StudyRow).where(StudyRow.name == name)).scalar_one_or_none()
+        if row is not None:
+            s.delete(row)
+    import optuna
+
+    try:
+        optuna.delete_study(study_name=name, storage=url)
+    except KeyError:
+        pass
 
 
 def get_study(url: str, name: str) -> StudyRow | None:

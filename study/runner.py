@@ -1,31 +1,26 @@
-"""Running a study: Ray Tune Tuner + OptunaSearch (+ scheduler), driver callbacks for the results
-database and MLflow, and resuming with ``Tuner.restore`` and the stored Optuna study."""
+"""Running a study: start it (everything that can fail is checked before the first write, and a
+start that fails after it leaves nothing behind), fit the Ray Tune Tuner, and conclude in a true
+state (completed, interrupted or failed, with the reason) whatever happened in between.
+
+The search lives in study/search.py, the recording in study/recorder.py, the rule for a trial's
+final state in study/outcome.py; this module only puts them together.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
 import os
-import time
-from typing import Any
+import shutil
+from typing import Any, Callable
 
-from study import results, tracking
+from study import outcome, preflight, results, search, tracking
+from study.journal import JOURNAL_FILE, Journal, scrub
+from study.lock import StudyLock
 from study.locations import Locations, redact
 from study.progress import Progress
-from study.spec import (
-    CategoricalParam,
-    FloatParam,
-    GridParam,
-    IntParam,
-    SpecError,
-    StudySpec,
-    check_configs,
-    param_name,
-    spec_to_yaml,
-    task_config_dict,
-)
-from study.trial import CONTEXT_KEY, OPTUNA_NUMBER_KEY, run_trial, sampled_params
+from study.spec import SpecError, StudySpec, check_configs, spec_to_yaml
+from study.trial import CONTEXT_KEY, MLFLOW_URI_ENV, run_trial
 
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -33,238 +28,26 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 from ray import tune  # noqa: E402
-from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 log = logging.getLogger(__name__)
 # Without Tune's file loggers (above) ExperimentAnalysis warns about every trial's missing result.json.
 logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
+TERMINAL = outcome.TERMINAL
+# The RNN momentum schedule's warm-up at mu = 0.9 (sec. 4.2), before mu_0 applies.
+RNN_WARMUP_UPDATES = 1000
+
+
+class StudyExistsError(SpecError):
+    pass
+
 
 def trial_dirname(trial: Any) -> str:
     """Short trial directories: Tune's default spells the whole config into the name."""
     return f"trial_{trial.trial_id}"
-TERMINAL = ("completed", "diverged", "failed", "pruned")
 
 
-class StudyExistsError(RuntimeError):
-    pass
-
-
-# --- Optuna --------------------------------------------------------------------------------------
-
-
-def distributions(spec: StudySpec) -> dict[str, Any]:
-    import optuna.distributions as d
-
-    out: dict[str, Any] = {}
-    for field, p in spec.search.items():
-        name = param_name(field, p)
-        if isinstance(p, FloatParam):
-            out[name] = d.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
-        elif isinstance(p, IntParam):
-            out[name] = d.IntDistribution(p.low, p.high, log=p.log, step=p.step)
-        elif isinstance(p, (CategoricalParam, GridParam)):
-            out[name] = d.CategoricalDistribution(p.values)
-    return out
-
-
-def sampler(spec: StudySpec) -> Any:
-    import optuna.samplers as s
-
-    kind, seed, opts = spec.sampler.type, spec.sampler.seed, dict(spec.sampler.options)
-    if kind == "grid":
-        grid = {param_name(f, p): list(p.values) for f, p in spec.search.items()}  # type: ignore[union-attr]
-        return s.GridSampler(grid, seed=seed, **opts)
-    factory = {
-        "tpe": s.TPESampler,
-        "cmaes": s.CmaEsSampler,
-        "gp": s.GPSampler,
-        "random": s.RandomSampler,
-        "qmc": s.QMCSampler,
-    }[kind]
-    return factory(seed=seed, **opts)
-
-
-class StudyOptunaSearch(OptunaSearch):
-    """OptunaSearch that also hands each trial its Optuna trial number (for the DB and MLflow)."""
-
-    def suggest(self, trial_id: str) -> dict | None:
-        params = super().suggest(trial_id)
-        if params is not None and trial_id in self._ot_trials:
-            params[OPTUNA_NUMBER_KEY] = self._ot_trials[trial_id].number
-        return params
-
-
-def optuna_storage(url: str) -> Any:
-    import optuna
-
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-
-
-def searcher(spec: StudySpec, results_db: str) -> StudyOptunaSearch:
-    return StudyOptunaSearch(
-        space=distributions(spec),
-        metric="objective",
-        mode=spec.mode,
-        sampler=sampler(spec),
-        study_name=spec.name,
-        storage=optuna_storage(results_db),
-    )
-
-
-# --- the driver's callback: results DB + MLflow --------------------------------------------------
-
-
-class Recorder(tune.Callback):
-    """Writes the results DB and the MLflow metric history from the driver, idempotently."""
-
-    def __init__(self, spec: StudySpec, loc: Locations, study_id: int):
-        self.spec_dict = spec.model_dump(mode="json")
-        self.results_db = loc.results_db
-        self.mlflow_uri = loc.mlflow_uri
-        self.study_id = study_id
-        self._reset()
-
-    def _reset(self) -> None:
-        self._pk: dict[str, int] = {}
-        self._best: dict[str, float] = {}
-        self._metrics: tracking.MetricLog | None = None
-        self._run: dict[str, str] = {}
-        self.finished: set[str] = set()
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its callbacks into the experiment; only settings travel.
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_") and k != "finished"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._reset()
-
-    @property
-    def spec(self) -> StudySpec:
-        return StudySpec.model_validate(self.spec_dict)
-
-    def _trial_pk(self, trial: Any, **values: Any) -> int:
-        pk = results.upsert_trial(self.results_db, self.study_id, trial.trial_id, **values)
-        self._pk[trial.trial_id] = pk
-        return pk
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        from trainables.config import parse_config
-
-        spec = self.spec
-        sampled = sampled_params(trial.config)
-        cfg = parse_config(task_config_dict(spec, sampled))
-        self._trial_pk(
-            trial,
-            state="running",
-            params=sampled,
-            config=cfg.model_dump(mode="json"),
-            members=cfg.population_size,
-            optuna_trial_number=trial.config.get(OPTUNA_NUMBER_KEY),
-            started_at=_now(),
-            ended_at=None,
-            error_message=None,
-        )
-
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._trial_pk(trial, state="running", error_message=_error_text(trial))
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        tid = trial.trial_id
-        pk = self._pk.get(tid) or self._trial_pk(trial)
-        value = result.get("metric_value")
-        best = self._best.get(tid)
-        if value is not None and math.isfinite(value):
-            better = best is None or (value < best if self.spec.mode == "min" else value > best)
-            best = value if better else best
-            self._best[tid] = best
-        results.record_points(self.results_db, pk, int(result["step"]), result.get("members", []))
-        run_id = result.get("mlflow_run_id")
-        values: dict[str, Any] = dict(
-            last_step=int(result["step"]),
-            metric_value=value,
-            objective=result.get("objective"),
-            members_diverged=int(result.get("members_diverged", 0)),
-            # Where the trial ran: Tune fills in hostname and node_ip; ray_node_id comes from trial.py.
-            hostname=result.get("hostname"),
-            node_ip=result.get("node_ip"),
-            ray_node_id=result.get("ray_node_id"),
-        )
-        if best is not None:
-            values["best_metric_value"] = best
-        if run_id:
-            values["mlflow_run_id"] = run_id
-            self._run[tid] = run_id
-        self._trial_pk(trial, **values)
-        if run_id:
-            if self._metrics is None:
-                self._metrics = tracking.MetricLog(self.mlflow_uri)
-            stamp = int(result.get("timestamp", time.time()) * 1000)
-            self._metrics.log(run_id, int(result["step"]), tracking.metrics_at_step(result), stamp)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        last = trial.last_result or {}
-        if not last.get("final"):
-            state = "pruned"
-        elif last.get("members_diverged"):
-            state = "diverged"
-        else:
-            state = "completed"
-        self._finish(trial, state)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, "failed", _error_text(trial))
-
-    def _finish(self, trial: Any, state: str, error: str | None = None) -> None:
-        self.finished.add(trial.trial_id)
-        self._trial_pk(trial, state=state, ended_at=_now(), error_message=error)
-        run_id = self._run.get(trial.trial_id) or (trial.last_result or {}).get("mlflow_run_id")
-        if run_id is None:
-            study = results.get_study(self.results_db, self.spec.name)
-            if study and study.mlflow_experiment_id:
-                run_id = tracking.find_trial_run(self.mlflow_uri, study.mlflow_experiment_id, trial.trial_id)
-        if run_id:
-            tags = {"objective": str((trial.last_result or {}).get("objective"))}
-            if error:
-                tags["error"] = error[-5000:]
-            tracking.finish_trial(self.mlflow_uri, run_id, state, tags)
-
-
-def _error_text(trial: Any) -> str | None:
-    try:
-        path = trial.error_file
-        if path and os.path.exists(path):
-            with open(path) as f:
-                return f.read()[-4000:]
-    except Exception:
-        pass
-    return None
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-
-
-# --- running -------------------------------------------------------------------------------------
-
-
-def init_ray(address: str | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(include_dashboard=False, **kwargs)
-
-
-def trainable(spec: StudySpec) -> Any:
-    resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
-    return tune.with_resources(run_trial, resources)
+# --- checks before anything is written -----------------------------------------------------------
 
 
 def scheduler(spec: StudySpec, reports: int) -> Any:
@@ -273,12 +56,91 @@ def scheduler(spec: StudySpec, reports: int) -> Any:
 
         return ASHAScheduler(
             time_attr="training_iteration",
+            metric="scheduler_objective",  # finite for diverged trials (study/outcome.py)
+            mode=spec.mode,
             max_t=spec.scheduler.max_t or reports,
             grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor,
             brackets=spec.scheduler.brackets,
         )
     return None
+
+
+def check_scheduler(spec: StudySpec, report_every: int, momentum_schedule: str) -> None:
+    """ASHA's first rung must come after the RNN warm-up when mu_0 is searched: before it every
+    trial trains at mu = 0.9 and the rung would prune on noise, not on the searched momentum."""
+    if spec.scheduler.type != "asha" or "mu_0" not in spec.search or momentum_schedule != "rnn":
+        return
+    first = spec.scheduler.grace_period * report_every
+    if first <= RNN_WARMUP_UPDATES:
+        need = RNN_WARMUP_UPDATES // report_every + 1
+        raise SpecError(
+            f"scheduler.grace_period={spec.scheduler.grace_period} is not allowed with a searched mu_0: the first "
+            f"rung falls at update {first} (grace_period x report_every {report_every}), inside the RNN "
+            f"schedule's {RNN_WARMUP_UPDATES}-update warm-up at mu = 0.9, before mu_0 applies; "
+            f"use grace_period >= {need}"
+        )
+
+
+def prepare(spec: StudySpec, loc: Locations) -> int:
+    """Every check that needs no store: the configs, the sampler, the scheduler, the name.
+    Returns the number of reports a trial makes."""
+    from trainables.train import DEFAULT_SCHEDULE
+    from trainables.tasks import family
+
+    cfg = check_configs(spec)
+    search.sampler(spec)
+    check_scheduler(spec, cfg.report_every, cfg.momentum_schedule or DEFAULT_SCHEDULE[family(cfg.task)])
+    _refuse_existing(spec, loc)
+    return math.ceil(cfg.updates / cfg.report_every)
+
+
+def _refuse_existing(spec: StudySpec, loc: Locations) -> None:
+    if results.sqlite_path_exists(loc.results_db) and results.get_study(loc.results_db, spec.name):
+        raise StudyExistsError(
+            f"study {spec.name!r} already exists in {redact(loc.results_db)}: continue it with "
+            f"`study resume {spec.name}`, or give the spec another name"
+        )
+
+
+# --- Ray -----------------------------------------------------------------------------------------
+
+
+def init_ray(loc: Locations, spec: StudySpec) -> None:
+    """A local Ray of the study's own (127.0.0.1 only), or the cluster at ``loc.ray_address``.
+
+    A password in the MLflow URI reaches the trials through their environment, never through a
+    config or a pickled object that Tune writes to disk.
+    """
+    import ray
+
+    secret = loc.mlflow_uri if redact(loc.mlflow_uri) != loc.mlflow_uri else None
+    if secret:
+        os.environ[MLFLOW_URI_ENV] = secret  # local Ray's workers inherit the driver's environment
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.WARNING)
+    if loc.ray_address:
+        env = {MLFLOW_URI_ENV: secret} if secret else {}
+        ray.init(address=loc.ray_address, runtime_env={"env_vars": env} if env else None, **kwargs)
+        preflight.check_resources(spec, _node_resources())
+        return
+    try:
+        from study.local_ray import start_local_ray
+    except ImportError:  # pragma: no cover - until study/local_ray.py lands
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
+    else:
+        start_local_ray(**kwargs)
+
+
+def _node_resources() -> dict[str, dict[str, float]]:
+    import ray
+
+    return preflight.node_resources(ray.nodes())
+
+
+def trainable(spec: StudySpec) -> Any:
+    return tune.with_resources(run_trial, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
 
 
 def run_config(spec: StudySpec, loc: Locations, callbacks: list) -> Any:
@@ -288,40 +150,47 @@ def run_config(spec: StudySpec, loc: Locations, callbacks: list) -> Any:
         name=name,
         storage_path=storage_path,
         failure_config=tune.FailureConfig(max_failures=spec.retries),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # Keep every checkpoint: Tune's experiment snapshot may name one that a smaller
+        # num_to_keep deleted since, and a trial killed then could not resume (study/trial.py
+        # falls back to the newest checkpoint that exists, this keeps that rare).
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         callbacks=callbacks,
         verbose=0,
     )
 
 
-def prepare(spec: StudySpec, loc: Locations) -> None:
-    """Checks that nothing is in the way, before anything is written."""
-    check_configs(spec)
-    if spec.sampler.type == "cmaes":
-        try:
-            import cmaes  # noqa: F401
-        except ImportError:
-            raise SpecError("sampler.type='cmaes' needs the 'cmaes' package: pip install cmaes") from None
-    if results.sqlite_path_exists(loc.results_db) and results.get_study(loc.results_db, spec.name):
-        raise StudyExistsError(
-            f"study {spec.name!r} already exists in {redact(loc.results_db)}: continue it with "
-            f"`study resume {spec.name}`, or give the spec another name"
-        )
+# --- run -----------------------------------------------------------------------------------------
 
 
 def run(spec: StudySpec, loc: Locations, console: Any = None) -> str:
     """Runs a new study to the end (or until interrupted); returns the study's final state."""
-    prepare(spec, loc)
-    from study import preflight
-
+    reports = prepare(spec, loc)
     preflight.check(spec, loc)
-    reports = math.ceil(check_configs(spec).updates / check_configs(spec).report_every)
-    loc.study_dir.mkdir(parents=True, exist_ok=True)
+    created_dir = not loc.study_dir.exists()
+    with StudyLock(loc.study_dir, spec.name, loc.results_db):
+        undo: list[Callable[[], None]] = []
+        try:
+            _refuse_existing(spec, loc)  # again, now that no other driver can be starting it
+            init_ray(loc, spec)
+            started = _start(spec, loc, reports, console, undo)
+        except BaseException:
+            _undo_start(loc, created_dir, undo)
+            raise
+        return _fit_and_conclude(spec, loc, *started)
+
+
+def _start(spec: StudySpec, loc: Locations, reports: int, console: Any, undo: list) -> tuple:
+    """The first writes, each with its undo (run in reverse if a later step fails)."""
     spec_yaml = spec_to_yaml(spec)
     (loc.study_dir / "spec.yaml").write_text(spec_yaml)
+    undo.append(lambda: (loc.study_dir / "spec.yaml").unlink(missing_ok=True))
+    existed = tracking.client(loc.mlflow_uri).get_experiment_by_name(spec.name) is not None
     experiment_id, parent_run_id = tracking.setup_study(
         loc.mlflow_uri, spec.name, spec.model_dump(mode="json"), spec_yaml, loc.artifact_location
     )
+    if not existed:
+        undo.append(lambda: tracking.client(loc.mlflow_uri).delete_experiment(experiment_id))
+    undo.append(lambda: results.delete_study(loc.results_db, spec.name))
     study_id = results.upsert_study(
         loc.results_db,
         name=spec.name,
@@ -340,35 +209,47 @@ def run(spec: StudySpec, loc: Locations, console: Any = None) -> str:
     )
     context = {
         "spec": spec.model_dump(mode="json"),
-        "mlflow_uri": loc.mlflow_uri,
+        "mlflow_uri": redact(loc.mlflow_uri),
         "experiment_id": experiment_id,
         "parent_run_id": parent_run_id,
     }
-    init_ray(loc.ray_address)
-    recorder = Recorder(spec, loc, study_id)
+    from study.recorder import Recorder
+
+    recorder = Recorder(spec, loc, study_id, experiment_id, parent_run_id, Journal(loc.study_dir / JOURNAL_FILE))
     progress = Progress(spec.name, spec.trials, spec.mode, console)
+    undo.append(lambda: shutil.rmtree(loc.tune_path, ignore_errors=True) if not loc.storage else None)
     tuner = tune.Tuner(
         trainable(spec),
         param_space={CONTEXT_KEY: context},
         tune_config=tune.TuneConfig(
-            search_alg=searcher(spec, loc.results_db),
+            search_alg=search.searcher(spec, loc.results_db),
             scheduler=scheduler(spec, reports),
             num_samples=spec.trials,
             max_concurrent_trials=spec.max_concurrent_trials,
-            metric="objective",
-            mode=spec.mode,
             trial_dirname_creator=trial_dirname,
         ),
         run_config=run_config(spec, loc, [recorder, progress]),
     )
-    with progress:
-        tuner.fit()
-    return _conclude(spec, loc, recorder, parent_run_id)
+    return tuner, recorder, progress, parent_run_id
+
+
+def _undo_start(loc: Locations, created_dir: bool, undo: list[Callable[[], None]]) -> None:
+    """A start that failed leaves nothing: no rows, no Optuna study, no MLflow experiment, no files."""
+    for step in reversed(undo):
+        try:
+            step()
+        except Exception as exc:  # best effort: report, then go on undoing the rest
+            log.warning("undoing a failed start: %s", scrub(str(exc)))
+    if created_dir:
+        shutil.rmtree(loc.study_dir, ignore_errors=True)
+
+
+# --- resume --------------------------------------------------------------------------------------
 
 
 def resume(name: str, loc: Locations, console: Any = None) -> str:
-    """Continues an interrupted study: Tuner.restore (trials, checkpoints, the pickled searcher,
-    whose Optuna study lives in the results DB); finished trials are not rerun."""
+    """Continues a study: replays writes a store missed, then Tuner.restore (trials, checkpoints,
+    the searcher, whose Optuna study lives in the results DB); finished trials are not rerun."""
     from study.spec import load_spec
 
     row = results.get_study(loc.results_db, name) if results.sqlite_path_exists(loc.results_db) else None
@@ -377,38 +258,128 @@ def resume(name: str, loc: Locations, console: Any = None) -> str:
     spec = load_spec(row.spec_yaml)
     mlflow_uri = loc.mlflow_uri if "***" in row.mlflow_uri else row.mlflow_uri
     loc = Locations(loc.root, name, loc.results_db, mlflow_uri, loc.ray_address, loc.storage)
-    path = row.tune_path
-    if not tune.Tuner.can_restore(path):
-        raise SpecError(f"study {name!r} has no Ray Tune experiment to restore at {path}")
-    tracking.setup_study(loc.mlflow_uri, spec.name, spec.model_dump(mode="json"), row.spec_yaml, loc.artifact_location)
-    results.set_study_state(loc.results_db, name, "running")
-    init_ray(loc.ray_address)
-    recorder = Recorder(spec, loc, row.id)
-    progress = Progress(spec.name, spec.trials, spec.mode, console)
-    tuner = tune.Tuner.restore(path, trainable(spec), resume_unfinished=True, resume_errored=False)
-    # The pickled callbacks carry settings only; hand the restored run fresh ones.
-    tuner._local_tuner._run_config.callbacks = [recorder, progress]
-    tuner._local_tuner._run_config.verbose = 0
-    with progress:
-        tuner.fit()
-    return _conclude(spec, loc, recorder, row.mlflow_parent_run_id)
+    with StudyLock(loc.study_dir, name, loc.results_db):
+        journal = Journal(loc.study_dir / JOURNAL_FILE)
+        if row.state == "completed" and not journal.pending():
+            return "completed"  # nothing to do (the command line says so)
+        path = row.tune_path
+        if not tune.Tuner.can_restore(path):
+            raise SpecError(f"study {name!r} has no Ray Tune experiment to restore at {path}")
+        from study.recorder import Recorder
+
+        experiment_id, parent_run_id = tracking.setup_study(
+            loc.mlflow_uri, spec.name, spec.model_dump(mode="json"), row.spec_yaml, loc.artifact_location
+        )
+        recorder = Recorder(spec, loc, row.id, experiment_id, parent_run_id, journal)
+        recorder.drain()  # what an earlier run could not write lands first
+        results.set_study_state(loc.results_db, name, "running", state_reason=None)
+        init_ray(loc, spec)
+        search.use_storage(loc.results_db)  # the restored searcher re-attaches to it
+        progress = Progress(spec.name, spec.trials, spec.mode, console)
+        tuner = tune.Tuner.restore(path, trainable(spec), resume_unfinished=True, resume_errored=False)
+        # The pickled callbacks carry settings only; hand the restored run fresh ones. Tuner.restore
+        # has no public way to replace callbacks (test_study_resume fails if this attribute moves).
+        tuner._local_tuner._run_config.callbacks = [recorder, progress]
+        tuner._local_tuner._run_config.verbose = 0
+        return _fit_and_conclude(spec, loc, tuner, recorder, progress, parent_run_id)
 
 
-def _conclude(spec: StudySpec, loc: Locations, recorder: Recorder, parent_run_id: str | None) -> str:
+# --- fit and conclude ----------------------------------------------------------------------------
+
+
+def _fit_and_conclude(spec: StudySpec, loc: Locations, tuner: Any, recorder: Any, progress: Progress,
+                      parent_run_id: str | None) -> str:
+    failure = None
+    try:
+        with progress:
+            tuner.fit()
+    except KeyboardInterrupt:
+        failure = ("interrupted", "interrupted by the user")
+    except Exception as exc:  # the driver itself failed: the study must still end in a true state
+        log.exception("study %s failed", spec.name)
+        failure = ("failed", f"the driver failed: {scrub(f'{type(exc).__name__}: {exc}')[:2000]}")
+    return conclude(spec, loc, recorder, parent_run_id, failure)
+
+
+def conclude(spec: StudySpec, loc: Locations, recorder: Any, parent_run_id: str | None,
+             failure: tuple[str, str] | None = None) -> str:
+    """Lands pending writes, decides the study's state and reason, and writes them everywhere it
+    can; never raises (the reason says what could not be written)."""
+    store_problem = recorder.drain()
+    state, reason = failure or (None, None)
+    try:
+        done = _finish_rows(spec, loc, failed=bool(failure or store_problem))
+    except Exception as exc:
+        done, store_problem = None, store_problem or f"results database unreachable ({scrub(str(exc))[:300]})"
+    if store_problem:
+        state = "failed"
+        reason = "; ".join(r for r in (reason, store_problem) if r) + f"; `study resume {spec.name}` lands them once it is back"
+    elif state is None:
+        if done is not None and done >= spec.trials:
+            state = "completed"
+        else:
+            state = "interrupted"
+            reason = f"stopped with {done} of {spec.trials} trials finished; `study resume {spec.name}` continues"
+    try:
+        results.set_study_state(loc.results_db, spec.name, state, state_reason=reason)
+    except Exception as exc:
+        log.warning("could not record the study's state %s: %s", state, scrub(str(exc)))
+    if parent_run_id:
+        try:
+            _settle_mlflow(spec, loc, state)
+            tracking.finish_study(loc.mlflow_uri, parent_run_id, state, reason)
+        except Exception as exc:
+            log.warning("could not record the study's state in MLflow: %s", scrub(str(exc)))
+    return state
+
+
+def _finish_rows(spec: StudySpec, loc: Locations, failed: bool) -> int:
+    """Settles the rows at the end of a run; returns how many trials finished.
+
+    Running trials of an unfinished study become pending (`study resume` continues them). Once
+    every trial finished, Optuna trials that no trial took over after a hard kill are failed, so
+    nothing is left RUNNING.
+    """
     from sqlalchemy import select, update
 
     with results.session_scope(loc.results_db) as s:
         study = s.execute(select(results.StudyRow).where(results.StudyRow.name == spec.name)).scalar_one()
-        states = [t.state for t in study.trials]
-        done = sum(st in TERMINAL for st in states)
-        state = "completed" if done >= spec.trials else "interrupted"
-        if state == "interrupted":
+        done = sum(t.state in TERMINAL for t in study.trials)
+        numbers = {t.optuna_trial_number for t in study.trials}
+        if done < spec.trials or failed:
             s.execute(
                 update(results.TrialRow)
                 .where(results.TrialRow.study_id == study.id, results.TrialRow.state == "running")
                 .values(state="pending")
             )
-        study.state = state
-    if parent_run_id:
-        tracking.finish_study(loc.mlflow_uri, parent_run_id, state)
-    return state
+    if done >= spec.trials and not failed:
+        import optuna
+        from optuna.trial import TrialState
+
+        ot = optuna.load_study(study_name=spec.name, storage=search.optuna_storage(loc.results_db))
+        for t in ot.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number not in numbers:
+                search.tell(ot, t.number, state=TrialState.FAIL)
+    return done
+
+
+def _settle_mlflow(spec: StudySpec, loc: Locations, state: str) -> None:
+    """Child runs MLflow still shows RUNNING get the state the results DB holds for their trial."""
+    study = results.get_study(loc.results_db, spec.name)
+    if study is None or not study.mlflow_experiment_id:
+        return
+    by_trial = {t.trial_id: t.state for t in _trial_rows(loc, study.id)}
+    for run in tracking.running_trial_runs(loc.mlflow_uri, study.mlflow_experiment_id):
+        trial_state = by_trial.get(run.data.tags.get(tracking.TRIAL_TAG), "failed")
+        if trial_state in TERMINAL:
+            tracking.finish_trial(loc.mlflow_uri, run.info.run_id, trial_state)
+        elif state != "completed":
+            tracking.client(loc.mlflow_uri).set_terminated(run.info.run_id, status="KILLED")
+
+
+def _trial_rows(loc: Locations, study_id: int) -> list:
+    from sqlalchemy import select
+
+    with results.session_scope(loc.results_db) as s:
+        return list(s.execute(select(results.TrialRow).where(results.TrialRow.study_id == study_id)).scalars())
+

@@ -10,9 +10,19 @@ already holds, so nothing is logged twice.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+# MLflow prints "View run <name> at: <tracking URI>/..." to stdout when a run ends: with a password
+# in the URI that is a credential in every log (docs/cluster.md).
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# A tracking server that is down must fail a write in seconds (the driver then journals it,
+# study/journal.py), not after MLflow's default minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -47,6 +57,8 @@ def setup_study(uri: str, name: str, spec: dict[str, Any], spec_yaml: str, artif
     """Gets or creates the study's experiment and parent run; returns their ids."""
     c = client(uri)
     exp = c.get_experiment_by_name(name)
+    if exp is not None and exp.lifecycle_stage == "deleted":  # a failed start removed it
+        c.restore_experiment(exp.experiment_id)
     experiment_id = exp.experiment_id if exp else c.create_experiment(name, artifact_location=artifact_location)
     found = c.search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'parent'", max_results=1)
     if found:
@@ -70,6 +82,20 @@ def find_trial_run(uri: str, experiment_id: str, trial_id: str) -> str | None:
         [experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1
     )
     return found[0].info.run_id if found else None
+
+
+def adopt_trial_run(uri: str, experiment_id: str, optuna_number: int, trial_id: str) -> bool:
+    """Re-tags the run of an Optuna trial that a new Tune trial took over after a hard kill (see
+    study/search.py: orphans), so the configuration keeps one run; True if there was one."""
+    c = client(uri)
+    found = c.search_runs(
+        [experiment_id], filter_string=f"tags.`{OPTUNA_TAG}` = '{optuna_number}' and tags.`{ROLE_TAG}` = 'trial'"
+    )
+    found = [r for r in found if r.data.tags.get(TRIAL_TAG) != trial_id]
+    if not found or find_trial_run(uri, experiment_id, trial_id):
+        return False
+    c.set_tag(found[0].info.run_id, TRIAL_TAG, trial_id)
+    return True
 
 
 def ensure_trial_run(
@@ -147,14 +173,23 @@ class MetricLog:
 
 
 def finish_trial(uri: str, run_id: str, state: str, extra_tags: dict[str, str] | None = None) -> None:
+    from study.outcome import MLFLOW_STATUS
+
     c = client(uri)
     tags = [RunTag(STATE_TAG, state)] + [RunTag(k, str(v)) for k, v in (extra_tags or {}).items()]
     c.log_batch(run_id, tags=tags)
-    status = {"completed": "FINISHED", "diverged": "FINISHED", "pruned": "KILLED"}.get(state, "FAILED")
-    c.set_terminated(run_id, status=status)
+    c.set_terminated(run_id, status=MLFLOW_STATUS.get(state, "FAILED"))
 
 
-def finish_study(uri: str, parent_run_id: str, state: str) -> None:
+def finish_study(uri: str, parent_run_id: str, state: str, reason: str | None = None) -> None:
     c = client(uri)
     c.set_tag(parent_run_id, STATE_TAG, state)
+    c.set_tag(parent_run_id, "state_reason", reason or "")
     c.set_terminated(parent_run_id, status={"completed": "FINISHED", "interrupted": "KILLED"}.get(state, "FAILED"))
+
+
+def running_trial_runs(uri: str, experiment_id: str) -> list[Any]:
+    """The study's child runs MLflow still shows RUNNING."""
+    return client(uri).search_runs(
+        [experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'RUNNING'", max_results=10000
+    )

@@ -7,7 +7,6 @@ the mean over members as its metric; the per-member figures travel in ``members`
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -17,9 +16,13 @@ import ray
 import torch
 from ray import tune
 
+from study.outcome import objectives
+
 CONTEXT_KEY = "study"
 OPTUNA_NUMBER_KEY = "_optuna_trial_number"
 CHECKPOINT_FILE = "train_state.pt"
+# The MLflow tracking URI with its password, in the workers' environment (never in a config).
+MLFLOW_URI_ENV = "MOMENTUM_STUDY_MLFLOW_URI"
 
 
 def sampled_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -55,13 +58,10 @@ def summarize(report: Any, seeds: list[int], metric: str, mode: str) -> dict[str
         return sum(values) / len(values) if values else None
 
     value = mean(metric)
-    # A diverged member makes the configuration as bad as it gets for the searcher: Optuna and
-    # the schedulers accept +-inf (NaN would fail the Optuna trial), and it stays finite in charts
-    # because the per-member figures keep their last good values (docs/study-specs.md).
-    if diverged or value is None or not math.isfinite(value):
-        objective = math.inf if mode == "min" else -math.inf
-    else:
-        objective = value
+    # A diverged member makes the configuration as bad as it gets: +-inf for Optuna, a finite
+    # worst value for schedulers (study/outcome.py); charts stay finite because the per-member
+    # figures keep their last good values (docs/study-specs.md).
+    objective, scheduler_objective = objectives(value, diverged, mode)
     return {
         "step": report.step,
         "final": bool(report.final),
@@ -71,6 +71,7 @@ def summarize(report: Any, seeds: list[int], metric: str, mode: str) -> dict[str
         "lr": mean("lr"),
         "metric_value": value,
         "objective": objective,
+        "scheduler_objective": scheduler_objective,
         "members_diverged": diverged,
         "members": members,
     }
@@ -78,7 +79,6 @@ def summarize(report: Any, seeds: list[int], metric: str, mode: str) -> dict[str
 
 def run_trial(config: dict[str, Any]) -> None:
     """Tune's function trainable for every study (importable by workers from the installed package)."""
-    from study import tracking
     from study.spec import StudySpec, task_config_dict
     from trainables import train
     from trainables.config import parse_config
@@ -89,24 +89,10 @@ def run_trial(config: dict[str, Any]) -> None:
     task_config = parse_config(task_config_dict(spec, sampled))
     seeds = [int(s) for s in task_config.member_values("seed")]
     trial_id = tune.get_context().get_trial_id()
+    monitor = _system_metrics(_mlflow_uri(ctx), ctx["experiment_id"], trial_id)
 
-    run_id = tracking.ensure_trial_run(
-        ctx["mlflow_uri"],
-        ctx["experiment_id"],
-        ctx["parent_run_id"],
-        spec.name,
-        trial_id,
-        config.get(OPTUNA_NUMBER_KEY),
-        task_config.model_dump(mode="json"),
-        sampled,
-    )
-    monitor = _system_metrics(run_id, ctx["mlflow_uri"])
-
-    resume_from = None
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            resume_from = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=False)
+    resume_from = _load_checkpoint(checkpoint) if checkpoint is not None else None
 
     reports = 0
     node_id = ray.get_runtime_context().get_node_id()
@@ -115,7 +101,6 @@ def run_trial(config: dict[str, Any]) -> None:
         nonlocal reports
         reports += 1
         result = summarize(report, seeds, spec.metric, spec.mode)
-        result["mlflow_run_id"] = run_id
         result["ray_node_id"] = node_id
         if report.final or reports % spec.checkpoint_every == 0:
             with tempfile.TemporaryDirectory() as tmp:
@@ -126,19 +111,66 @@ def run_trial(config: dict[str, Any]) -> None:
 
     try:
         train(task_config, reporter, resume_from=resume_from)
+        if reports == 0 and resume_from is not None:
+            # Killed after its last checkpoint but before Tune took the final result: the work is
+            # done, so report the checkpoint's figures as the final result again.
+            reporter(_final_report(resume_from))
     finally:
         if monitor is not None:
             monitor.finish()
 
 
-def _system_metrics(run_id: str, uri: str) -> Any:
-    """MLflow's psutil-based monitor (CPU, memory, disk, network; GPU where present) on the trial's run."""
+def _final_report(state: dict[str, Any]) -> Any:
+    from trainables.api import MemberMetrics, Report
+
+    members = tuple(MemberMetrics(**m) for m in state["last"])
+    return Report(step=int(state["step"]), members=members, final=True, checkpoint=lambda: state)
+
+
+def _load_checkpoint(checkpoint: Any) -> dict[str, Any] | None:
+    """The trial's training state from Tune's checkpoint.
+
+    Tune's saved experiment state can name a checkpoint that the trial's own bookkeeping has
+    deleted since (a hard kill between the two): then the newest checkpoint of the trial that
+    still exists is taken, and failing that the trial starts over, rather than failing.
+    """
+    candidates = [Path(checkpoint.path)]
+    if getattr(checkpoint.filesystem, "type_name", "local") == "local":
+        parent = candidates[0].parent
+        candidates += sorted(parent.glob("checkpoint_*"), reverse=True) if parent.is_dir() else []
+    for path in candidates:
+        if (path / CHECKPOINT_FILE).is_file():
+            return torch.load(path / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        if path == candidates[0]:
+            try:  # remote storage: let Tune fetch it
+                with checkpoint.as_directory() as d:
+                    if (Path(d) / CHECKPOINT_FILE).is_file():
+                        return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            except (FileNotFoundError, OSError):
+                pass
+    return None
+
+
+def _mlflow_uri(ctx: dict[str, Any]) -> str:
+    """The tracking URI with its password: the context carries it redacted (Tune writes trial
+    configs to disk); the secret comes from the worker's environment (study/runner.py)."""
+    return os.environ.get(MLFLOW_URI_ENV) or ctx["mlflow_uri"]
+
+
+def _system_metrics(uri: str, experiment_id: str, trial_id: str) -> Any:
+    """MLflow's psutil-based monitor (CPU, memory, disk, network; GPU where present) on the trial's
+    run, which the driver created before the trial started."""
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+        from study.tracking import find_trial_run
+
+        run_id = find_trial_run(uri, experiment_id, trial_id)
+        if run_id is None:
+            return None
         interval = float(os.environ.get("MOMENTUM_STUDY_SYSTEM_METRICS_INTERVAL", "2"))
         monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=True, tracking_uri=uri)
         monitor.start()
         return monitor
-    except Exception:  # system metrics are a nicety; never fail a trial over them
+    except Exception:  # system metrics are a nicety; never fail a trial over them (MLflow down)
         return None

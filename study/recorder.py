@@ -1,0 +1,173 @@
+"""The driver's Tune callback that records every trial in the results DB and in MLflow.
+
+Every write is idempotent (keyed by study and Ray trial id) and goes through a WriteQueue per
+store (study/journal.py): a store that fails is retried, then journaled, and the study goes on;
+what a trial ends as comes from study/outcome.py, the rule the searcher and the progress display
+use too. The driver creates each trial's MLflow child run (the trial process only attaches
+MLflow's system-metrics monitor to it), so a trial needs no MLflow credentials of its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from typing import Any
+
+from ray import tune
+
+from study import outcome, results, tracking
+from study.journal import Journal, WriteQueue, scrub
+from study.locations import Locations
+from study.spec import StudySpec, task_config_dict
+from study.trial import OPTUNA_NUMBER_KEY, sampled_params
+
+
+class Recorder(tune.Callback):
+    def __init__(self, spec: StudySpec, loc: Locations, study_id: int, experiment_id: str, parent_run_id: str,
+                 journal: Journal):
+        self.spec_dict = spec.model_dump(mode="json")
+        self.study_id = study_id
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self._open(spec, loc, journal)
+
+    def _open(self, spec: StudySpec, loc: Locations, journal: Journal) -> None:
+        self._spec = spec
+        self._db_url, self._mlflow_uri = loc.results_db, loc.mlflow_uri
+        self.db = WriteQueue("results-db", self._apply_db, journal)
+        self.mlflow = WriteQueue("mlflow", self._apply_mlflow, journal)
+        self._runs: dict[str, str] = {}
+        self._metrics = tracking.MetricLog(loc.mlflow_uri)
+        self.finished: dict[str, str] = {}
+
+    # Tune pickles its callbacks into the experiment directory: only settings without a secret
+    # travel; `study resume` hands the restored run fresh recorders.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("spec_dict", "study_id", "experiment_id", "parent_run_id")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    # --- Tune's callbacks ------------------------------------------------------------------------
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        from trainables.config import parse_config
+
+        sampled = sampled_params(trial.config)
+        parsed = parse_config(task_config_dict(self._spec, sampled))
+        cfg = parsed.model_dump(mode="json")
+        number = trial.config.get(OPTUNA_NUMBER_KEY)
+        tid = trial.trial_id
+        if number is not None:
+            self.db.write({"kind": "adopt", "trial_id": tid, "optuna": number})
+            self.mlflow.write({"kind": "adopt", "trial_id": tid, "optuna": number})
+        values = dict(params=sampled, config=cfg, members=parsed.population_size, optuna_trial_number=number)
+        self.db.write({"kind": "start", "trial_id": tid, "started_at": _now(), "values": values})
+        self.mlflow.write({"kind": "run", "trial_id": tid, "optuna": number, "config": cfg, "sampled": sampled})
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.db.write({"kind": "trial", "trial_id": trial.trial_id,
+                       "values": {"state": "running", "error_message": _error_text(trial)}})
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        tid, step = trial.trial_id, int(result["step"])
+        self.db.write({"kind": "points", "trial_id": tid, "step": step, "members": result.get("members", [])})
+        values = dict(
+            last_step=step,
+            metric_value=result.get("metric_value"),
+            objective=result.get("objective"),
+            members_diverged=int(result.get("members_diverged", 0)),
+            # Where the trial ran: Tune fills in hostname and node_ip; ray_node_id comes from trial.py.
+            hostname=result.get("hostname"),
+            node_ip=result.get("node_ip"),
+            ray_node_id=result.get("ray_node_id"),
+        )
+        self.db.write({"kind": "report", "trial_id": tid, "values": values})
+        stamp = int(result.get("timestamp", time.time()) * 1000)
+        self.mlflow.write({"kind": "metrics", "trial_id": tid, "step": step,
+                           "metrics": tracking.metrics_at_step(result), "timestamp": stamp})
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, outcome.trial_state(trial.last_result))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, "failed", _error_text(trial))
+
+    def _finish(self, trial: Any, state: str, error: str | None = None) -> None:
+        tid = trial.trial_id
+        self.finished[tid] = state
+        self.db.write({"kind": "finish", "trial_id": tid, "state": state, "ended_at": _now(), "error": error})
+        tags = {"objective": str((trial.last_result or {}).get("objective"))}
+        if error:
+            tags["error"] = error[-5000:]
+        self.mlflow.write({"kind": "finish", "trial_id": tid, "state": state, "tags": tags})
+
+    # --- the writes ------------------------------------------------------------------------------
+
+    def _apply_db(self, w: dict[str, Any]) -> None:
+        url, sid, tid, kind = self._db_url, self.study_id, w["trial_id"], w["kind"]
+        if kind == "adopt":
+            results.adopt_trial(url, sid, w["optuna"], tid)
+        elif kind == "start":
+            results.start_trial(url, sid, tid, w["started_at"], **w["values"])
+        elif kind == "trial":
+            results.upsert_trial(url, sid, tid, **w["values"])
+        elif kind == "points":
+            results.record_trial_points(url, sid, tid, w["step"], w["members"])
+        elif kind == "report":
+            results.report_trial(url, sid, tid, self._spec.mode, **w["values"])
+        elif kind == "finish":
+            results.finish_trial(url, sid, tid, w["state"], w["ended_at"], w.get("error"))
+
+    def _run_id(self, tid: str) -> str | None:
+        if tid not in self._runs:
+            found = tracking.find_trial_run(self._mlflow_uri, self.experiment_id, tid)
+            if found is None:
+                return None
+            self._runs[tid] = found
+        return self._runs[tid]
+
+    def _apply_mlflow(self, w: dict[str, Any]) -> None:
+        uri, tid, kind = self._mlflow_uri, w["trial_id"], w["kind"]
+        if kind == "adopt":
+            tracking.adopt_trial_run(uri, self.experiment_id, w["optuna"], tid)
+        elif kind == "run":
+            self._runs[tid] = tracking.ensure_trial_run(
+                uri, self.experiment_id, self.parent_run_id, self._spec.name, tid, w["optuna"], w["config"], w["sampled"]
+            )
+            self.db.write({"kind": "trial", "trial_id": tid, "values": {"mlflow_run_id": self._runs[tid]}})
+        elif kind in ("metrics", "finish"):
+            run_id = self._run_id(tid)
+            if run_id is None:
+                raise RuntimeError(f"no MLflow run for trial {tid} yet")
+            if kind == "metrics":
+                self._metrics.log(run_id, w["step"], w["metrics"], w["timestamp"])
+            else:
+                tracking.finish_trial(uri, run_id, w["state"], w["tags"])
+
+    # --- the end ---------------------------------------------------------------------------------
+
+    def drain(self) -> str | None:
+        """Lands what is journaled; the reason if a store is still down, else None."""
+        problems = []
+        for queue, what in ((self.db, "results database"), (self.mlflow, "MLflow tracking store")):
+            if not queue.drain():
+                problems.append(f"{what} unreachable ({queue.error}); {len(queue.backlog)} write(s) kept")
+        return "; ".join(problems) or None
+
+
+def _error_text(trial: Any) -> str | None:
+    try:
+        path = trial.error_file
+        if path and os.path.exists(path):
+            with open(path) as f:
+                return scrub(f.read()[-4000:])
+    except Exception:
+        pass
+    return None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+

@@ -1,6 +1,8 @@
 """The training loop: population members reproduce solo runs, checkpoints resume exactly,
 diverging members are recorded as diverged, and bad configs are refused before any work."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -8,47 +10,86 @@ from trainables import ConfigError, train
 
 AUTOENCODER = {"task": "curves", "train_cases": 200, "eval_cases": 200, "batch_size": 10, "report_every": 50}
 RNN = {"task": "addition", "seq_length": 20, "batch_size": 10, "eval_cases": 50, "report_every": 50}
-# The paper's batch of 100: at batch 10, torch's float32 bmm picks a different kernel for K = 1
-# than for K = 2, and lr = 1e-3 with radius 1.3 amplifies that rounding past 1e-5 in 200 updates.
-MEMORIZATION = {"task": "mem5", "seq_length": 30, "batch_size": 100, "eval_cases": 100, "report_every": 50}
+MEMORIZATION = {"task": "mem5", "seq_length": 30, "batch_size": 10, "eval_cases": 100, "report_every": 50}
+
+# Member k of a population must compute what its solo run computes. In float32 that is only as
+# true as the kernels are: torch/MKL/oneDNN pick matmul kernels by CPU and by batch shape, so a
+# population (bmm over K) and a solo run (K = 1) may sum in different orders, and a run that
+# amplifies rounding (lr 1e-3, radius 1.3) turns a last-bit difference into a different answer
+# (seen: mem5 error 2.29 vs 2.47 after 200 updates on another CPU). The property itself is
+# checked in float64; float32 only over a short run, with a tolerance that rounding explains.
+POPULATIONS = [
+    (AUTOENCODER, {"optimizer": "nag", "lr": [0.01, 0.005, 0.002], "mu_max": [0.9, 0.99, 0.995], "seed": [0, 1, 2], "init_scale": [1.0, 1.5, 0.8]}),
+    (RNN, {"optimizer": "cm", "lr": [1e-3, 3e-4, 1e-4], "mu_0": [0.9, 0.98, 0.0], "seed": [3, 4, 5], "spectral_radius": [1.1, 1.0, 1.2], "init_scale": [0.001, 0.01, 0.1]}),
+    (RNN, {"optimizer": "nag", "lr": [1e-3, 3e-4], "mu_0": [0.995, 0.9], "seed": [7, 7]}),
+    (MEMORIZATION, {"optimizer": "nag", "lr": [1e-3, 3e-4], "mu_0": [0.99, 0.9], "seed": [1, 2], "spectral_radius": [1.1, 1.3]}),
+]
+POPULATION_IDS = ["curves-nag", "addition-cm", "addition-nag-shared-seed", "mem5-nag"]
 
 
 class Recorder:
+    """Keeps every report, and the checkpoint of the final one (taken while the run waits)."""
+
     def __init__(self):
         self.reports = []
+        self.final_state = None
 
     def __call__(self, report):
         self.reports.append(report)
+        if report.final:
+            self.final_state = report.checkpoint()
 
 
 def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-12)
 
 
-@pytest.mark.parametrize(
-    "base, population",
-    [
-        (AUTOENCODER, {"optimizer": "nag", "lr": [0.01, 0.005, 0.002], "mu_max": [0.9, 0.99, 0.995], "seed": [0, 1, 2], "init_scale": [1.0, 1.5, 0.8]}),
-        (RNN, {"optimizer": "cm", "lr": [1e-3, 3e-4, 1e-4], "mu_0": [0.9, 0.98, 0.0], "seed": [3, 4, 5], "spectral_radius": [1.1, 1.0, 1.2], "init_scale": [0.001, 0.01, 0.1]}),
-        (RNN, {"optimizer": "nag", "lr": [1e-3, 3e-4], "mu_0": [0.995, 0.9], "seed": [7, 7]}),
-        (MEMORIZATION, {"optimizer": "nag", "lr": [1e-3, 3e-4], "mu_0": [0.99, 0.9], "seed": [1, 2], "spectral_radius": [1.1, 1.3]}),
-    ],
-    ids=["curves-nag", "addition-cm", "addition-nag-shared-seed", "mem5-nag"],
-)
-def test_population_member_reproduces_its_solo_run_after_200_updates(base, population):
-    cfg = {**base, **population, "updates": 200}
+def _members(population: dict) -> int:
+    return len(next(v for v in population.values() if isinstance(v, list)))
+
+
+def _solo(cfg: dict, population: dict, k: int) -> dict:
+    return {**cfg, **{f: v[k] for f, v in population.items() if isinstance(v, list)}}
+
+
+@pytest.mark.parametrize("base, population", POPULATIONS, ids=POPULATION_IDS)
+def test_population_member_reproduces_its_solo_run_after_200_updates_in_float64(base, population):
+    cfg = {**base, **population, "updates": 200, "dtype": "float64"}
     pop = train(cfg)
-    K = len(next(v for v in population.values() if isinstance(v, list)))
-    for k in range(K):
-        solo_cfg = {**cfg, **{f: v[k] for f, v in population.items() if isinstance(v, list)}}
-        solo = train(solo_cfg)[0]
+    for k in range(_members(population)):
+        solo = train(_solo(cfg, population, k))[0]
         assert pop[k].status == solo.status == "completed"
-        assert _rel(pop[k].error, solo.error) < 1e-5
-        assert _rel(pop[k].loss, solo.loss) < 1e-5
+        if population["seed"] in ([7, 7], [1, 2]):
+            # Same kernels on the same shapes (no padding, bmm for any K): equal bit for bit.
+            assert (pop[k].error, pop[k].loss) == (solo.error, solo.loss)
+        else:
+            # Not bit for bit, by construction: a single autoencoder member runs the 2-D addmm that
+            # nn.Linear uses (a population one baddbmm), and an addition member padded to a longer
+            # sibling sums its weight gradients over more (zero) terms, in another order. Measured:
+            # 5e-15 relative after 200 updates; 1e-12 is float64 rounding with room to spare.
+            assert _rel(pop[k].error, solo.error) < 1e-12 and _rel(pop[k].loss, solo.loss) < 1e-12
+
+
+@pytest.mark.parametrize("base, population", POPULATIONS, ids=POPULATION_IDS)
+def test_population_member_stays_within_float32_rounding_of_its_solo_run_over_20_updates(base, population):
+    # 20 updates: the kernels' rounding (float32 eps 1.2e-7 per operation) is not yet amplified
+    # much; measured 5e-7 (curves) to 4e-6 (addition, lr 1e-3) relative. The bound leaves 25x
+    # room, and mixing members up (any bug this guards against) gives differences of order 1.
+    # The zero-one errors of the RNN problems are not compared: one sequence on the 0.04 boundary
+    # would flip them by a whole case.
+    cfg = {**base, **population, "updates": 20, "report_every": 20}
+    pop = Recorder()
+    train(cfg, pop)
+    for k in range(_members(population)):
+        solo = Recorder()
+        train(_solo(cfg, population, k), solo)
+        assert _rel(pop.reports[-1].members[k].loss, solo.reports[-1].members[0].loss) < 1e-5
+        for p, q in zip(pop.final_state["params"], solo.final_state["params"]):
+            assert float((p[k] - q[0]).abs().max()) <= 1e-4 * float(q[0].abs().max())
 
 
 def test_diverging_member_is_marked_diverged_and_leaves_the_others_undisturbed():
-    cfg = {**RNN, "updates": 60, "report_every": 20, "lr": [1e-3, 30.0, 3e-4], "seed": [0, 1, 2]}
+    cfg = {**RNN, "updates": 60, "report_every": 20, "lr": [1e-3, 30.0, 3e-4], "seed": [0, 1, 2], "dtype": "float64"}
     rec = Recorder()
     pop = train(cfg, rec)
     assert [m.status for m in pop] == ["completed", "diverged", "completed"]
@@ -56,10 +97,34 @@ def test_diverging_member_is_marked_diverged_and_leaves_the_others_undisturbed()
     assert all(m.error == m.error for m in pop), "a diverged member keeps its last good (finite) error"
     for k in (0, 2):
         solo = train({**cfg, "lr": cfg["lr"][k], "seed": cfg["seed"][k]})[0]
-        assert _rel(pop[k].error, solo.error) < 1e-5 and _rel(pop[k].loss, solo.loss) < 1e-5
+        # float64, not bit for bit: padding to a longer sibling reorders sums (see above)
+        assert _rel(pop[k].error, solo.error) < 1e-12 and _rel(pop[k].loss, solo.loss) < 1e-12
     # every report after the divergence shows the member as diverged with the same frozen figures
     after = [r.members[1] for r in rec.reports if r.members[1].status == "diverged"]
     assert after and len({(m.error, m.diverged_at) for m in after}) == 1
+
+
+def test_member_whose_weights_turn_nan_is_set_to_finite_values_and_the_others_are_bit_identical():
+    # lr = 1.7e308: the first update takes the member's weights to inf (that update's loss was
+    # still finite) and the next loss is NaN. Multiplying its slice by a zero mask would leave NaN
+    # there (inf * 0); it must be finite, as the batched ops assume. One seed for all, so no
+    # member is padded and the others can be compared bit for bit (float64) with a population that
+    # never had the member.
+    cfg = {**MEMORIZATION, "updates": 20, "report_every": 10, "dtype": "float64", "optimizer": "nag",
+           "polyak_decay": 0.9, "lr": [1e-3, 1.7e308, 3e-4], "seed": 1, "mu_0": [0.9, 0.9, 0.99]}
+    with_it, without_it = Recorder(), Recorder()
+    train(cfg, with_it)
+    train({**cfg, "lr": [1e-3, 3e-4], "mu_0": [0.9, 0.99]}, without_it)
+    assert [m.status for m in with_it.reports[-1].members] == ["completed", "diverged", "completed"]
+
+    def slices(state):
+        return [*state["params"], *state["averages"], *(t for ts in state["optimizer"]["state"].values() for t in ts)]
+
+    assert all(bool(torch.isfinite(t[1]).all()) for t in slices(with_it.final_state))
+    for t, r in zip(slices(with_it.final_state), slices(without_it.final_state)):
+        assert torch.equal(t[[0, 2]], r)
+    for a, b in zip(with_it.reports, without_it.reports):
+        assert (a.members[0], a.members[2]) == tuple(replace(m, member=k) for m, k in zip(b.members, (0, 2)))
 
 
 def test_run_whose_every_member_diverges_ends_early_with_a_final_report():

@@ -158,16 +158,20 @@ def train(
 
     def freeze(members: torch.Tensor, at: int) -> None:
         """Mark members diverged at update ``at``, keeping their last good metrics. Their weights
-        are zeroed with zero lr and momentum: their slice of every batched op stays finite, so the
-        other members run on undisturbed."""
+        (and averages) are set to zero with zero lr and momentum: their slice of every batched op
+        stays finite, so the other members run on undisturbed."""
         nonlocal alive
         for k in members.nonzero().flatten().tolist():
             status[k], diverged_at[k] = "diverged", at
             m = last[k]
             last[k] = MemberMetrics(k, m.error, m.loss, m.mu, m.lr, "diverged", at, m.extra)
         alive = alive & ~members
+        # masked_fill, not a product: NaN * 0 is NaN, and a diverged member's weights often are.
         for p in params:
-            p.mul_(~_per_member(members, p))
+            p.masked_fill_(_per_member(members, p), 0.0)
+        if averages is not None:
+            for a in averages:
+                a.masked_fill_(_per_member(members, a), 0.0)
         opt.reset_members(members)
         opt.lr = opt.lr * alive.to(opt.lr)
         opt.mu = opt.mu * alive.to(opt.mu)

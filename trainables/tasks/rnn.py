@@ -161,7 +161,8 @@ class RNNWorkload:
                 if h is None:
                     h_t.mul_(batch.active[:, t])
                 else:
-                    h_t.copy_(h + batch.active[:, t] * (h_t - h))
+                    # where, not h + m (h_t - h): that rounds h_t in its last bit where m = 1.
+                    torch.where(batch.active[:, t] > 0, h_t, h, out=h_t)
             h = h_t
         return hs
 

@@ -75,11 +75,22 @@ def resolve(
     return Locations(
         root=root,
         name=name,
-        results_db=results_db or os.environ.get(ENV_RESULTS_DB) or sqlite_url(study_dir / "results.db"),
-        mlflow_uri=mlflow_uri or os.environ.get(ENV_MLFLOW) or sqlite_url(study_dir / "mlflow.db"),
+        results_db=with_driver(results_db or os.environ.get(ENV_RESULTS_DB) or sqlite_url(study_dir / "results.db")),
+        mlflow_uri=with_driver(mlflow_uri or os.environ.get(ENV_MLFLOW) or sqlite_url(study_dir / "mlflow.db")),
         ray_address=ray_address or os.environ.get(ENV_RAY) or None,
         storage=storage or os.environ.get(ENV_STORAGE) or None,
     )
+
+
+def with_driver(url: str) -> str:
+    """``postgresql://`` with the PostgreSQL driver that is installed: SQLAlchemy 2.1 reads a bare
+    ``postgresql://`` as psycopg (3), while this project installs psycopg2."""
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
 
 
 def redact(url: str | None) -> str | None:

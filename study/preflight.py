@@ -4,13 +4,277 @@
 option or field, the value and what is needed, for anything a study would otherwise fail on after
 its first write: an unreachable results database or MLflow tracking server, an unwritable study
 directory or Tune storage, an unreachable Ray address, resources no node can provide.
+
+``check_resources(spec, nodes)`` is the resource half on its own: a pure function of per-node
+totals, so the runner can call it again once Ray is up (``node_resources(ray.nodes())``).
+Every network check has a short timeout: a location that does not answer is refused in seconds
+instead of hanging the study after it has written its first rows.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from study.locations import ENV_DIR, ENV_MLFLOW, ENV_RAY, ENV_RESULTS_DB, ENV_STORAGE, redact
+from study.spec import SpecError
+
+# Seconds to wait for each remote location to answer.
+MLFLOW_TIMEOUT_S = 5.0
+DATABASE_TIMEOUT_S = 5
+RAY_TIMEOUT_S = 3.0
+RAY_DEFAULT_PORT = 6379
+
+DIR_OPTION = f"--dir ({ENV_DIR})"
+RESULTS_OPTION = f"--results-db ({ENV_RESULTS_DB})"
+MLFLOW_OPTION = f"--mlflow-uri ({ENV_MLFLOW})"
+RAY_OPTION = f"--ray-address ({ENV_RAY})"
+STORAGE_OPTION = f"--storage ({ENV_STORAGE})"
 
 
 def check(spec: Any, loc: Any) -> None:
-    """Raises SpecError for a location or resource the study cannot use; writes nothing."""
+    """Raises SpecError for a location or resource the study cannot use; writes nothing.
+
+    Local checks come first (they are instant), then the network ones, each with a short timeout.
+    With no Ray address the resources are checked against this machine here; on a cluster the
+    runner checks them once Ray is up (check_resources with node_resources(ray.nodes())).
+    """
+    check_directory(loc.study_dir, DIR_OPTION)
+    if loc.storage:
+        local = _local_path(loc.storage)
+        if local is not None:
+            check_directory(local / loc.name / "tune", STORAGE_OPTION)
+    if loc.ray_address is None:
+        check_resources(spec, None)
+    check_results_db(loc.results_db)
+    check_mlflow(loc.mlflow_uri)
+    if loc.ray_address:
+        check_ray_address(loc.ray_address)
+
+
+# --- resources -----------------------------------------------------------------------------------
+
+
+def local_resources() -> dict[str, dict[str, float]]:
+    """This machine as the one node of a local Ray: its CPU count and CUDA devices."""
+    import torch
+
+    return {"this machine": {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}}
+
+
+def node_resources(nodes: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per-node totals from ``ray.nodes()``: {node address: {"CPU": n, "GPU": m}}, live nodes only."""
+    out: dict[str, dict[str, float]] = {}
+    for node in nodes:
+        if not node.get("Alive", True):
+            continue
+        res = node.get("Resources") or {}
+        name = node.get("NodeManagerAddress") or node.get("NodeID") or f"node {len(out)}"
+        out[str(name)] = {"CPU": float(res.get("CPU", 0)), "GPU": float(res.get("GPU", 0))}
+    return out
+
+
+def check_resources(spec: Any, cluster_resources: dict[str, dict[str, float]] | None) -> None:
+    """Refuses a trial no node can place: Ray would accept it and wait forever.
+
+    ``cluster_resources`` maps each node to its totals ({"CPU": n, "GPU": m}); None means a local
+    Ray on this machine (os.cpu_count() CPUs, torch.cuda.device_count() GPUs). A trial runs on one
+    node, so what counts is the largest node, not the cluster's sum.
+    """
+    nodes = local_resources() if cluster_resources is None else cluster_resources
+    where = "this machine" if cluster_resources is None else "the cluster"
+    cpus, gpus = float(spec.resources.cpus), float(spec.resources.gpus)
+    if not nodes:
+        raise SpecError(f"resources are not available: {where} has no live node")
+    most_cpus = max(n.get("CPU", 0) for n in nodes.values())
+    most_gpus = max(n.get("GPU", 0) for n in nodes.values())
+    if cpus > most_cpus:
+        raise SpecError(
+            f"resources.cpus={_num(cpus)} is not allowed: no node of {where} has that many CPUs "
+            f"(the largest has {_num(most_cpus)}); use cpus <= {_num(most_cpus)}"
+        )
+    if gpus > most_gpus:
+        raise SpecError(
+            f"resources.gpus={_num(gpus)} is not allowed: "
+            + (f"{where} has no GPU; use gpus: 0" if most_gpus == 0 else
+               f"no node of {where} has that many GPUs (the largest has {_num(most_gpus)}); use gpus <= {_num(most_gpus)}")
+        )
+    if not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes.values()):
+        raise SpecError(
+            f"resources={{cpus: {_num(cpus)}, gpus: {_num(gpus)}}} is not allowed: no single node of {where} "
+            "has both; a trial runs on one node"
+        )
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+# --- places on disk ------------------------------------------------------------------------------
+
+
+def check_directory(path: Path, option: str) -> None:
+    """The directory can be created (or is there) and written, judged without writing: the
+    nearest existing ancestor must be a writable directory."""
+    path = Path(path)
+    if "?" in str(path):
+        # SQLAlchemy and SQLite read '?' in a database URL as the start of its options, so the
+        # results database would land in another file.
+        raise SpecError(f"{option} {str(path)!r} is not allowed: a '?' in the path; choose a directory without one")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        if probe.is_symlink():
+            raise SpecError(f"{option} {str(path)!r} is not usable: {str(probe)!r} is a dangling symbolic link")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise SpecError(f"{option} {str(path)!r} is not usable: {str(probe)!r} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise SpecError(f"{option} {str(path)!r} is not writable: no permission to write in {str(probe)!r}")
+
+
+def _local_path(location: str) -> Path | None:
+    """The filesystem path of a local location (a path or file:// URI); None for s3://, gs://..."""
+    if "://" not in location:
+        return Path(location).resolve()
+    parts = urlsplit(location)
+    if parts.scheme == "file":
+        from urllib.parse import unquote
+
+        return Path(unquote(parts.path)).resolve()
     return None
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite URL, as SQLAlchemy reads it; None for :memory: and other databases."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    db = parsed.database or ""
+    if not db or db == ":memory:" or db.startswith("file::memory:"):
+        return None
+    if db.startswith("file:"):
+        from urllib.parse import unquote
+
+        db = unquote(urlsplit(db).path)
+    return Path(db).resolve()
+
+
+# --- databases, MLflow, Ray ----------------------------------------------------------------------
+
+
+def check_results_db(url: str) -> None:
+    """An SQLite file whose directory can be written, or a database server that answers (connect
+    and disconnect only: no table is created here)."""
+    check_database(url, RESULTS_OPTION)
+
+
+def check_database(url: str, option: str) -> None:
+    shown = redact(url)
+    try:
+        path = _sqlite_file(url)
+    except Exception as exc:  # sqlalchemy ArgumentError and friends: not a URL it can read
+        raise SpecError(f"{option} {shown!r} is not a database URL: {_one_line(exc)}") from None
+    from sqlalchemy.engine import make_url
+
+    if make_url(url).get_backend_name() == "sqlite":
+        if path is not None:
+            if path.exists() and not path.is_file():
+                raise SpecError(f"{option} {shown!r} is not usable: {str(path)!r} is not a file")
+            check_directory(path.parent, option)
+        return
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    connect_args: dict[str, Any] = {}
+    backend = make_url(url).get_backend_name()
+    if backend == "postgresql":
+        connect_args["connect_timeout"] = DATABASE_TIMEOUT_S
+    elif backend in ("mysql", "mariadb"):
+        connect_args["connect_timeout"] = DATABASE_TIMEOUT_S
+    try:
+        engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    except ModuleNotFoundError as exc:
+        raise SpecError(
+            f"{option} {shown!r} is not usable: its database driver is not installed ({exc}); "
+            "install it, or name an installed one (postgresql+psycopg2://...)"
+        ) from None
+    except Exception as exc:  # no such dialect
+        raise SpecError(f"{option} {shown!r} is not usable: {_one_line(exc)}") from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:
+        reason = getattr(exc, "orig", None) or exc
+        raise SpecError(
+            f"{option} {shown!r}: cannot connect within {DATABASE_TIMEOUT_S} s: {_one_line(reason)}"
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def check_mlflow(uri: str) -> None:
+    """An embedded store (sqlite:, file: or a path) in a writable place, a database that answers,
+    or a tracking server whose /health answers within MLFLOW_TIMEOUT_S."""
+    shown = redact(uri)
+    scheme = urlsplit(uri).scheme if "://" in uri else ""
+    if scheme in ("http", "https"):
+        check_http(uri.rstrip("/") + "/health", MLFLOW_OPTION, shown)
+    elif scheme == "file" or not scheme:
+        local = _local_path(uri)
+        if local is not None:
+            check_directory(local, MLFLOW_OPTION)
+    elif scheme.split("+")[0] in ("sqlite", "postgresql", "mysql", "mssql"):
+        check_database(uri, MLFLOW_OPTION)
+    # databricks and other schemes: MLflow's own client decides.
+
+
+def check_http(url: str, option: str, shown: str | None) -> None:
+    import requests
+
+    try:
+        response = requests.get(url, timeout=MLFLOW_TIMEOUT_S)
+    except requests.RequestException as exc:
+        raise SpecError(
+            f"{option} {shown!r}: the tracking server does not answer within {MLFLOW_TIMEOUT_S:g} s "
+            f"({type(exc).__name__}); start it (study mlflow-server) or fix the URI"
+        ) from None
+    if response.status_code >= 500:
+        raise SpecError(f"{option} {shown!r}: the tracking server answers {response.status_code} on /health")
+
+
+def check_ray_address(address: str) -> None:
+    """A Ray address that a TCP connection reaches within RAY_TIMEOUT_S ("auto" and "local" are
+    Ray's own look-ups and pass)."""
+    if address in ("auto", "local"):
+        return
+    target = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port_text = target.rstrip("/").rpartition(":")
+    if not sep:
+        host, port_text = target, str(RAY_DEFAULT_PORT)
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+        if not 0 < port < 65536:
+            raise ValueError
+    except ValueError:
+        raise SpecError(f"{RAY_OPTION} {address!r} is not allowed: need HOST:PORT (port 1-65535)") from None
+    try:
+        with socket.create_connection((host, port), timeout=RAY_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise SpecError(
+            f"{RAY_OPTION} {address!r}: nothing answers within {RAY_TIMEOUT_S:g} s ({exc.strerror or type(exc).__name__}); "
+            "start the cluster (ray start --head) or fix the address"
+        ) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300]

@@ -7,9 +7,11 @@ reported with its field, the value and what is allowed before Ray, MLflow or a d
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -22,7 +24,16 @@ from trainables.train import check_config
 # Samplers Optuna ships; "cmaes" also needs the `cmaes` package at run time.
 SamplerName = Literal["tpe", "cmaes", "gp", "random", "grid", "qmc"]
 METRICS = ("error", "loss", "averaged_error")
-NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# Used with fullmatch: `$` would also match before a trailing newline.
+NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+# Limits on what a spec may ask for (docs/study-specs.md, "Limits"). A spec is a page of YAML; the
+# paper's longest runs are 750,000 updates; results-DB integers are 64-bit.
+MAX_SPEC_BYTES = 1 << 20
+MAX_DEPTH = 20
+MAX_TRIALS = 100_000
+MAX_REPEATS = 1024
+MAX_UPDATES = 10_000_000
+MAX_INT = 2**63 - 1
 # Credentials come from the environment or a secret store, never from a spec (docs/cluster.md):
 # a spec is stored in the results DB and logged to MLflow as parameters and an artifact.
 CREDENTIAL_KEY = re.compile(r"pass(word|wd)?$|secret|token|api[_-]?key|credential|private[_-]?key|auth", re.I)
@@ -54,8 +65,137 @@ class SpecError(ValueError):
     """A spec that cannot run; the message names the field, the value and what is allowed."""
 
 
+class _Refused(Exception):
+    """Raised inside the YAML loader; load_spec turns it into a SpecError with the file's name."""
+
+
+class SpecLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without what a spec never needs and a hostile file would use: aliases
+    (a billion-laughs bomb expands a few hundred bytes into gigabytes), duplicate keys (YAML keeps
+    the last one silently), nesting deeper than MAX_DEPTH, and tags for sets, binary and ordered
+    pairs (SafeLoader already refuses !!python/... tags)."""
+
+    yaml_constructors = {
+        tag: fn
+        for tag, fn in yaml.SafeLoader.yaml_constructors.items()
+        if tag not in ("tag:yaml.org,2002:binary", "tag:yaml.org,2002:set", "tag:yaml.org,2002:omap", "tag:yaml.org,2002:pairs")
+    }
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(
+                f"line {event.start_mark.line + 1}: the YAML alias *{event.anchor} is not allowed: "
+                "a spec may not use anchors and aliases (&name / *name); write the value out"
+            )
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(f"line {event.start_mark.line + 1}: nested deeper than {MAX_DEPTH} levels, which is not allowed")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # unhashable: SafeLoader reports it
+                line = key_node.start_mark.line + 1
+                if first is not None:
+                    raise _Refused(
+                        f"line {line}: duplicate key {key!r} (first at line {first}) is not allowed: "
+                        "YAML would keep only the last value; give each key once"
+                    )
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, where: str = "spec") -> Any:
+    """The plain value of a YAML document, through SpecLoader; raises SpecError naming the line."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_SPEC_BYTES:
+        raise SpecError(f"{where}: larger than {MAX_SPEC_BYTES} bytes (1 MiB), which is not allowed for a spec")
+    try:
+        return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
+    except _Refused as exc:
+        raise SpecError(f"{where}, {exc}") from None
+    except yaml.constructor.ConstructorError as exc:
+        problem = exc.problem or ""
+        line = f"line {exc.problem_mark.line + 1}: " if exc.problem_mark else ""
+        tag = re.search(r"tag '([^']+)'", problem)
+        if tag:
+            shown = tag[1].replace("tag:yaml.org,2002:", "!!")
+            raise SpecError(
+                f"{where}, {line}the YAML tag {shown} is not allowed: a spec holds plain mappings, lists, "
+                "strings, numbers, true/false and null"
+            ) from None
+        raise SpecError(f"{where}, {line}not valid YAML: {problem}") from None
+    except yaml.MarkedYAMLError as exc:
+        line = f"line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}: " if exc.problem_mark else ""
+        raise SpecError(f"{where}, {line}not valid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{where}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise SpecError(f"{where}: nested too deeply, which is not allowed") from None
+
+
+def read_spec_file(path: Path) -> str:
+    """A spec file's text: at most MAX_SPEC_BYTES of UTF-8, else a SpecError saying what it is."""
+    where = str(path)
+    try:
+        if not path.is_file():
+            raise SpecError(f"spec file {where!r} " + ("is not a regular file" if path.exists() else "does not exist"))
+        with path.open("rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise SpecError(f"spec file {where!r} cannot be read: {exc.strerror or exc}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"spec file {where!r} is larger than {MAX_SPEC_BYTES} bytes (1 MiB), which is not allowed for a spec")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise SpecError(f"spec file {where!r} is a binary file (a NUL byte at offset {nul}), not YAML text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            f"spec file {where!r} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8"
+        ) from None
+
+
+def check_plain(value: Any, where: str = "", depth: int = 0) -> None:
+    """Refuses what no spec field takes and what would fail only when stored: nesting deeper than
+    MAX_DEPTH, integers beyond 64 bits, NUL characters in strings (PostgreSQL refuses them)."""
+    if depth > MAX_DEPTH:
+        raise SpecError(f"{where or 'spec'}: nested deeper than {MAX_DEPTH} levels, which is not allowed")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            path = f"{where}.{k}" if where else str(k)
+            if isinstance(k, str):
+                check_plain(k, path, depth + 1)
+            check_plain(v, path, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_plain(v, f"{where}[{i}]", depth + 1)
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise SpecError(f"{where or 'spec'}={value!r} is not allowed: integers must fit in 64 bits (|x| < 2**63)")
+    elif isinstance(value, str) and "\0" in value:
+        raise SpecError(f"{where or 'spec'}={value!r} is not allowed: a NUL character in a string")
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are no count of CPUs, range edge or reduction factor.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class FloatParam(_Strict):
@@ -80,6 +220,13 @@ class FloatParam(_Strict):
             raise ValueError(f"low={self.low!r} is not allowed with log: true: need low > 0")
         if self.log and self.step is not None:
             raise ValueError("step is not allowed with log: true (Optuna samples log floats continuously)")
+        if self.step is not None and not self.step > 0:
+            raise ValueError(f"step={self.step!r} is not allowed: need step > 0")
+        if self.step is not None and self.step > self.high - self.low:
+            raise ValueError(
+                f"step={self.step!r} is not allowed: larger than high - low = {self.high - self.low!r}, "
+                "so only low would ever be tried; need step <= high - low"
+            )
         return self
 
     def values_to_check(self) -> list[float]:
@@ -101,10 +248,36 @@ class IntParam(_Strict):
             raise ValueError(f"low={self.low!r}, high={self.high!r} is not allowed: need low <= high")
         if self.log and self.low < 1:
             raise ValueError(f"low={self.low!r} is not allowed with log: true: need low >= 1")
+        if self.step < 1:
+            raise ValueError(f"step={self.step!r} is not allowed: need an integer step >= 1")
+        if self.log and self.step != 1:
+            raise ValueError(f"step={self.step!r} is not allowed with log: true: need step 1 (Optuna's rule)")
+        if self.low < self.high and self.step > self.high - self.low:
+            raise ValueError(
+                f"step={self.step!r} is not allowed: larger than high - low = {self.high - self.low}, "
+                "so only low would ever be tried; need step <= high - low"
+            )
         return self
 
     def values_to_check(self) -> list[int]:
         return [self.low, self.high]
+
+
+def _check_choices(values: list[Any]) -> None:
+    """Choices are single plain values: Optuna stores nothing else, and a list given to a
+    population field would turn the trial into a population instead of one choice."""
+    seen: list[Any] = []
+    for i, v in enumerate(values):
+        if not (v is None or isinstance(v, (str, int, float, bool))):
+            raise ValueError(
+                f"values[{i}]={v!r} is not allowed: each value is one number, string, true/false or null "
+                "(for several seeds per trial use repeats)"
+            )
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"values[{i}]={v!r} is not allowed: need a finite number")
+        if any(type(v) is type(u) and v == u for u in seen):
+            raise ValueError(f"values[{i}]={v!r} is not allowed: it is listed twice")
+        seen.append(v)
 
 
 class CategoricalParam(_Strict):
@@ -112,6 +285,11 @@ class CategoricalParam(_Strict):
 
     type: Literal["categorical"]
     values: list[Any] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _choices(self) -> "CategoricalParam":
+        _check_choices(self.values)
+        return self
 
     def values_to_check(self) -> list[Any]:
         return list(self.values)
@@ -123,6 +301,11 @@ class GridParam(_Strict):
     type: Literal["grid"]
     values: list[Any] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _choices(self) -> "GridParam":
+        _check_choices(self.values)
+        return self
+
     def values_to_check(self) -> list[Any]:
         return list(self.values)
 
@@ -132,7 +315,7 @@ Param = Annotated[Union[FloatParam, IntParam, CategoricalParam, GridParam], Fiel
 
 class SamplerSpec(_Strict):
     type: SamplerName = "tpe"
-    seed: int | None = 0
+    seed: int | None = Field(0, ge=0, le=2**32 - 1)  # numpy's RandomState range
     # Passed to the Optuna sampler's constructor as keyword arguments (e.g. n_startup_trials).
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -145,10 +328,10 @@ class SchedulerSpec(_Strict):
     """
 
     type: Literal["fifo", "asha"] = "fifo"
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(3.0, gt=1)
-    max_t: int | None = Field(None, ge=1)
-    brackets: int = Field(1, ge=1)
+    grace_period: int = Field(1, ge=1, le=MAX_UPDATES)
+    reduction_factor: float = Field(3.0, gt=1, le=1000)
+    max_t: int | None = Field(None, ge=1, le=MAX_UPDATES)
+    brackets: int = Field(1, ge=1, le=100)
 
 
 class ResourcesSpec(_Strict):
@@ -160,10 +343,12 @@ class ResourcesSpec(_Strict):
 
     @field_validator("gpus")
     @classmethod
-    def _gpu_fraction(cls, v: float) -> float:
-        # Ray schedules fractions of one GPU, or whole GPUs; 1.5 GPUs is not a placement it makes.
-        if v > 1 and v != int(v):
-            raise ValueError(f"gpus={v!r} is not allowed: use a fraction of one GPU (0 < gpus <= 1) or a whole number")
+    def _one_device(cls, v: float) -> float:
+        if v > 1:
+            raise ValueError(
+                f"gpus={v!r} is not allowed: more than one GPU per trial is not supported yet: "
+                "a trial trains its population on one device; use gpus <= 1"
+            )
         return v
 
 
@@ -178,22 +363,23 @@ class StudySpec(_Strict):
     search: dict[str, Param] = Field(default_factory=dict)
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     # None: 10, or with sampler "grid" the size of the grid.
-    num_samples: int | None = Field(None, ge=1)
+    num_samples: int | None = Field(None, ge=1, le=MAX_TRIALS)
     # N > 1 makes every trial a fused population over seeds seed0, seed0+1, ..., seed0+N-1.
-    repeats: int = Field(1, ge=1)
+    repeats: int = Field(1, ge=1, le=MAX_REPEATS)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    max_concurrent_trials: int | None = Field(None, ge=1)
+    max_concurrent_trials: int | None = Field(None, ge=1, le=MAX_TRIALS)
     metric: Literal["error", "loss", "averaged_error"] = "error"
     mode: Literal["min", "max"] = "min"
     # A failed trial is retried this many times, from its last checkpoint.
-    retries: int = Field(0, ge=0)
+    retries: int = Field(0, ge=0, le=100)
     # Save a checkpoint every N reports (and at the last one).
-    checkpoint_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(1, ge=1, le=MAX_UPDATES)
 
     @model_validator(mode="before")
     @classmethod
     def _no_credentials(cls, raw: Any) -> Any:
+        check_plain(raw)
         found = find_credentials(raw)
         if found:
             raise ValueError(
@@ -202,6 +388,15 @@ class StudySpec(_Strict):
                 "never in a spec"
             )
         return raw
+
+    @field_validator("num_samples", "repeats", "max_concurrent_trials", mode="before")
+    @classmethod
+    def _at_most(cls, v: Any, info: Any) -> Any:
+        # Before pydantic's int parsing, which reports 1e30 only as "exceeded maximum size".
+        limit = MAX_REPEATS if info.field_name == "repeats" else MAX_TRIALS
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > limit:
+            raise ValueError(f"{info.field_name}={v!r} is not allowed: at most {limit:,}")
+        return v
 
     @field_validator("sampler", mode="before")
     @classmethod
@@ -216,7 +411,12 @@ class StudySpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RULE.match(v):
+        if "/" in v or "\\" in v:
+            raise ValueError(
+                f"name={v!r} is not allowed: no path separators ('/' or '\\'); use 1-100 letters, digits, "
+                "'_', '-' or '.' (it names a directory, an MLflow experiment and an Optuna study)"
+            )
+        if not NAME_RULE.fullmatch(v):
             raise ValueError(
                 f"name={v!r} is not allowed: use 1-100 letters, digits, '_', '-' or '.', starting "
                 "with a letter or digit (it names a directory, an MLflow experiment and an Optuna study)"
@@ -226,6 +426,11 @@ class StudySpec(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> "StudySpec":
         fields = set(TaskConfig.model_fields)
+        if not self.search:
+            raise ValueError(
+                "search={} is not allowed: a study searches at least one field "
+                "(a categorical with one value runs one fixed config)"
+            )
         if "task" in self.config:
             raise ValueError("config.task is not allowed: give the task as the top-level 'task' field")
         for key in self.search:
@@ -263,6 +468,9 @@ class StudySpec(_Strict):
                 f"repeats={self.repeats!r} is not allowed with a searched or list-valued seed: "
                 "repeats sets each trial's seeds to seed, seed+1, ..., seed+repeats-1"
             )
+        seed = self.config.get("seed", 0)
+        if self.repeats > 1 and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"config.seed={seed!r} is not allowed with repeats: need an integer first seed")
         from trainables.config import POPULATION_FIELDS
 
         lists = [k for k in POPULATION_FIELDS if isinstance(self.config.get(k), list)]
@@ -316,14 +524,73 @@ def check_configs(spec: StudySpec) -> TaskConfig:
     first = {param_name(f, p): p.values_to_check()[0] for f, p in spec.search.items()}
     try:
         resolved = check_config(task_config_dict(spec, first))
+        checked = [resolved]
         for field, param in spec.search.items():
             for value in param.values_to_check():
                 point = dict(first)
                 point[param_name(field, param)] = value
-                check_config(task_config_dict(spec, point))
+                checked.append(check_config(task_config_dict(spec, point)))
     except ConfigError as exc:
         raise SpecError(f"spec {spec.name!r}: {exc}") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SpecError(f"spec {spec.name!r}: invalid training config: {exc}") from None
+    for cfg in checked:
+        if cfg.updates > MAX_UPDATES:
+            raise SpecError(
+                f"spec {spec.name!r}: updates={cfg.updates!r} is not allowed: at most {MAX_UPDATES:,} "
+                "(the paper's longest runs are 750,000)"
+            )
+        if spec.metric == "averaged_error" and cfg.polyak_decay is None:
+            # Without Polyak averaging no trial reports averaged_error and every objective is +inf.
+            raise SpecError(
+                f"spec {spec.name!r}: metric='averaged_error' is not allowed without config.polyak_decay: "
+                "averaged_error is the error of the Polyak-averaged iterates, kept only when polyak_decay "
+                "is set (e.g. config: {polyak_decay: 0.999})"
+            )
+        reports = math.ceil(cfg.updates / cfg.report_every)
+        max_t = spec.scheduler.max_t or reports
+        if spec.scheduler.type == "asha" and spec.scheduler.grace_period > max_t:
+            raise SpecError(
+                f"spec {spec.name!r}: scheduler.grace_period={spec.scheduler.grace_period!r} is not allowed: "
+                f"more than max_t={max_t} reports (updates / report_every), so ASHA would have no rung"
+            )
     return resolved
+
+
+SAMPLERS = {"tpe": "TPESampler", "cmaes": "CmaEsSampler", "gp": "GPSampler", "random": "RandomSampler",
+            "qmc": "QMCSampler", "grid": "GridSampler"}
+
+
+def optuna_sampler(spec: StudySpec) -> Any:
+    """The spec's Optuna sampler, built with ``seed`` and ``options``; a misspelt or bad option is a
+    SpecError naming ``sampler.options.<key>`` (so it is found at validation, not in the driver)."""
+    import optuna.samplers
+
+    kind, seed, opts = spec.sampler.type, spec.sampler.seed, dict(spec.sampler.options)
+    cls = getattr(optuna.samplers, SAMPLERS[kind])
+    allowed = [p for p in inspect.signature(cls).parameters if p not in ("seed", "search_space")]
+    for key in opts:
+        if key in ("seed", "search_space"):
+            raise SpecError(
+                f"sampler.options.{key} is not allowed: "
+                + ("give the seed as sampler.seed" if key == "seed" else "the grid comes from search")
+            )
+        if key not in allowed:
+            raise SpecError(
+                f"sampler.options.{key}={opts[key]!r} is not allowed: {cls.__name__} has no option {key!r}; "
+                f"allowed: {', '.join(allowed) or '(none)'}"
+            )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning for some samplers and options
+            if kind == "grid":
+                grid = {param_name(f, p): list(p.values) for f, p in spec.search.items()}  # type: ignore[union-attr]
+                return cls(grid, seed=seed, **opts)
+            return cls(seed=seed, **opts)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise SpecError(
+            f"sampler={{type: {kind}, seed: {seed!r}, options: {opts!r}}} is not allowed: {cls.__name__}: {exc}"
+        ) from None
 
 
 def load_spec(source: str | Path | dict[str, Any]) -> StudySpec:
@@ -333,23 +600,27 @@ def load_spec(source: str | Path | dict[str, Any]) -> StudySpec:
         raw = source
     else:
         text = str(source)
-        path = Path(text)
-        if "\n" not in text and (path.suffix in (".yaml", ".yml") or path.exists()):
-            if not path.is_file():
-                raise SpecError(f"spec file {text!r} does not exist")
+        # A one-line string without ':' cannot be a spec's YAML: it names a file.
+        if isinstance(source, Path) or ("\n" not in text and (":" not in text or Path(text).exists())):
+            path = Path(text)
             where = str(path)
-            text = path.read_text()
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise SpecError(f"{where}: not valid YAML: {exc}") from None
+            text = read_spec_file(path)
+        raw = parse_yaml(text, where)
+        if raw is None:
+            raise SpecError(f"{where}: the spec is empty; a spec is a YAML mapping of fields (name, task, search, ...)")
         if not isinstance(raw, dict):
             raise SpecError(f"{where}: a spec is a YAML mapping of fields, got {type(raw).__name__}")
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as exc:
         raise SpecError(f"{where}: " + describe(exc)) from None
+    except RecursionError:
+        raise SpecError(f"{where}: nested too deeply, which is not allowed") from None
     check_configs(spec)
+    try:
+        optuna_sampler(spec)
+    except SpecError as exc:
+        raise SpecError(f"{where}: {exc}") from None
     return spec
 
 
@@ -370,7 +641,14 @@ def describe(exc: ValidationError) -> str:
         elif err["type"] in ("literal_error", "union_tag_invalid"):
             msg = f"{key}={_tag_value(err)!r} is not allowed: {err['msg']}"
         elif err["type"] == "value_error" and "is not allowed" in msg:
-            msg = f"{key}: {msg}" if loc else msg
+            # "name='x' is not allowed" at name, "step=0 ..." at search.lr: one dotted field name.
+            head = re.match(r"[A-Za-z_][\w\[\]]*(?==)", msg)
+            if loc and head and head[0] == loc[-1]:
+                msg = ".".join(loc[:-1] + [msg]) if len(loc) > 1 else msg
+            elif loc and head:
+                msg = f"{key}.{msg}"
+            elif loc:
+                msg = f"{key}: {msg}"
         else:
             msg = f"{key}={value!r} is not allowed: {msg}"
         lines.append(msg)

@@ -146,6 +146,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     from study.spec import load_spec
 
     spec = load_spec(args.spec)  # before Ray, MLflow or any database is touched
+    import study.local_ray  # noqa: F401  (before ray: a local Ray on 127.0.0.1 only)
     from study import runner
 
     loc = _loc(args, spec.name)
@@ -158,6 +159,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_resume(args: argparse.Namespace, out: Console, err: Console) -> int:
+    import study.local_ray  # noqa: F401  (before ray: a local Ray on 127.0.0.1 only)
     from study import runner
 
     loc = _loc(args, args.name)

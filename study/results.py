@@ -180,6 +180,13 @@ def engine_for(url: str) -> Engine:
     return _engines[url]
 
 
+def forget_engine(url: str) -> None:
+    """Drops this process's engine for ``url`` (its SQLite file was removed, e.g. by an undone start)."""
+    engine = _engines.pop(url, None)
+    if engine is not None:
+        engine.dispose()
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")

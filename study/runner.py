@@ -241,6 +241,7 @@ def _undo_start(loc: Locations, created_dir: bool, undo: list[Callable[[], None]
         except Exception as exc:  # best effort: report, then go on undoing the rest
             log.warning("undoing a failed start: %s", scrub(str(exc)))
     if created_dir:
+        results.forget_engine(loc.results_db)
         shutil.rmtree(loc.study_dir, ignore_errors=True)
 
 

@@ -195,6 +195,11 @@ class StudyOptunaSearch(OptunaSearch):
         state = outcome.trial_state(result, error)
         ot.set_user_attr("state", state)
         ot.set_user_attr("ray_trial_id", trial_id)
+        reported = self._ot_study._storage.get_trial(ot._trial_id).intermediate_values
+        if state == "pruned" and result is not None and int(result["step"]) not in reported:
+            # Tune tells the result that made the scheduler stop the trial to on_trial_complete
+            # alone: report it, so PRUNED takes it as the trial's value (Optuna's rule).
+            ot.report(result[self.metric], int(result["step"]))
         if state in ("completed", "diverged") and result is not None:
             tell(self._ot_study, ot, float(result[self.metric]))
         else:

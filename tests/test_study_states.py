@@ -1,0 +1,246 @@
+"""What a trial and a study end as, told the same way everywhere, and a study that ends in a true
+state whatever happens: pruned trials in Optuna, schedulers that survive divergence, rungs after
+the RNN warm-up, the best figure across resumes, WAL readers, missing checkpoints, one driver per
+study, and a failed start that leaves nothing. Real Ray, SQLite, MLflow and Optuna throughout."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import STUDY_BIN, quick_spec
+from study import api, results, runner
+from study.locations import resolve
+from study.spec import SpecError, load_spec
+
+
+def _spec(**overrides):
+    return load_spec(quick_spec("states", **overrides))
+
+
+# --- schedulers and the searcher -----------------------------------------------------------------
+
+
+def _report(step: int, errors: list[float], diverged: list[bool]):
+    from trainables.api import MemberMetrics, Report
+
+    members = tuple(
+        MemberMetrics(k, e, e, 0.9, 1e-3, "diverged" if d else "running", 5 if d else None)
+        for k, (e, d) in enumerate(zip(errors, diverged))
+    )
+    return Report(step=step, members=members, final=False, checkpoint=dict)
+
+
+def test_asha_still_stops_trials_after_a_rung_of_diverged_trials():
+    """A diverged trial's objective is +inf: in ASHA's rung it made the cutoff NaN, so nothing was
+    stopped any more. Schedulers get a finite worst value; Optuna keeps +inf."""
+    from ray.tune.experiment import Trial
+
+    from study.trial import summarize
+
+    spec = _spec(scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3})
+    asha = runner.scheduler(spec, reports=4)
+    trials = [Trial("run_trial", stub=True, trial_id=f"t{i}") for i in range(4)]
+    for t in trials:
+        asha.on_trial_add(None, t)
+    # Two fully diverged trials, one good one, then a population with one diverged member.
+    reports = [([0.9], [True]), ([0.9], [True]), ([0.5], [False]), ([0.4, 0.9], [False, True])]
+    actions = []
+    for t, (errors, diverged) in zip(trials, reports):
+        result = summarize(_report(10, errors, diverged), list(range(len(errors))), "error", "min")
+        assert result["objective"] == float("inf") and result["scheduler_objective"] == 1e30 or not any(diverged)
+        result["training_iteration"] = 1
+        actions.append(asha.on_trial_result(None, t, result))
+    assert actions == ["CONTINUE", "CONTINUE", "CONTINUE", "STOP"]
+
+
+def test_asha_rungs_inside_the_rnn_warmup_are_refused_when_mu_0_is_searched():
+    raw = quick_spec(
+        "warmup",
+        search={"mu_0": {"type": "float", "low": 1e-3, "high": 0.5, "log": True, "transform": "one_minus"}},
+        scheduler={"type": "asha", "grace_period": 4},
+    )
+    raw["config"].update(updates=5000, report_every=250, lr=1e-3)
+    del raw["config"]["mu_0"]
+    with pytest.raises(SpecError, match=r"scheduler.grace_period=4 .*update 1000.*grace_period >= 5"):
+        runner.prepare(load_spec(raw), resolve("warmup", "/nonexistent-dir"))
+    raw["scheduler"]["grace_period"] = 5
+    runner.prepare(load_spec(raw), resolve("warmup", "/nonexistent-dir"))
+    # The shipped TPE search over mu_0 passes.
+    shipped = load_spec(Path(__file__).parents[1] / "search_spaces" / "search-rnn-tpe.yaml")
+    runner.prepare(shipped, resolve(shipped.name, "/nonexistent-dir"))
+
+
+def test_trials_asha_stops_are_pruned_in_optuna_with_their_last_value(ray_session, study_env):
+    spec = load_spec(
+        quick_spec(
+            "asha-pruned",
+            search={"lr": {"type": "grid", "values": [3e-2, 1e-5, 1e-6, 1e-7]}},
+            sampler={"type": "grid", "seed": 0},
+            num_samples=None,
+            max_concurrent_trials=1,
+            scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        )
+    )
+    assert runner.run(spec, resolve(spec.name)) == "completed"
+    trials = api.trials(spec.name)
+    pruned = trials[trials["state"] == "pruned"]
+    assert len(pruned) >= 1, trials[["lr", "state", "last_step"]]
+    ot = {t.number: t for t in optuna.load_study(study_name=spec.name, storage=resolve(spec.name).results_db).trials}
+    for row in trials.itertuples():
+        t = ot[row.optuna_trial_number]
+        assert t.user_attrs["state"] == row.state
+        if row.state == "pruned":
+            assert t.state == optuna.trial.TrialState.PRUNED
+            assert row.last_step < 40
+            assert t.value == t.intermediate_values[t.last_step] == pytest.approx(row.metric_value)
+            # Optuna's steps are the updates the DB records.
+            assert t.last_step == row.last_step
+        else:
+            assert t.state == optuna.trial.TrialState.COMPLETE and row.last_step == 40
+
+
+# --- the results DB ------------------------------------------------------------------------------
+
+
+def _db(tmp_path):
+    url = results.sqlite_url(tmp_path / "results.db")
+    sid = results.upsert_study(url, name="s", task="addition", metric="error", mode="min", num_samples=1,
+                               repeats=1, state="running", spec_yaml="", tune_path="", mlflow_uri="")
+    return url, sid
+
+
+def test_best_survives_a_resume_and_a_diverged_configuration_has_none(tmp_path):
+    url, sid = _db(tmp_path)
+    results.report_trial(url, sid, "t1", "min", metric_value=0.5, members_diverged=0)
+    results.engine_for(url).dispose()
+    results._engines.clear()  # a new driver process: nothing kept in memory
+    results.report_trial(url, sid, "t1", "min", metric_value=0.7, members_diverged=0)
+    rows = api.query("s", "SELECT best_metric_value FROM ms_trials", results_db=url)
+    assert rows.iloc[0, 0] == 0.5
+    results.report_trial(url, sid, "t1", "min", metric_value=0.3, members_diverged=1)
+    assert api.query("s", "SELECT best_metric_value FROM ms_trials", results_db=url).iloc[0, 0] is None
+
+
+def test_a_restart_keeps_the_first_start_the_retry_error_and_a_finished_state(tmp_path):
+    url, sid = _db(tmp_path)
+    first = dt.datetime(2026, 1, 1)
+    results.start_trial(url, sid, "t1", first, params={"lr": 0.1}, config={}, members=1)
+    results.upsert_trial(url, sid, "t1", error_message="worker died")
+    results.start_trial(url, sid, "t1", dt.datetime(2026, 1, 2), params={"lr": 0.1}, config={}, members=1)
+    results.finish_trial(url, sid, "t1", "completed", dt.datetime(2026, 1, 3))
+    results.start_trial(url, sid, "t1", dt.datetime(2026, 1, 4), params={"lr": 0.1}, config={}, members=1)
+    row = api.query("s", "SELECT state, started_at, error_message FROM ms_trials", results_db=url).iloc[0]
+    assert row["state"] == "completed"
+    assert str(row["started_at"]).startswith("2026-01-01")
+    assert row["error_message"] == "worker died"
+
+
+def test_a_long_reader_never_blocks_the_drivers_writes(tmp_path):
+    url, sid = _db(tmp_path)
+    reader = sqlite3.connect(tmp_path / "results.db", timeout=1)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM ms_trials").fetchone()  # a read transaction held open
+    done = threading.Event()
+
+    def write():
+        results.report_trial(url, sid, "t1", "min", metric_value=0.5, members_diverged=0)
+        results.record_trial_points(url, sid, "t1", 10, [{"member": 0, "seed": 0, "error": 0.5}])
+        done.set()
+
+    threading.Thread(target=write, daemon=True).start()
+    # In rollback-journal mode the commit waits for the reader (busy timeout: 60 s).
+    assert done.wait(20), "the write waited for a reader"
+    reader.rollback()
+    reader.close()
+    with sqlite3.connect(tmp_path / "results.db") as c:
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+def test_a_checkpoint_deleted_under_tunes_saved_state_falls_back_to_the_newest(tmp_path):
+    from ray import tune
+
+    from study.trial import CHECKPOINT_FILE, _load_checkpoint
+
+    trial_dir = tmp_path / "trial_x"
+    for i, step in ((1, 10), (2, 20)):
+        (trial_dir / f"checkpoint_00000{i}").mkdir(parents=True)
+        torch.save({"step": step}, trial_dir / f"checkpoint_00000{i}" / CHECKPOINT_FILE)
+    named = tune.Checkpoint.from_directory(str(trial_dir / "checkpoint_000003"))  # deleted since
+    assert _load_checkpoint(named) == {"step": 20}
+    assert _load_checkpoint(tune.Checkpoint.from_directory(str(trial_dir / "checkpoint_000001"))) == {"step": 10}
+
+
+# --- one driver per study; a failed start leaves nothing ----------------------------------------
+
+
+def _env(study_env):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    env.update(MOMENTUM_STUDY_DIR=str(study_env), TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1")
+    return env
+
+
+def test_a_second_driver_on_a_running_study_is_refused(study_env, tmp_path):
+    spec = quick_spec("locked", num_samples=2, max_concurrent_trials=1)
+    spec["config"]["updates"] = 2000
+    spec["config"]["report_every"] = 100
+    path = tmp_path / "locked.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    env = _env(study_env)
+    first = subprocess.Popen([STUDY_BIN, "run", str(path)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        time.sleep(0.3)  # two runs of one spec 0.3 s apart: one runs, the other is refused
+        again = subprocess.run([STUDY_BIN, "run", str(path)], env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 2, again.stdout + again.stderr
+        assert "another process" in again.stderr or "already exists" in again.stderr, again.stderr
+        db = study_env / "locked" / "results.db"
+        deadline = time.time() + 120
+        while not (db.exists() and api.trials("locked").shape[0]) and time.time() < deadline and first.poll() is None:
+            time.sleep(0.3)
+        assert first.poll() is None, first.stdout.read()
+        resumed = subprocess.run([STUDY_BIN, "resume", "locked"], env=env, capture_output=True, text=True, timeout=120)
+        assert resumed.returncode == 2, resumed.stdout + resumed.stderr
+        assert "being run or resumed by another process" in resumed.stderr
+        assert db.exists()
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    # The first driver's rows are untouched by the refused ones.
+    assert len(api.studies()) == 1
+
+
+def test_a_start_that_fails_after_its_first_writes_leaves_nothing(ray_session, study_env, monkeypatch):
+    spec = _spec()
+    loc = resolve(spec.name)
+
+    class BrokenTuner:  # fault injection: the Tuner cannot be built after the stores were written
+        def __init__(self, *a, **k):
+            assert results.get_study(loc.results_db, spec.name) is not None  # the first writes happened
+            raise RuntimeError("injected: Tuner construction failed")
+
+    monkeypatch.setattr(runner.tune, "Tuner", BrokenTuner)
+    with pytest.raises(RuntimeError, match="injected"):
+        runner.run(spec, loc)
+    assert not loc.study_dir.exists()
+    # The name is free again: the same spec runs (a new process, as a user would run it).
+    path = study_env.parent / "states.yaml"
+    path.write_text(yaml.safe_dump(quick_spec("states", num_samples=1)))
+    done = subprocess.run([STUDY_BIN, "run", str(path)], env=_env(study_env), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert MlflowClient(loc.mlflow_uri).get_experiment_by_name(spec.name) is not None

@@ -45,6 +45,12 @@ def test_every_shipped_spec_is_valid(path):
         ),
         ({"search": {"lr": {"type": "grid", "values": [0.1]}}}, ["search.lr.type='grid'", "sampler: grid"]),
         ({"repeats": 3, "config": {"seed": [1, 2]}}, ["repeats=3", "seed"]),
+        ({"metric": "averaged_error"}, ["metric='averaged_error'", "without config.polyak_decay"]),
+        ({"name": "quick\n"}, ["name='quick\\n'", "letters, digits"]),
+        ({"resources": {"gpus": 2}}, ["resources.gpus=2.0", "more than one GPU per trial is not supported yet"]),
+        ({"search": {"lr": {"type": "categorical", "values": [[0.1, 0.2]]}}}, ["search.lr.values[0]=[0.1, 0.2]"]),
+        ({"sampler": {"type": "tpe", "options": {"n_startup_trals": 2}}}, ["sampler.options.n_startup_trals=2", "n_startup_trials"]),
+        ({"num_samples": 1e30}, ["num_samples=1e+30", "at most"]),
     ],
 )
 def test_bad_spec_names_field_value_and_allowed(change, expected):
@@ -99,3 +105,18 @@ def test_results_db_upserts_are_idempotent(tmp_path):
         assert s.execute(select(results.TrialRow.state)).scalar_one() == "completed"
     with pytest.raises(results.ResultsDBError, match="CHECK constraint"):
         results.upsert_trial(url, sid, "t2", state="exploded")
+
+
+def test_polyak_averaging_makes_averaged_error_a_valid_metric():
+    spec = load_spec(quick_spec("avg", metric="averaged_error", config={"updates": 40, "polyak_decay": 0.99}))
+    assert spec.metric == "averaged_error"
+
+
+def test_yaml_spec_with_duplicate_keys_or_aliases_is_refused_naming_the_line(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text(yaml.safe_dump(quick_spec("dup")) + "num_samples: 4\n")
+    with pytest.raises(SpecError, match=r"line \d+: duplicate key 'num_samples' \(first at line \d+\)"):
+        load_spec(path)
+    path.write_text("name: &n dup\ndescription: *n\n")
+    with pytest.raises(SpecError, match=r"line 2: the YAML alias \*n is not allowed"):
+        load_spec(path)

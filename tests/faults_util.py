@@ -1,0 +1,286 @@
+"""Fault injection for tests/test_faults.py: study drivers as subprocesses in process groups of
+their own, the processes of the Ray they start, polling a results DB, and the invariants every
+study must meet after a fault once it has been resumed to the end."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+import yaml
+from sqlalchemy import create_engine, text
+
+from conftest import STUDY_BIN
+
+# Small enough that a trial lasts a few seconds on two busy cores, long enough to be killed mid-run;
+# float64 so a resumed trial can be compared with an uninterrupted run exactly.
+FAULT_CONFIG = {
+    "updates": 40,
+    "report_every": 10,
+    "seq_length": 20,
+    "eval_cases": 100,
+    "batch_size": 20,
+    "mu_0": 0.9,
+    "dtype": "float64",
+}
+
+
+def grid_spec(path: Path, name: str, lrs: list[float], **overrides: Any) -> Path:
+    """A grid study over ``lrs`` (so its configurations are known in advance), one trial at a time."""
+    spec = {
+        "name": name,
+        "task": "addition",
+        "config": dict(FAULT_CONFIG),
+        "search": {"lr": {"type": "grid", "values": list(lrs)}},
+        "sampler": {"type": "grid", "seed": 0},
+        "max_concurrent_trials": 1,
+        "checkpoint_every": 1,
+    }
+    config = overrides.pop("config", {})
+    spec["config"].update(config)
+    spec.update(overrides)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def driver_env(root: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `study` subprocess: its own studies directory, a Ray of its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MOMENTUM_STUDY_", "MLFLOW_"))}
+    env.update(
+        MOMENTUM_STUDY_DIR=str(root),
+        TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
+        MOMENTUM_STUDY_SYSTEM_METRICS_INTERVAL="0.2",
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    env.update(extra)
+    return env
+
+
+class Driver:
+    """One `study ...` command in a process group (session) of its own.
+
+    Ray's workers run in process groups of their own, so every descendant seen while the command
+    runs is remembered and killed with it: a test that fails leaves nothing running.
+    """
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path):
+        self.log = log
+        self._log = open(log, "a")
+        self._log.write(f"\n$ study {' '.join(args)}\n")
+        self._log.flush()
+        self.proc = subprocess.Popen(
+            [STUDY_BIN, *args], env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.seen: dict[int, psutil.Process] = {}
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            found = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error:
+            found = []
+        for p in found:
+            self.seen.setdefault(p.pid, p)
+        return found
+
+    def workers(self, marker: str = "ImplicitFunc") -> list[psutil.Process]:
+        """The Ray worker processes running a trial (Ray retitles them ``ray::ImplicitFunc.train``)."""
+        out = []
+        for p in self.descendants():
+            try:
+                title = p.name() + " " + " ".join(p.cmdline())
+            except psutil.Error:
+                continue
+            if marker in title:
+                out.append(p)
+        return out
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """kill -9 of the driver's process group and of every Ray process it started."""
+        self.descendants()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for p in self.seen.values():
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        self.proc.wait(timeout=60)
+        psutil.wait_procs(list(self.seen.values()), timeout=30)
+
+    def wait(self, timeout: float) -> int:
+        """The exit status; kills everything and fails the test if the command is still running."""
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            self.descendants()
+            time.sleep(0.5)
+        if self.alive():
+            self.kill()
+            raise AssertionError(f"`study` still running after {timeout:.0f}s; its log:\n{self.output()}")
+        self.cleanup()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log.read_text()[-6000:]
+
+    def cleanup(self) -> None:
+        if self.alive():
+            self.kill()
+        for p in self.seen.values():
+            try:
+                if p.is_running():
+                    p.kill()
+            except psutil.Error:
+                pass
+        self._log.close()
+
+
+def wait_for(what: str, condition: Callable[[], Any], driver: Driver | None, timeout: float = 180,
+             db: "ResultsDB | None" = None) -> Any:
+    """Polls ``condition`` until it is truthy; fails if the driver exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if driver is not None:
+            driver.descendants()
+            if not driver.alive():
+                raise AssertionError(
+                    f"the study ended (exit {driver.proc.returncode}) before {what}; last DB error "
+                    f"{db and db.last_error!r}:\n{driver.output()}"
+                )
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}" + (f":\n{driver.output()}" if driver else ""))
+
+
+class ResultsDB:
+    """Read access to a results DB (SQLite or PostgreSQL) that may not exist yet or may be down."""
+
+    def __init__(self, url: str):
+        self.url = url
+        kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+        self.engine = create_engine(url, **kwargs)
+        self.last_error: Exception | None = None
+
+    def rows(self, sql: str, **params: Any) -> list[Any]:
+        with self.engine.connect() as c:
+            return list(c.execute(text(sql), params))
+
+    def scalar(self, sql: str, default: Any = 0, **params: Any) -> Any:
+        """One value, or ``default`` while the database (or the table) is not there."""
+        try:
+            with self.engine.connect() as c:
+                value = c.execute(text(sql), params).scalar()
+            return default if value is None else value
+        except Exception as exc:
+            self.last_error = exc
+            return default
+
+    def trials(self, name: str) -> int:
+        return self.scalar(
+            "SELECT COUNT(*) FROM ms_trials t JOIN ms_studies s ON s.id = t.study_id WHERE s.name = :n", n=name
+        )
+
+    def finished_trials(self, name: str) -> int:
+        return self.scalar(
+            "SELECT COUNT(*) FROM ms_trials t JOIN ms_studies s ON s.id = t.study_id "
+            "WHERE s.name = :n AND t.state IN ('completed', 'diverged')",
+            n=name,
+        )
+
+    def trial_states(self, name: str) -> dict[str, str]:
+        rows = self.rows(
+            "SELECT t.trial_id, t.state FROM ms_trials t JOIN ms_studies s ON s.id = t.study_id WHERE s.name = :n",
+            n=name,
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def points(self, name: str) -> int:
+        return self.scalar(
+            "SELECT COUNT(*) FROM ms_metric_points p JOIN ms_trials t ON t.id = p.trial_pk "
+            "JOIN ms_studies s ON s.id = t.study_id WHERE s.name = :n",
+            n=name,
+        )
+
+    def point_rows(self, name: str) -> dict[tuple[str, int, int], tuple]:
+        """(trial id, step, member) -> (error, loss, recorded_at) of every metric point."""
+        rows = self.rows(
+            "SELECT t.trial_id, p.step, p.member, p.error, p.loss, p.recorded_at FROM ms_metric_points p "
+            "JOIN ms_trials t ON t.id = p.trial_pk JOIN ms_studies s ON s.id = t.study_id WHERE s.name = :n",
+            n=name,
+        )
+        return {(r[0], r[1], r[2]): (r[3], r[4], r[5]) for r in rows}
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def assert_study_whole(name: str, results_db: str, mlflow_uri: str, lrs: list[float], steps: list[int],
+                       members: int = 1) -> dict[str, int]:
+    """Every configuration exactly once and every reported step exactly once, in the results DB,
+    the Optuna storage and MLflow; nothing left RUNNING; the study completed. Returns figures."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    db = ResultsDB(results_db)
+    try:
+        study = db.rows("SELECT id, state FROM ms_studies WHERE name = :n", n=name)
+        assert len(study) == 1, study
+        assert study[0].state == "completed", f"ms_studies.state is {study[0].state!r}"
+        trials = db.rows("SELECT id, trial_id, state, params, optuna_trial_number FROM ms_trials WHERE study_id = :s",
+                         s=study[0].id)
+        per_lr = collections.Counter(_json(t.params)["lr"] for t in trials)
+        assert per_lr == collections.Counter(lrs), f"ms_trials configurations: {dict(per_lr)}"
+        assert {t.state for t in trials} == {"completed"}, [(t.trial_id, t.state) for t in trials]
+        dup = db.rows(
+            "SELECT p.trial_pk, p.step, p.member, COUNT(*) AS n FROM ms_metric_points p JOIN ms_trials t "
+            "ON t.id = p.trial_pk WHERE t.study_id = :s GROUP BY p.trial_pk, p.step, p.member HAVING COUNT(*) > 1",
+            s=study[0].id,
+        )
+        assert not dup, f"duplicated metric points: {dup}"
+        for t in trials:
+            got = db.rows("SELECT step, member FROM ms_metric_points WHERE trial_pk = :t", t=t.id)
+            assert sorted(got) == sorted((s, m) for s in steps for m in range(members)), (t.trial_id, sorted(got))
+        points = db.points(name)
+    finally:
+        db.dispose()
+
+    ot = optuna.load_study(study_name=name, storage=results_db)
+    states = collections.Counter(t.state.name for t in ot.trials)
+    assert states == {"COMPLETE": len(lrs)}, f"Optuna trials by state: {dict(states)}"
+    ot_lr = collections.Counter(t.params.get("lr") for t in ot.trials)
+    assert ot_lr == collections.Counter(lrs), f"Optuna configurations: {dict(ot_lr)}"
+    assert sorted(t.optuna_trial_number for t in trials) == sorted(t.number for t in ot.trials)
+
+    c = MlflowClient(mlflow_uri)
+    exp = c.get_experiment_by_name(name)
+    runs = c.search_runs([exp.experiment_id], filter_string="tags.`momentum_study.role` = 'trial'")
+    run_lr = collections.Counter(float(r.data.params["sampled.lr"]) for r in runs)
+    assert run_lr == collections.Counter(lrs), f"MLflow child runs per configuration: {dict(run_lr)}"
+    assert {r.info.status for r in runs} == {"FINISHED"}, [(r.info.run_id, r.info.status) for r in runs]
+    assert {r.data.tags.get("ray_trial_id") for r in runs} == {t.trial_id for t in trials}
+    for r in runs:
+        history = sorted(m.step for m in c.get_metric_history(r.info.run_id, "error"))
+        assert history == steps, f"MLflow 'error' steps of run {r.info.run_id}: {history}"
+    parents = c.search_runs([exp.experiment_id], filter_string="tags.`momentum_study.role` = 'parent'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED", [p.info.status for p in parents]
+    assert parents[0].data.tags.get("state") == "completed", parents[0].data.tags
+    return {"trials": len(trials), "points": points, "optuna_trials": len(ot.trials), "mlflow_runs": len(runs)}

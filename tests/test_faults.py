@@ -1,0 +1,344 @@
+"""Faults injected into real studies (real Ray, real stores, tiny budgets), and what must survive:
+
+1. kill -9 of a trial's worker: the trial resumes from its checkpoint and ends with exactly the
+   metrics of an uninterrupted run, one row and one MLflow point per reported step;
+2. kill -9 of the driver, twice (during `study run`, then during `study resume`): resumed to the
+   end, every configuration ran exactly once in the results DB, Optuna and MLflow;
+3. a store that goes down mid-study (the results DB on PostgreSQL; an MLflow tracking server):
+   the study ends in a true state naming the store, loses nothing it had recorded, and
+   `study resume` with the store back completes it with the invariants of 2.
+
+Drivers are `study` subprocesses, each in a process group of its own with a Ray of its own
+(RAY_ADDRESS unset); tests/faults_util.py kills them and every Ray process they started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import STUDY_BIN
+from faults_util import Driver, ResultsDB, assert_study_whole, driver_env, grid_spec, wait_for
+from study.servers import LocalPostgres, free_port, mlflow_server_command, postgres_bindir, wait_http
+
+STEPS = [10, 20, 30, 40]
+LRS = [1e-3, 2e-3, 3e-3]
+# A store down for good must end the study within this; MLflow's client otherwise retries a
+# refused request for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES defaults to 7, back-off factor 2).
+MLFLOW_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+STORE_DOWN_EXIT_S = 240
+
+
+def _sqlite(root, name: str, store: str) -> str:
+    return f"sqlite:///{root / name / store}"
+
+
+@pytest.fixture
+def workdir():
+    """A directory of this test's own: pytest's tmp_path lives under /tmp/pytest-of-<user>, whose
+    older numbered directories another pytest session on the machine may delete while we run."""
+    path = Path(tempfile.mkdtemp(prefix="ms-faults-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        if not os.environ.get("MOMENTUM_FAULTS_KEEP"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --- 1. a trial's worker killed ------------------------------------------------------------------
+
+
+def test_killed_trial_worker_resumes_from_checkpoint_with_the_metrics_of_an_uninterrupted_run(workdir):
+    from trainables import train
+
+    name, root = "worker-kill", workdir / "studies"
+    spec = grid_spec(workdir / "spec.yaml", name, [2e-3], retries=2, repeats=2, config={"updates": 60})
+    steps = list(range(10, 61, 10))
+    db = ResultsDB(_sqlite(root, name, "results.db"))
+    driver = Driver(["run", str(spec)], driver_env(root), workdir / "driver.log")
+    killed: set[int] = set()
+    workers_seen: set[int] = set()
+    try:
+        # Kill once the trial has reported (and checkpointed) twice, well before its last report.
+        wait_for("the trial's second report", lambda: db.scalar("SELECT MAX(step) FROM ms_metric_points") >= 20, driver,
+                 db=db)
+        before = db.point_rows(name)
+        at_kill = max(step for _, step, _ in before)
+        assert at_kill < 60, "the trial finished before its worker could be killed"
+        for w in driver.workers():
+            killed.add(w.pid)
+            w.send_signal(signal.SIGKILL)
+        assert killed, "no ray::ImplicitFunc worker found among the driver's processes"
+        deadline = time.monotonic() + 180
+        while driver.alive() and time.monotonic() < deadline:
+            workers_seen.update(w.pid for w in driver.workers())
+            time.sleep(0.1)
+        rc = driver.wait(timeout=30)
+    finally:
+        driver.cleanup()
+    assert rc == 0, driver.output()
+    assert workers_seen - killed, "no new worker ran the trial after the kill"
+
+    trial = db.rows("SELECT id, trial_id, state, config, mlflow_run_id FROM ms_trials")
+    assert len(trial) == 1 and trial[0].state == "completed", trial
+    after = db.point_rows(name)
+    db.dispose()
+    # One row per (trial, step, member): the unique key holds that; every step is there.
+    assert sorted(after) == sorted((trial[0].trial_id, s, m) for s in steps for m in (0, 1))
+    # Resumed from its checkpoint, not from scratch: reports before the last one seen at the kill
+    # were not written again.
+    for key, (_, _, recorded_at) in before.items():
+        if key[1] < at_kill:
+            assert after[key][2] == recorded_at, f"point {key} was rewritten: the trial restarted from scratch"
+
+    # The same config, uninterrupted, in this process: equal in float64, bit for bit.
+    config = trial[0].config
+    config = json.loads(config) if isinstance(config, str) else config
+    reference: dict[tuple[int, int], tuple[float, float]] = {}
+    train(config, lambda r: reference.update({(r.step, m.member): (m.error, m.loss) for m in r.members}))
+    resumed = {(s, m): (e, loss) for (_, s, m), (e, loss, _) in after.items()}
+    assert resumed == reference
+
+    c = MlflowClient(_sqlite(root, name, "mlflow.db"))
+    run_id = trial[0].mlflow_run_id
+    assert sorted(m.step for m in c.get_metric_history(run_id, "error")) == steps
+    for member, seed in ((0, 0), (1, 1)):
+        history = sorted((m.step, m.value) for m in c.get_metric_history(run_id, f"error/seed_{seed}"))
+        assert history == [(s, reference[(s, member)][0]) for s in steps]
+    assert c.get_run(run_id).info.status == "FINISHED"
+    print(f"\nfault: worker kill -9 at step {at_kill}; killed {sorted(killed)}; "
+          f"rows {len(after)} (expected {len(steps) * 2}); metrics equal to uninterrupted run")
+
+
+# --- 2. the driver killed, twice -----------------------------------------------------------------
+
+
+def test_driver_killed_during_run_and_during_resume_runs_every_configuration_exactly_once(workdir):
+    name, root = "driver-kill", workdir / "studies"
+    lrs = LRS
+    spec = grid_spec(workdir / "spec.yaml", name, lrs)
+    env = driver_env(root)
+    db = ResultsDB(_sqlite(root, name, "results.db"))
+    log = workdir / "driver.log"
+    try:
+        driver = Driver(["run", str(spec)], env, log)
+        try:
+            wait_for("the first metric point", lambda: db.points(name) >= 1, driver, db=db)
+            kept_1 = db.point_rows(name)
+            driver.kill()
+        finally:
+            driver.cleanup()
+
+        driver = Driver(["resume", name], env, log)
+        try:
+            # Right after a trial finished and the next one started: its Optuna trial has just been
+            # asked for, and Tune may not have saved its experiment state since.
+            done, started = db.finished_trials(name), db.trials(name)
+            wait_for("a trial to finish in the resumed study and the next to start",
+                     lambda: db.finished_trials(name) > done and db.trials(name) > started, driver, db=db)
+            kept_2 = db.point_rows(name)
+            driver.kill()
+        finally:
+            driver.cleanup()
+        assert db.scalar("SELECT state FROM ms_studies WHERE name = :n", n=name, default=None) != "completed"
+
+        driver = Driver(["resume", name], env, log)
+        try:
+            rc = driver.wait(timeout=240)
+        finally:
+            driver.cleanup()
+        assert rc == 0, driver.output()
+        final = db.point_rows(name)
+    finally:
+        db.dispose()
+    # Nothing recorded before a kill is lost (a rerun may only rewrite a row in place).
+    assert set(kept_1) <= set(final) and set(kept_2) <= set(final)
+    figures = assert_study_whole(name, db.url, _sqlite(root, name, "mlflow.db"), lrs, STEPS)
+    print(f"\nfault: driver kill -9 x2 (after {len(kept_1)} and {len(kept_2)} points); after resume {figures}")
+
+
+# --- 3. a store down mid-study -------------------------------------------------------------------
+
+REASON_RESULTS_DB = re.compile(r"results[ _-]?(database|db)", re.I)
+REASON_MLFLOW = re.compile(r"mlflow", re.I)
+
+
+def _study_state(db: ResultsDB, name: str) -> str:
+    return db.rows("SELECT state FROM ms_studies WHERE name = :n", n=name)[0].state
+
+
+def _state_reason(db: ResultsDB, name: str) -> str | None:
+    """Why the study ended as it did: migration 0003's column ms_studies.state_reason."""
+    return db.rows("SELECT state_reason FROM ms_studies WHERE name = :n", n=name)[0].state_reason
+
+
+def _assert_nothing_lost(db: ResultsDB, name: str, kept: dict, finished: dict[str, str]) -> None:
+    """Every metric point, and the end state of every trial finished before the failure, is still there."""
+    now = db.point_rows(name)
+    lost = sorted(k for k in kept if k not in now)
+    assert not lost, f"{len(lost)} metric points recorded before the failure were lost: {lost[:5]}"
+    states = db.trial_states(name)
+    changed = {t: (s, states.get(t)) for t, s in finished.items() if states.get(t) != s}
+    assert not changed, f"trials finished before the failure changed state (before, after): {changed}"
+
+
+def _parent_run(mlflow_uri: str, name: str):
+    c = MlflowClient(mlflow_uri)
+    exp = c.get_experiment_by_name(name)
+    return c.search_runs([exp.experiment_id], filter_string="tags.`momentum_study.role` = 'parent'")[0]
+
+
+@pytest.fixture
+def postgres(workdir):
+    if postgres_bindir() is None:
+        pytest.skip("PostgreSQL server binaries absent (initdb/pg_ctl): run tests/setup_postgres.sh")
+    server = LocalPostgres(workdir / "pg")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_results_db_down_mid_study_ends_failed_naming_it_and_resume_completes(workdir, postgres):
+    name, root = "pg-down", workdir / "studies"
+    url = postgres.create_database("results", "study", "pw-faults")
+    spec = grid_spec(workdir / "spec.yaml", name, LRS)
+    # The URL (with its password) through the environment, as docs/cluster.md says.
+    env = driver_env(root, MOMENTUM_STUDY_RESULTS_DB=url)
+    mlflow_uri = _sqlite(root, name, "mlflow.db")
+    db = ResultsDB(url)
+    log = workdir / "driver.log"
+    try:
+        driver = Driver(["run", str(spec)], env, log)
+        try:
+            wait_for("the first finished trial", lambda: db.finished_trials(name) >= 1, driver, db=db)
+            kept, finished = db.point_rows(name), db.trial_states(name)
+            db.engine.dispose()
+            postgres.stop()
+            rc = driver.wait(timeout=STORE_DOWN_EXIT_S)
+        finally:
+            driver.cleanup()
+            if not (postgres.data / "postmaster.pid").exists():
+                postgres.start()
+        assert rc != 0, f"the study claimed success with its results DB down:\n{driver.output()}"
+
+        # What the failed run left: nothing recorded before the failure is lost, no success claimed.
+        _assert_nothing_lost(db, name, kept, finished)
+        state = _study_state(db, name)
+        assert state != "completed"
+        parent = _parent_run(mlflow_uri, name)
+        assert parent.info.status != "FINISHED" and parent.data.tags.get("state") != "completed"
+        assert any(REASON_RESULTS_DB.search(v) for v in parent.data.tags.values()), parent.data.tags
+        status = subprocess.run([STUDY_BIN, "status", name], env=env, capture_output=True, text=True, timeout=120)
+        assert f"{name}: completed" not in status.stdout, status.stdout
+        if state in ("failed", "interrupted"):
+            reason = _state_reason(db, name)
+            assert reason and REASON_RESULTS_DB.search(reason), reason
+
+        driver = Driver(["resume", name], env, log)
+        try:
+            rc = driver.wait(timeout=240)
+        finally:
+            driver.cleanup()
+        assert rc == 0, driver.output()
+        final = db.point_rows(name)
+        assert all(k in final for k in kept)
+    finally:
+        db.dispose()
+    figures = assert_study_whole(name, url, mlflow_uri, LRS, STEPS)
+    print(f"\nfault: results DB (PostgreSQL) stopped after {len(kept)} points; study exit {rc}; after resume {figures}")
+
+
+class MlflowServer:
+    """`mlflow server` on an SQLite backend, in a process group of its own, on a fixed port."""
+
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.cmd = mlflow_server_command(f"sqlite:///{workdir / 'mlflow-server.db'}", str(workdir / "artifacts"),
+                                         port=self.port)
+        self.log = open(workdir / "mlflow-server.log", "a")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        self.proc = subprocess.Popen(self.cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        wait_http(f"{self.uri}/health", timeout_s=180, proc=self.proc)
+
+    def kill(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        procs = psutil.Process(self.proc.pid).children(recursive=True)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_server(workdir):
+    server = MlflowServer(workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+        server.log.close()
+
+
+def test_mlflow_server_down_mid_study_ends_failed_naming_it_and_resume_completes(workdir, mlflow_server):
+    name, root = "mlflow-down", workdir / "studies"
+    spec = grid_spec(workdir / "spec.yaml", name, LRS)
+    env = driver_env(root, MLFLOW_TRACKING_URI=mlflow_server.uri, **MLFLOW_CLIENT_ENV)
+    db = ResultsDB(_sqlite(root, name, "results.db"))
+    log = workdir / "driver.log"
+    try:
+        driver = Driver(["run", str(spec)], env, log)
+        try:
+            wait_for("the first finished trial", lambda: db.finished_trials(name) >= 1, driver, db=db)
+            kept, finished = db.point_rows(name), db.trial_states(name)
+            mlflow_server.kill()
+            rc = driver.wait(timeout=STORE_DOWN_EXIT_S)
+        finally:
+            driver.cleanup()
+            mlflow_server.start()
+        assert rc != 0, f"the study claimed success with its MLflow store down:\n{driver.output()}"
+
+        _assert_nothing_lost(db, name, kept, finished)
+        state = _study_state(db, name)
+        assert state in ("failed", "interrupted"), f"ms_studies.state is {state!r} after the driver exited {rc}"
+        reason = _state_reason(db, name)
+        assert reason and REASON_MLFLOW.search(reason), reason
+        status = subprocess.run([STUDY_BIN, "status", name], env=env, capture_output=True, text=True, timeout=120)
+        assert f"{name}: {state}" in status.stdout, status.stdout
+
+        driver = Driver(["resume", name], env, log)
+        try:
+            rc = driver.wait(timeout=240)
+        finally:
+            driver.cleanup()
+        assert rc == 0, driver.output()
+    finally:
+        db.dispose()
+    figures = assert_study_whole(name, db.url, mlflow_server.uri, LRS, STEPS)
+    print(f"\nfault: MLflow server kill -9 after {len(kept)} points; study exit {rc}; after resume {figures}")

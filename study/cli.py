@@ -225,15 +225,31 @@ def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
             out.print(_table(df, "studies"))
         return 0
     df = api.trials(args.name, args.dir, args.results_db)
-    s = _study_row(args, "state, num_samples, metric", err)
+    s = _study_row(args, "state, state_reason, num_samples, metric", err)
     if s is None:
         return EXIT_BAD_INPUT
     shown = df[["trial_id", "optuna_trial_number", "state", "last_step", "metric_value", "best_metric_value"]]
     shown = shown.rename(
         columns={"optuna_trial_number": "optuna", "last_step": "step", "metric_value": s["metric"], "best_metric_value": "best"}
     )
-    out.print(_table(shown, f"study {args.name}: {s['state']}, {len(df)}/{s['num_samples']} trials"))
+    state = s["state"]
+    if state == "running" and not _driver_alive(args):
+        state = "interrupted (its driver is not running: `study resume` continues it)"
+    finished = int(df["state"].isin(["completed", "diverged", "failed", "pruned"]).sum())
+    out.print(_table(shown, f"study {args.name}: {state}, {finished}/{s['num_samples']} trials finished"))
+    if s["state_reason"]:
+        out.print(f"reason: {s['state_reason']}", highlight=False, soft_wrap=True)
     return 0
+
+
+def _driver_alive(args: argparse.Namespace) -> bool:
+    """Whether a driver holds the study's lock (only knowable for a study directory on this machine)."""
+    from study.lock import is_locked
+
+    loc = _loc(args, args.name)
+    if not loc.study_dir.exists():
+        return True  # its driver runs elsewhere (a cluster job): trust the database
+    return is_locked(loc.study_dir)
 
 
 def _study_row(args: argparse.Namespace, columns: str, err: Console):
@@ -241,7 +257,8 @@ def _study_row(args: argparse.Namespace, columns: str, err: Console):
     from study import api
 
     df = api.query(
-        args.name, f"SELECT {columns} FROM ms_studies WHERE name = {api._quote(args.name)}", args.dir, args.results_db
+        args.name, f"SELECT {columns} FROM ms_studies WHERE name = :name", args.dir, args.results_db,
+        params={"name": args.name},
     )
     if df.empty:
         err.print(f"no study named {args.name!r}")

@@ -83,7 +83,7 @@ def check_scheduler(spec: StudySpec, report_every: int, momentum_schedule: str) 
 
 
 def prepare(spec: StudySpec, loc: Locations) -> int:
-    """Every check that needs no store: the configs, the sampler, the scheduler, the name.
+    """Every check that needs no store: the configs, the sampler, the scheduler.
     Returns the number of reports a trial makes."""
     from trainables.train import DEFAULT_SCHEDULE
     from trainables.tasks import family
@@ -91,7 +91,6 @@ def prepare(spec: StudySpec, loc: Locations) -> int:
     cfg = check_configs(spec)
     search.sampler(spec)
     check_scheduler(spec, cfg.report_every, cfg.momentum_schedule or DEFAULT_SCHEDULE[family(cfg.task)])
-    _refuse_existing(spec, loc)
     return math.ceil(cfg.updates / cfg.report_every)
 
 
@@ -166,6 +165,7 @@ def run(spec: StudySpec, loc: Locations, console: Any = None) -> str:
     """Runs a new study to the end (or until interrupted); returns the study's final state."""
     reports = prepare(spec, loc)
     preflight.check(spec, loc)
+    _refuse_existing(spec, loc)
     created_dir = not loc.study_dir.exists()
     with StudyLock(loc.study_dir, spec.name, loc.results_db):
         undo: list[Callable[[], None]] = []
@@ -259,6 +259,7 @@ def resume(name: str, loc: Locations, console: Any = None) -> str:
     spec = load_spec(row.spec_yaml)
     mlflow_uri = loc.mlflow_uri if "***" in row.mlflow_uri else row.mlflow_uri
     loc = Locations(loc.root, name, loc.results_db, mlflow_uri, loc.ray_address, loc.storage)
+    preflight.check(spec, loc)
     with StudyLock(loc.study_dir, name, loc.results_db):
         journal = Journal(loc.study_dir / JOURNAL_FILE)
         if row.state == "completed" and not journal.pending():

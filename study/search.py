@@ -26,11 +26,19 @@ from ray.tune.search.optuna import OptunaSearch
 
 from study import outcome
 from study.trial import OPTUNA_NUMBER_KEY
-from study.spec import CategoricalParam, FloatParam, GridParam, IntParam, SpecError, StudySpec, param_name
+from study.spec import (
+    CategoricalParam,
+    FloatParam,
+    GridParam,
+    IntParam,
+    SpecError,
+    StudySpec,
+    optuna_sampler,
+    param_name,
+)
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("tpe", "cmaes", "gp", "random", "qmc", "grid")
 
 # The results-DB URL of the study this process runs (with its password, never pickled).
 _storage_url: str | None = None
@@ -58,32 +66,13 @@ def distributions(spec: StudySpec) -> dict[str, Any]:
 
 
 def sampler(spec: StudySpec) -> Any:
-    """The spec's Optuna sampler; a bad option is a SpecError naming it (nothing has started)."""
-    import optuna.samplers as s
-
-    kind, seed, opts = spec.sampler.type, spec.sampler.seed, dict(spec.sampler.options)
-    if kind == "cmaes":
+    """The spec's Optuna sampler (validated there: a bad option is a SpecError naming it)."""
+    if spec.sampler.type == "cmaes":
         try:
             import cmaes  # noqa: F401
         except ImportError:
             raise SpecError("sampler.type='cmaes' needs the 'cmaes' package: pip install cmaes") from None
-    factory = {
-        "tpe": s.TPESampler,
-        "cmaes": s.CmaEsSampler,
-        "gp": s.GPSampler,
-        "random": s.RandomSampler,
-        "qmc": s.QMCSampler,
-        "grid": s.GridSampler,
-    }[kind]
-    args: tuple = ()
-    if kind == "grid":
-        args = ({param_name(f, p): list(p.values) for f, p in spec.search.items()},)  # type: ignore[union-attr]
-    try:
-        return factory(*args, seed=seed, **opts)
-    except TypeError as exc:
-        raise SpecError(f"sampler.options={opts!r} is not allowed for sampler {kind!r}: {exc}") from None
-    except ValueError as exc:
-        raise SpecError(f"sampler.options={opts!r} is not allowed for sampler {kind!r}: {exc}") from None
+    return optuna_sampler(spec)
 
 
 def optuna_storage(url: str) -> Any:

@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -71,12 +73,15 @@ def pg_study(postgres, mlflow_server, tmp_path_factory):
     """A 2-trial study with --results-db on PostgreSQL (a password in the URL) and --mlflow-uri on
     the tracking server, run by the command line as a user would."""
     tmp = tmp_path_factory.mktemp("pg-study")
+    started = time.time()
     spec_path = tmp / "pg.yaml"
     spec_path.write_text(yaml.safe_dump(quick_spec("pg-test", num_samples=2, repeats=2)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MOMENTUM_STUDY_", "MLFLOW_", "RAY_"))}
     env.update(MOMENTUM_STUDY_DIR=str(tmp / "studies"), MOMENTUM_STUDY_SYSTEM_METRICS_INTERVAL="1")
+    # A password in the tracking URI too (the server ignores it; a real one would check it).
+    secret_uri = mlflow_server["uri"].replace("http://", f"http://study:{PASSWORD}t@")
     run = subprocess.run(
-        [STUDY_BIN, "run", str(spec_path), "--results-db", postgres["results"], "--mlflow-uri", mlflow_server["uri"]],
+        [STUDY_BIN, "run", str(spec_path), "--results-db", postgres["results"], "--mlflow-uri", secret_uri],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stdout + run.stderr
@@ -88,7 +93,7 @@ def pg_study(postgres, mlflow_server, tmp_path_factory):
         [STUDY_BIN, "run", str(spec_path), "--results-db", postgres["results"], "--mlflow-uri", mlflow_server["uri"]],
         env=env, capture_output=True, text=True, timeout=300,
     )
-    return {"run": run, "status": status, "again": again, "tmp": tmp}
+    return {"run": run, "status": status, "again": again, "tmp": tmp, "started": started}
 
 
 def test_study_on_postgres_records_trials_and_optuna_storage(postgres, pg_study):
@@ -102,7 +107,7 @@ def test_study_on_postgres_records_trials_and_optuna_storage(postgres, pg_study)
     assert [t.state for t in trials] == ["completed", "completed"]
     assert all(t.members == 2 and t.hostname and t.ray_node_id for t in trials)
     assert points == 2 * 2 * 4  # trials x members x reports
-    assert version == "0002"
+    assert version == "0003"
     ot = optuna.load_study(study_name="pg-test", storage=postgres["results"])
     assert [t.state for t in ot.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert "pg-test" in pg_study["status"].stdout and "2/2 trials" in pg_study["status"].stdout
@@ -148,10 +153,24 @@ def test_the_database_password_appears_nowhere(postgres, mlflow_server, pg_study
     # Nor the MLflow server's log (it was given its database URL through the environment).
     mlflow_server["log"].seek(0)
     assert PASSWORD + "m" not in mlflow_server["log"].read()
-    # The study directory (spec.yaml, Tune's experiment state) holds the spec, not the URL.
-    for path in (pg_study["tmp"] / "studies").rglob("*"):
-        if path.is_file() and path.suffix in (".yaml", ".json", ".txt", ".log", ".csv"):
-            assert PASSWORD not in path.read_text(errors="replace"), path
+    # Every file the study wrote: the study directory (spec.yaml, Tune's experiment state, its
+    # pickled tuner, searcher and callbacks, checkpoints) and the local Ray's session directory
+    # (logs, worker output), byte for byte. The password of either URL is nowhere.
+    leak = PASSWORD.encode()
+    roots = [pg_study["tmp"] / "studies"]
+    roots += [p for p in Path("/tmp").glob("ms-ray-*") if p.stat().st_mtime >= pg_study["started"]]
+    roots += [p for p in Path("/tmp/ray").glob("session_*") if p.is_dir() and p.stat().st_mtime >= pg_study["started"]]
+    checked = 0
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink() and path.stat().st_size < 50_000_000:
+                try:
+                    data = path.read_bytes()
+                except OSError:
+                    continue
+                checked += 1
+                assert leak not in data, path
+    assert checked > 10
 
 
 def test_local_postgres_refuses_tcp_logins_without_the_password(postgres):
@@ -177,5 +196,6 @@ def test_study_ui_points_at_the_tracking_server(postgres, mlflow_server, pg_stud
     r = subprocess.run([STUDY_BIN, "ui", "pg-test", "--results-db", postgres["results"]],
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert mlflow_server["uri"] in r.stdout and "tracks to the MLflow server" in r.stdout
+    shown = mlflow_server["uri"].replace("http://", "http://study:***@")  # the stored URI, redacted
+    assert shown in r.stdout and "tracks to the MLflow server" in r.stdout
     assert PASSWORD not in r.stdout + r.stderr

@@ -309,24 +309,38 @@ def cmd_query(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_ui(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from study.servers import LOCALHOST, mlflow_server_env, port_is_free, wait_http
     from study.ui import mlflow_ui_command
 
     row = _study_row(args, "mlflow_uri, mlflow_experiment_id", err)
     if row is None:
         return EXIT_BAD_INPUT
-    uri = args.mlflow_uri or row["mlflow_uri"]
+    uri = args.mlflow_uri or _study_mlflow_uri(_loc(args, args.name), row["mlflow_uri"])
     if not uri.startswith(("sqlite:", "file:", "postgresql", "mysql")) and "://" in uri:
         from study.locations import redact
 
         out.print(f"study {args.name} tracks to the MLflow server {redact(uri)}; open it there "
                   f"(experiment {row['mlflow_experiment_id']})")
         return 0
-    cmd = mlflow_ui_command(uri, args.port)
-    out.print(f"MLflow UI for study {args.name}: http://127.0.0.1:{args.port}/#/experiments/"
-              f"{row['mlflow_experiment_id']}  (Ctrl+C stops it)")
-    sys.stdout.flush()
-    proc = subprocess.Popen(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    if not port_is_free(LOCALHOST, args.port):
+        err.print(f"[bold red]error:[/] port {args.port} on {LOCALHOST} is in use; choose another with --port",
+                  highlight=False)
+        return EXIT_BAD_INPUT
+    # The store's URL (a password, for a database) in the server's environment, not its argv.
+    env = {**mlflow_server_env(uri), "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.Popen(mlflow_ui_command(args.port), env=env)
     try:
+        base = f"http://{LOCALHOST}:{args.port}"
+        try:
+            wait_http(f"{base}/health", timeout_s=120, proc=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            err.print(f"[bold red]error:[/] the MLflow UI did not start: {exc}", highlight=False)
+            proc.terminate()
+            proc.wait(timeout=20)
+            return proc.returncode or 1
+        out.print(f"MLflow UI for study {args.name}: {base}/#/experiments/{row['mlflow_experiment_id']}  "
+                  "(Ctrl+C stops it)")
+        sys.stdout.flush()
         return proc.wait()
     except KeyboardInterrupt:
         proc.terminate()
@@ -379,19 +393,24 @@ def cmd_logs(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def cmd_mlflow_server(args: argparse.Namespace, out: Console, err: Console) -> int:
     from study.locations import redact
-    from study.servers import mlflow_server_command, printable
+    from study.servers import mlflow_server_command, mlflow_server_env, port_is_free, printable
 
     backend = args.backend_store_uri or os.environ.get("MLFLOW_BACKEND_STORE_URI")
     if not backend:
         err.print("[bold red]error:[/] --backend-store-uri (or MLFLOW_BACKEND_STORE_URI) is required", highlight=False)
         return EXIT_BAD_INPUT
+    if not port_is_free(args.host, args.port):
+        err.print(f"[bold red]error:[/] port {args.port} on {args.host} is in use; choose another with --port",
+                  highlight=False)
+        return EXIT_BAD_INPUT
     cmd = mlflow_server_command(
-        backend, args.artifacts_destination, args.host, args.port, args.workers, args.basic_auth, args.allowed_hosts
+        args.artifacts_destination, args.host, args.port, args.workers, args.basic_auth, args.allowed_hosts
     )
     err.print(f"MLflow tracking server on http://{args.host}:{args.port} (backend {redact(backend)})", highlight=False)
     err.print(printable(cmd), highlight=False, soft_wrap=True)
     sys.stdout.flush()
-    proc = subprocess.Popen(cmd)
+    # The backend's URL, password included, in the server's environment, not its argv.
+    proc = subprocess.Popen(cmd, env=mlflow_server_env(backend))
     try:
         return proc.wait()
     except KeyboardInterrupt:

@@ -2,7 +2,8 @@
 
 ``study mlflow-server`` wraps ``mlflow server`` with a database backend (PostgreSQL on a cluster)
 and a proxied artifact store, bound to 127.0.0.1 unless told otherwise; trials on every node log
-to it over HTTP. ``LocalPostgres`` runs a throwaway PostgreSQL server from Debian's binaries in a
+to it over HTTP. The database URL reaches the server in its environment, never on its command
+line. ``LocalPostgres`` runs a throwaway PostgreSQL server from Debian's binaries in a
 directory of its own (tests, a laptop trying the cluster setup); production uses a managed or
 containerised PostgreSQL (deploy/).
 """
@@ -19,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from study.locations import redact
 
@@ -26,7 +28,6 @@ LOCALHOST = "127.0.0.1"
 
 
 def mlflow_server_command(
-    backend_store_uri: str,
     artifacts_destination: str | None = None,
     host: str = LOCALHOST,
     port: int = 5000,
@@ -34,7 +35,7 @@ def mlflow_server_command(
     basic_auth: bool = False,
     allowed_hosts: str | None = None,
 ) -> list[str]:
-    """``mlflow server`` with a database backend and a proxied artifact store.
+    """``mlflow server`` with a proxied artifact store; its database comes from ``mlflow_server_env``.
 
     With ``--serve-artifacts`` clients upload artifacts through the server (mlflow-artifacts:/),
     so nodes need no access to the artifact store itself. ``basic_auth`` runs MLflow's
@@ -42,7 +43,6 @@ def mlflow_server_command(
     """
     cmd = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", backend_store_uri,
         "--host", host,
         "--port", str(port),
         "--workers", str(workers),
@@ -57,19 +57,54 @@ def mlflow_server_command(
     return cmd
 
 
+def mlflow_server_env(backend_store_uri: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for ``mlflow server``: ``environ`` (default: ours) with the backend store.
+
+    The database URL, password included, travels in MLFLOW_BACKEND_STORE_URI (``mlflow server``
+    reads its ``--backend-store-uri`` from there) and never on the command line, which every user
+    of the machine can read (``ps``, /proc/PID/cmdline); the environment is readable only by the
+    server's user. MLflow hands it on to its uvicorn workers in their environment too.
+    """
+    return {**(os.environ if environ is None else environ), "MLFLOW_BACKEND_STORE_URI": backend_store_uri}
+
+
 def printable(cmd: list[str]) -> str:
     """A command line with any URL's password hidden."""
     return " ".join(redact(a) or "" for a in cmd)
 
 
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now (SO_REUSEADDR, as uvicorn and most
+    servers bind, so a port in TIME_WAIT counts as free)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port() -> int:
+    """A port that was free a moment ago, for tests and ``LocalPostgres``.
+
+    Racy by nature (bind, close, then the server binds): another process can take the port in
+    between. It stays for throwaway servers that need their port before they start: PostgreSQL's
+    ``-p`` takes no 0, and with ``mlflow server --port 0`` the port would have to be fished out of
+    the server's log. Servers for users listen on the port the user names.
+    """
     with socket.socket() as s:
         s.bind((LOCALHOST, 0))
         return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout_s: float = 120, proc: subprocess.Popen | None = None) -> None:
-    """Polls ``url`` until it answers 200 (or the process died, or the timeout)."""
+    """Polls ``url`` until it answers 200 (or the process died, or the timeout).
+
+    Hand-written: it must also stop as soon as the server's process exits, which a generic retry
+    (urllib3's ``Retry``, tenacity) knows nothing of; the rest is a dozen lines of the standard
+    library.
+    """
     import urllib.request
 
     deadline = time.monotonic() + timeout_s
@@ -80,8 +115,9 @@ def wait_http(url: str, timeout_s: float = 120, proc: subprocess.Popen | None = 
             with urllib.request.urlopen(url, timeout=5) as r:
                 if r.status == 200:
                     return
-        except Exception:
-            time.sleep(0.5)
+        except OSError:  # refused, reset, timed out, or an HTTP error status
+            pass
+        time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s")
 
 

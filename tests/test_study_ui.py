@@ -1,15 +1,22 @@
 """`study ui` in a real headless browser: the study's experiment and its trial runs are on the page.
+And the servers `study ui` and `study mlflow-server` start: their store's URL never on a command
+line (psutil reads every process's), a busy port refused with exit 2 before anything starts.
 
-Needs Debian's chromium and chromium-driver and selenium (tests/setup_browser.sh installs them)."""
+The browser test needs Debian's chromium and chromium-driver and selenium
+(tests/setup_browser.sh installs them)."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 
+import psutil
 import pytest
 
 from study.servers import wait_http
@@ -18,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from conftest import STUDY_BIN
 
 CHROMIUM = "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     not os.path.exists(CHROMIUM), reason="no /usr/bin/chromium: run tests/setup_browser.sh to install it"
 )
 
@@ -56,6 +63,7 @@ def browser():
     shutil.rmtree(profile, ignore_errors=True)
 
 
+@needs_chromium
 def test_study_ui_shows_the_experiment_and_its_trial_runs(quick_study, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -99,3 +107,88 @@ def test_study_ui_shows_the_experiment_and_its_trial_runs(quick_study, browser):
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+
+
+def _command_lines(proc: subprocess.Popen) -> list[str]:
+    """The command lines of ``proc`` and all its descendants (the server, its uvicorn workers)."""
+    root = psutil.Process(proc.pid)
+    lines = []
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            lines.append(" ".join(p.cmdline()))
+        except psutil.Error:
+            pass
+    return lines
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_study_ui_keeps_the_store_url_off_the_command_line(quick_study):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [STUDY_BIN, "ui", quick_study.name, "--dir", str(quick_study.root), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", proc)
+        lines = _command_lines(proc)
+        assert any("mlflow" in line and "server" in line for line in lines), lines
+        store = quick_study.mlflow_uri.split(":///", 1)[1]  # the database file's path
+        assert [line for line in lines if store in line or "mlflow.db" in line] == []
+    finally:
+        _stop(proc)
+
+
+def test_study_ui_refuses_a_busy_port_naming_the_port_option(quick_study):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        start = time.monotonic()
+        r = subprocess.run(
+            [STUDY_BIN, "ui", quick_study.name, "--dir", str(quick_study.root), "--port", str(port)],
+            capture_output=True, text=True, timeout=120,
+        )
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert f"port {port}" in r.stderr and "--port" in r.stderr, r.stderr
+    assert "MLflow UI for study" not in r.stdout  # no URL for a server that is not there
+    assert time.monotonic() - start < 30
+
+
+def test_mlflow_server_takes_the_backend_url_from_the_environment_only(tmp_path):
+    secret = "Pw-" + secrets.token_hex(6)  # unique: any hit in a command line is the URL leaking
+    backend = f"sqlite:///{tmp_path}/{secret}.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_BACKEND_STORE_URI"] = backend
+    port = _free_port()
+    proc = subprocess.Popen(
+        [STUDY_BIN, "mlflow-server", "--port", str(port), "--artifacts-destination", str(tmp_path / "artifacts")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", 180, proc)
+        lines = _command_lines(proc)
+        assert len(lines) >= 2, lines  # `study mlflow-server` and `mlflow server` at least
+        assert [line for line in lines if secret in line] == []
+        assert (tmp_path / f"{secret}.db").exists()  # and the server does use that store
+    finally:
+        _stop(proc)
+
+
+def test_mlflow_server_refuses_a_busy_port(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_BACKEND_STORE_URI"] = f"sqlite:///{tmp_path}/m.db"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([STUDY_BIN, "mlflow-server", "--port", str(port)], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert r.returncode == 2 and "--port" in r.stderr, (r.returncode, r.stderr)

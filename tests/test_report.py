@@ -4,6 +4,7 @@ files), a real local MLflow SQLite store, and the `study report` command line.""
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 from pathlib import Path
 
@@ -274,15 +275,278 @@ def test_figures_carry_the_right_axes_and_are_png(curves_study, tmp_path):
     m = load_study("ae", root).members
     fig = figures.table1_figure(tables.table1(m, "curves"))
     ax = fig.axes[0]
-    assert ax.get_xlabel() == "mu_max (Eq. 5 cap)" and ax.get_ylabel() == "final training squared error"
+    assert ax.get_xlabel() == "1 - mu_max (log scale)" and ax.get_ylabel() == "final training squared error"
     assert _is_png(figures.save(fig, tmp_path / "t1.png"))
     fig = figures.table3_figure(tables.table3(m.assign(init_scale=1.0), "curves"))
-    assert fig.axes[0].get_xlabel() == "SI scale multiplier" and fig.axes[0].get_xscale() == "log"
+    assert fig.axes[0].get_xlabel() == "SI scale multiplier (log scale)" and fig.axes[0].get_xscale() == "log"
     s = tables.sensitivity(m, "lr", {"type": "float", "log": True})
     fig = figures.sensitivity_figure(s, "autoencoder")
-    assert fig.axes[0].get_xlabel() == "lr" and fig.axes[0].get_xscale() == "log"
+    assert fig.axes[0].get_xlabel() == "lr (log scale)" and fig.axes[0].get_xscale() == "log"
     assert fig.axes[0].get_ylabel() == "final training squared error"
     assert _is_png(figures.save(fig, tmp_path / "s.png"))
+
+
+# --- figure properties (issue #13, "Figures") ------------------------------------------------------
+
+
+def _renderer(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def _drawn_tick_labels(axis):
+    """The tick labels of one axis that are drawn: inside the view, visible, not empty."""
+    lo, hi = sorted(axis.get_view_interval())
+    span = max(abs(lo), abs(hi))
+    out = []
+    for ticks, locs in ((axis.get_major_ticks, axis.get_majorticklocs()), (axis.get_minor_ticks, axis.get_minorticklocs())):
+        for tick, loc in zip(ticks(len(locs)), locs):
+            if lo - 1e-9 * span <= loc <= hi + 1e-9 * span and tick.get_visible():
+                out += [t for t in (tick.label1, tick.label2) if t.get_visible() and t.get_text().strip()]
+    return out
+
+
+def overlapping_tick_labels(fig) -> list[tuple[str, str]]:
+    """Pairs of drawn tick labels of the same axis whose renderer extents intersect."""
+    renderer = _renderer(fig)
+    pairs = []
+    for ax in [a for parent in fig.axes for a in (parent, *parent.child_axes)]:
+        for axis in (ax.xaxis, ax.yaxis):
+            boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in _drawn_tick_labels(axis)]
+            for i, (ta, a) in enumerate(boxes):
+                for tb, b in boxes[i + 1:]:
+                    if min(a.x1, b.x1) - max(a.x0, b.x0) > 0.5 and min(a.y1, b.y1) - max(a.y0, b.y0) > 0.5:
+                        pairs.append((ta, tb))
+    return pairs
+
+
+def _legend_texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+
+
+def _axvlines(ax) -> dict[float, str]:
+    """x -> label of the vertical lines spanning the axes (axvline)."""
+    out = {}
+    for line in ax.get_lines():
+        x, y = line.get_xdata(), line.get_ydata()
+        if len(x) == 2 and x[0] == x[1] and list(y) == [0, 1]:
+            out[float(x[0])] = line.get_label()
+    return out
+
+
+def _axhlines(ax) -> dict[str, float]:
+    """label -> y of the horizontal lines spanning the axes (axhline)."""
+    out = {}
+    for line in ax.get_lines():
+        x, y = line.get_xdata(), line.get_ydata()
+        if len(y) == 2 and y[0] == y[1] and list(x) == [0, 1]:
+            out[line.get_label()] = float(y[0])
+    return out
+
+
+def _momentum_members(mus: list[float], key: str = "mu_max") -> pd.DataFrame:
+    rows = []
+    for opt in ("nag", "cm"):
+        for i, mu in enumerate(mus):
+            for seed in (0, 1):
+                rows.append({"optimizer": opt, key: mu, "lr": 0.01, "outcome": "completed", "seed": seed,
+                             "final_error": 0.1 + 0.01 * i + 0.001 * seed + (0.05 if opt == "cm" else 0)})
+    m = pd.DataFrame(rows)
+    for c in ("mu_max", "mu_0", "init_scale", "spectral_radius", "task"):
+        if c not in m:
+            m[c] = None
+    return m
+
+
+def test_momentum_axes_are_one_minus_mu_on_a_log_scale_with_mu_on_top(curves_study):
+    root, _ = curves_study
+    m = load_study("ae", root).members
+    for fig in (figures.table1_figure(tables.table1(m, "curves")),
+                figures.sensitivity_figure(tables.sensitivity(m, "mu_max", {"type": "grid", "values": [0.9, 0.99]}),
+                                           "autoencoder")):
+        ax = fig.axes[0]
+        assert ax.get_xscale() == "log" and ax.get_xlabel() == "1 - mu_max (log scale)"
+        plotted = {round(float(x), 9) for line in ax.get_lines() for x in line.get_xdata()}
+        assert {0.1, 0.01} <= plotted and not plotted & {0.9, 0.99}
+        top = ax.child_axes[0]
+        assert top.get_xlabel() == "mu_max"
+        assert [t.get_text() for t in _drawn_tick_labels(top.xaxis)] == ["0.99", "0.9"]
+        assert [t.get_text() for t in _drawn_tick_labels(ax.xaxis)] == ["0.01", "0.1"]
+    s = tables.sensitivity(m, "mu_max", {"type": "grid", "values": [0.9, 0.99]})
+    assert s.attrs["label"] == "1 - mu_max" and list(s["x"].round(9)) == [0.01, 0.1]
+
+
+def test_tick_labels_never_overlap_even_on_crowded_axes():
+    from matplotlib.figure import Figure
+
+    # The check itself finds overlaps: ticks 1% apart on a 6-inch axis cannot all be read.
+    crowded = Figure(figsize=(6, 4))
+    ax = crowded.add_subplot()
+    ax.plot([0, 1], [0, 1])
+    ax.set_xticks([i / 100 for i in range(0, 101, 2)], [f"{i / 100:.2f}" for i in range(0, 101, 2)])
+    assert overlapping_tick_labels(crowded)
+    assert not overlapping_tick_labels(figures.tidy(crowded))
+    # mu near 1: 1 - mu = 0.001, 0.002, 0.005 ... crowd the log axis, and the mu labels on top
+    mus = [0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995]
+    t1 = tables.table1(_momentum_members(mus), "curves")
+    fig = figures.table1_figure(t1)
+    assert overlapping_tick_labels(fig) == []
+    assert len(_drawn_tick_labels(fig.axes[0].xaxis)) >= 4  # thinned, not emptied
+    lr = _momentum_members([0.9]).assign(lr=lambda d: [10 ** -(1 + i / 7) for i in range(len(d))])
+    s = tables.sensitivity(lr, "lr", {"type": "float", "low": 1e-4, "high": 0.1, "log": True})
+    assert overlapping_tick_labels(figures.sensitivity_figure(s, "autoencoder")) == []
+    categories = pd.DataFrame({"optimizer": [f"a_very_long_optimizer_name_{i}" for i in range(9)], "lr": 0.01,
+                               "outcome": "completed", "final_error": range(1, 10)})
+    s = tables.sensitivity(categories, "optimizer", {"type": "grid", "values": list(categories.optimizer)})
+    assert overlapping_tick_labels(figures.sensitivity_figure(s, "rnn")) == []
+
+
+def test_legends_show_rounded_values(tmp_path):
+    trials = [rnn_trial("a", "nag", 0.98765432, [0, 1], [0.1, 0.2], lr=0.0031622776601683794),
+              rnn_trial("b", "nag", 0.9, [0, 1], [0.3, 0.4])]
+    trials[0]["config"]["spectral_radius"] = 1.1234567
+    make_study(tmp_path, "r", "addition", {"search": {"mu_0": {"type": "float", "low": 0.9, "high": 0.99}},
+                                           "sampler": "tpe"}, trials)
+    rep = build_report("r", tmp_path, out_dir=tmp_path / "out")
+    texts = _legend_texts(rep.figures["curves"])
+    assert "mu_0=0.988, spectral_radius=1.12" in texts and "mu_0=0.9, spectral_radius=1.1" in texts
+    for fig in rep.figures.values():
+        for text in _legend_texts(fig):
+            assert not re.search(r"\d\.\d{5,}", text), text
+    assert figures.fmt_value(0.9995, "mu_0") == "0.9995" and figures.fmt_value(0.0, "mu_max") == "0"
+    assert figures.fmt_value(0.0031622776601683794, "lr") == "0.00316"
+
+
+def test_categorical_parameters_are_points_not_joined_lines(curves_study):
+    root, _ = curves_study
+    m = load_study("ae", root).members
+    cat = figures.sensitivity_figure(tables.sensitivity(m, "optimizer", {"type": "grid", "values": ["nag", "cm"]}),
+                                     "autoencoder")
+    data_lines = [ln for ln in cat.axes[0].get_lines() if ln.get_label() in ("best", "median")]
+    assert len(data_lines) == 2 and all(len(ln.get_xdata()) == 2 for ln in data_lines)
+    assert all(ln.get_linestyle() == "None" and ln.get_marker() not in ("None", "") for ln in data_lines)
+    assert [t.get_text() for t in _drawn_tick_labels(cat.axes[0].xaxis)] == ["cm", "nag"]
+    # A numeric search of type categorical has no order either; a numeric grid is joined.
+    num = tables.sensitivity(m, "lr", {"type": "categorical", "values": [0.01, 0.05]})
+    lines = figures.sensitivity_figure(num, "autoencoder").axes[0].get_lines()
+    assert all(ln.get_linestyle() == "None" for ln in lines if ln.get_label() in ("best", "median"))
+    grid = tables.sensitivity(m, "lr", {"type": "grid", "values": [0.01, 0.05]})
+    lines = figures.sensitivity_figure(grid, "autoencoder").axes[0].get_lines()
+    assert {ln.get_linestyle() for ln in lines if ln.get_label() in ("best", "median")} == {"-", "--"}
+
+
+def _paper_points(ax, label_part: str) -> list[tuple[float, float]]:
+    out = []
+    for c in ax.collections:
+        if label_part in c.get_label():
+            out += [tuple(map(float, xy)) for xy in c.get_offsets()]
+    for ln in ax.get_lines():
+        if label_part in ln.get_label():
+            out += list(zip(map(float, ln.get_xdata()), map(float, ln.get_ydata())))
+    return sorted({(round(x, 9), y) for x, y in out})
+
+
+def test_every_figure_with_published_values_shows_them(curves_study, addition_study, tmp_path):
+    root, _ = curves_study
+    rep = build_report("ae", root, out_dir=tmp_path / "ae")
+    ax1 = rep.figures["table1"].axes[0]
+    assert _paper_points(ax1, "NAG (paper)") == [(0.01, 0.096), (0.1, 0.16)]
+    assert _paper_points(ax1, "CM (paper)") == [(0.01, 0.10), (0.1, 0.15)]
+    # Table 2: the paper's before/after at its best mu_max (0.999 for curves, Table 1's best NAG)
+    ax2 = rep.figures["table2"].axes[0]
+    assert _paper_points(ax2, "paper before") == [(0.001, 0.096)]
+    assert _paper_points(ax2, "paper after") == [(0.001, 0.074)]
+    # sensitivity to mu_max: the paper's best of NAG and CM at each mu_max run
+    axs = rep.figures["sensitivity_mu_max"].axes[0]
+    assert _paper_points(axs, "paper") == [(0.01, 0.096), (0.1, 0.15)]
+    assert list(rep.tables["sensitivity_mu_max"]["paper"]) == [0.096, 0.15]
+    # the lr has no published values: nothing labelled paper
+    assert not _paper_points(rep.figures["sensitivity_lr"].axes[0], "paper")
+    t3 = figures.table3_figure(tables.table3(load_study("ae", root).members.assign(init_scale=1.0), "curves"))
+    assert _paper_points(t3.axes[0], "paper") == [(1.0, 0.074)]
+    rnn = build_report("add", addition_study, out_dir=tmp_path / "add")
+    assert _paper_points(rnn.figures["table5"].axes[0], "NAG (paper)") == [(0.1, 0.02)]  # NAG ran mu_0 = 0.9 only
+    assert _paper_points(rnn.figures["table5"].axes[0], "CM (paper)") == [(0.1, 0.43), (1.0, 0.39)]
+    assert _axhlines(rnn.figures["curves"].axes[0])["bias-only, paper Table 5: 0.82"] == 0.82
+
+
+def test_learning_curves_mark_the_rnn_warmup_and_the_bias_only_level(addition_study, tmp_path):
+    from study.report.bias_only import bias_only_error
+
+    rep = build_report("add", addition_study, out_dir=tmp_path / "out")
+    ax = rep.figures["curves"].axes[0]
+    # sec. 4.2: mu = 0.9 for the first 1000 updates, then mu_0; these runs have 2000
+    assert _axvlines(ax) == {1000.0: "mu = 0.9 -> mu_0 (update 1,000)"}
+    level = bias_only_error({"task": "addition", "seq_length": 20})[0]
+    # predicting the target mean 1 of v_I + v_J (triangular on [0, 2]) is within 0.04 with
+    # probability 0.08 - 0.04^2: the zero-one error is 0.9216 in expectation
+    assert level == pytest.approx(0.9216, abs=0.015)
+    assert _axhlines(ax)[f"bias-only, mean output, T=20: {figures.fmt_value(level)}"] == level
+    assert "mu = 0.9 -> mu_0" in rep.markdown and "bias-only" in rep.markdown
+    assert overlapping_tick_labels(rep.figures["curves"]) == []
+
+
+def test_memorization_bias_only_level_is_the_papers_bias_row():
+    from study.report.bias_only import bias_only_error
+
+    # one fixed symbol gets n (1 - 1/alphabet) symbols wrong: Table 5's bias row, 2.5 and 8.0
+    assert bias_only_error({"task": "mem5"})[0] == pytest.approx(2.5, abs=0.06)
+    assert bias_only_error({"task": "mem20"})[0] == pytest.approx(8.0, abs=0.1)
+
+
+def test_learning_curves_mark_the_final_phase_and_the_mean_image_level(curves_study, tmp_path):
+    from trainables.data.curves_replica import make_curves
+
+    root, _ = curves_study
+    rep = build_report("ae", root, out_dir=tmp_path / "out")
+    ax = rep.figures["curves"].axes[0]
+    # 1000 updates: the final low-momentum phase is the last 100 (default_final_updates)
+    assert _axvlines(ax) == {900.0: "final phase, mu <= 0.9 (from update 900)"}
+    x = make_curves(2000, seed=0).astype("float64")  # the study's 2,000 training cases, all scored
+    mean_image_error = float(((x - x.mean(axis=0)) ** 2).sum(axis=1).mean())
+    levels = _axhlines(ax)
+    assert list(levels.values()) == [pytest.approx(mean_image_error, rel=1e-9)]
+    assert list(levels)[0].startswith("bias-only, mean image: ")
+    # no data, no level: an original data set that is not on this machine is said, not guessed
+    trials = [ae_trial("o", "nag", 0.9, 0.01, [0.3, 0.3])]
+    trials[0]["config"].update(dataset="original", data_dir=str(tmp_path / "nothing-here"))
+    trials[0]["config"].pop("train_cases")
+    make_study(tmp_path, "orig", "mnist", {"search": {}, "sampler": "grid"}, trials)
+    orig = build_report("orig", tmp_path, out_dir=tmp_path / "orig-out")
+    assert _axhlines(orig.figures["curves"].axes[0]) == {}
+    assert "no bias-only level: the mnist data could not be read here" in orig.markdown
+
+
+def test_importances_and_slice_figures_are_optunas(tmp_path):
+    import optuna
+
+    spec = {"search": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                       "mu_0": {"type": "float", "low": 1e-3, "high": 0.5, "log": True, "transform": "one_minus"}},
+            "sampler": {"type": "tpe"}}
+    url = make_study(tmp_path, "tpe", "addition", spec, [])
+    study = optuna.create_study(study_name="tpe", storage=url)
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+             "one_minus_mu_0": optuna.distributions.FloatDistribution(1e-3, 0.5, log=True)}
+    for i, lr in enumerate([2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 8e-3]):
+        study.add_trial(optuna.trial.create_trial(params={"lr": lr, "one_minus_mu_0": 0.5 / (i + 1)},
+                                                  distributions=dists, value=lr * 10))
+    finite, why = tables.finite_optuna_study("tpe", url, spec)
+    imp, _ = tables.importances("tpe", url, spec)
+    fig = figures.importance_figure(finite, tables.importance_evaluator())
+    ax = fig.axes[0]
+    assert ax.get_title(loc="left") == "Hyperparameter Importances"  # Optuna's plot_param_importances
+    widths = sorted(round(p.get_width(), 2) for p in ax.patches)
+    assert widths == sorted(round(v, 2) for v in imp.importance)  # the same numbers as importances.csv
+    sl = figures.optuna_slice_figure(finite)
+    assert sl.get_suptitle() == "Slice Plot"
+    assert {a.get_xlabel() for a in sl.axes} >= {"lr", "one_minus_mu_0"}
+    # Optuna's ggplot style did not leak into the report's other figures
+    import matplotlib
+
+    assert matplotlib.rcParams["axes.facecolor"] == "white"
 
 
 # --- the whole report, MLflow and the command line ------------------------------------------------
@@ -296,7 +560,7 @@ def test_report_writes_markdown_csv_png_with_scale_and_paper(addition_study, tmp
         assert (out / name).is_file(), name
     assert _is_png(out / "table5.png")
     assert rep.figures["table5"].axes[0].get_ylabel() == "final zero-one error"
-    assert rep.figures["table5"].axes[0].get_xlabel() == "mu_0"
+    assert rep.figures["table5"].axes[0].get_xlabel() == "1 - mu_0 (log scale)"
     csv = pd.read_csv(out / "table5.csv")
     assert list(csv.sort_values(["optimizer", "mu_0"]).result) == ["ok", "diverged", "ok"]
     md = (out / "report.md").read_text()

@@ -19,12 +19,14 @@ import pandas as pd
 
 from study.locations import resolve
 from study.report import figures, tables
-from study.report.data import StudyData, load_study
+from study.report.bias_only import bias_only_error
+from study.report.data import StudyData, load_study, rnn_warmup_updates
 from study.report.published import load_published, scale_differences, study_scale
 
 REPORT_ARTIFACT_PATH = "report"
 REPORT_FILES = ("report.md", "members.csv", "table[0-9].csv", "table[0-9].png", "sensitivity_*.csv",
-                "sensitivity_*.png", "importances.csv", "importances.png", "curves.png")
+                "sensitivity_*.png", "importances.csv", "importances.png", "optuna_slice.png", "curves.png",
+                "curves_*.png")
 
 
 @dataclass
@@ -68,10 +70,64 @@ def _warmup_note(members: pd.DataFrame) -> str:
     if updates.empty:
         return ""
     n = int(updates.max())
-    warm = int(load_published()["scale"]["rnn"]["warmup_updates"])
+    warm = rnn_warmup_updates()
     if n <= warm:
         return f" **mu_0 never took effect**: runs of {n} updates end inside the {warm}-update warm-up at mu = 0.9."
     return f" mu_0 applied for the last {n - warm:,} of {n:,} updates (after the {warm}-update warm-up at mu = 0.9)."
+
+
+def _paper_best_mu_max(task: str) -> float | None:
+    """The mu_max of the paper's best NAG entry in Table 1: Table 2's row was taken there."""
+    rows = [r for r in load_published().get("table1", []) if r["task"] == task and r["optimizer"] == "nag"]
+    return float(min(rows, key=lambda r: r["error"])["mu_max"]) if rows else None
+
+
+def curve_marks(members: pd.DataFrame, task: str) -> tuple[list[tuple[float, str]], list[tuple[float, str, str]],
+                                                           list[str], str]:
+    """What the learning curves mark for one task's members: where the momentum schedule changes
+    phase, the bias-only levels (computed and the paper's), and a caption saying what is drawn.
+
+    Phases: the RNN schedule holds mu = 0.9 for its warm-up, then mu_0 (sec. 4.2); Eq. 5 ramps
+    mu up and the final low-momentum phase (mu <= 0.9) starts ``final_phase_updates`` before the
+    end (sec. 3). Only phase changes inside the runs are drawn.
+    """
+    phases: list[tuple[float, str]] = []
+    notes: list[str] = []
+    updates = members["updates"].dropna()
+    last = int(updates.max()) if len(updates) else 0
+    if (members["momentum_schedule"] == "rnn").any():
+        warm = rnn_warmup_updates()
+        if warm < last:
+            phases.append((warm, f"mu = 0.9 -> mu_0 (update {warm:,})"))
+        else:
+            notes.append(f"the runs end inside the {warm:,}-update warm-up at mu = 0.9 (mu_0 never applied)")
+    finals = members[members["final_phase_updates"] > 0]
+    for start in sorted({int(u - f) for u, f in zip(finals["updates"], finals["final_phase_updates"])}):
+        phases.append((start, f"final phase, mu <= 0.9 (from update {start:,})"))
+    levels: list[tuple[float, str, str]] = []
+    configs = members.drop_duplicates(["task", "dataset", "data_dir", "train_cases", "eval_cases", "seq_length"])
+    for _, c in configs.iterrows():
+        config = {k: (None if pd.isna(c[k]) else c[k]) for k in
+                  ("dataset", "data_dir", "train_cases", "eval_cases", "seq_length")}
+        config = {k: (int(v) if k in ("train_cases", "eval_cases", "seq_length") and v is not None else v)
+                  for k, v in config.items()}
+        level, how = bias_only_error({"task": task, **config})
+        if level is None:
+            notes.append(how)
+            continue
+        where = f", T={config['seq_length']}" if config.get("seq_length") else ""
+        levels.append((level, f"bias-only, {how}{where}: {figures.fmt_value(level)}", "computed"))
+    paper = next((r["error"] for r in load_published().get("table5_biases", []) if r["task"] == task), None)
+    if paper is not None:
+        levels.append((float(paper), f"bias-only, paper Table 5: {figures.fmt_value(paper)}", "paper"))
+    marked = [f"dotted vertical lines: {', '.join(t for _, t in phases)}"] if phases else []
+    if levels:
+        marked.append("horizontal lines: the bias-only error, of a model that learns its output biases only ("
+                      + ("it predicts the mean image" if task in ("curves", "mnist", "faces")
+                         else "it predicts the target mean, or the average target distribution")
+                      + "), computed from the task's own data" + (", and the paper's" if paper is not None else ""))
+    caption = f"Learning curves ({task}): " + "; ".join(marked + notes) + "." if marked or notes else ""
+    return phases, levels, notes, caption
 
 
 def _keys(table: pd.DataFrame, members: pd.DataFrame, own: list[str]) -> dict[str, str]:
@@ -145,7 +201,8 @@ def build_report(
         add_table("table1", t1, "Table 1: best-lr error per mu_max and momentum type",
                   {"optimizer": "optimizer", "mu_max": "mu_max", **_keys(t1, m, ["optimizer", "mu_max"]), **best_cols},
                   "The paper's Table 1 at mu_max = 0 is one column for NAG and CM (plain SGD).")
-        add_figure("table1", figures.table1_figure(t1, data.family), "Table 1")
+        add_figure("table1", figures.table1_figure(t1, data.family, list(_keys(t1, m, ["optimizer", "mu_max"]))),
+                   "Table 1")
     if data.family == "autoencoder" and len(m):
         if ((m["optimizer"] == "nag") & (m["final_phase_updates"] > 0)).any():
             t2 = tables.table2(m, task)
@@ -158,29 +215,42 @@ def build_report(
                       "Before: the error at the last report before the final phase (mu <= 0.9) begins; "
                       "after: the final error. The paper's row is at its best mu_max and lr.")
             if (t2["result"] == "ok").any():
-                add_figure("table2", figures.table2_figure(t2, list(_keys(t2, m, ["optimizer", "mu_max"]))), "Table 2")
+                add_figure("table2", figures.table2_figure(t2, list(_keys(t2, m, ["optimizer", "mu_max"])),
+                                                           _paper_best_mu_max(task)), "Table 2")
         if _varied(m, "init_scale"):
             t3 = tables.table3(m, task)
             add_table("table3", t3, "Table 3: error against the SI scale multiplier",
                       {"optimizer": "optimizer", "init_scale": "SI scale", **_keys(t3, m, ["optimizer", "init_scale"]),
                        **best_cols},
                       "The paper: Curves, NAG, 750,000 updates.")
-            add_figure("table3", figures.table3_figure(t3), "Table 3")
+            add_figure("table3", figures.table3_figure(t3, list(_keys(t3, m, ["optimizer", "init_scale"]))),
+                       "Table 3")
     elif len(m):
         t5 = tables.table5(m, task)
-        bias = next((r["error"] for r in load_published().get("table5_biases", []) if r["task"] == task), None)
-        add_table("table5", t5, f"Table 5: zero-one error per mu_0 and momentum type ({task})",
+        tasks = sorted(set(m["task"].dropna())) or [task]
+        biases = {r["task"]: r["error"] for r in load_published().get("table5_biases", [])}
+        bias = "; ".join(f"{t}: {biases.get(t)}" for t in tasks)
+        add_table("table5", t5, f"Table 5: zero-one error per mu_0 and momentum type ({', '.join(tasks)})",
                   {"optimizer": "optimizer", "mu_0": "mu_0", **_keys(t5, m, ["optimizer", "mu_0"]), **best_cols,
                    "min": "min", "max": "max"},
                   "Mean over seeds (population members and/or trials with different seeds) at the best lr; "
-                  f"sd, min and max over those seeds. The paper's bias-only error for {task}: {bias}."
+                  f"sd, min and max over those seeds. The paper's bias-only error ({bias})."
                   + _warmup_note(m))
-        add_figure("table5", figures.table5_figure(t5, task), "Table 5")
+        add_figure("table5", figures.table5_figure(t5, ", ".join(tasks), list(_keys(t5, m, ["optimizer", "mu_0"]))),
+                   "Table 5")
 
-    # Learning curves, grouped by what the study varied (learning rate excluded: too many lines).
+    # Learning curves, grouped by what the study varied (learning rate excluded: too many lines),
+    # one figure per task where a study searched over tasks.
     if len(data.points):
         keys = [c for c in ("optimizer", "mu_max", "mu_0", "init_scale", "spectral_radius") if _varied(m, c)] or ["optimizer"]
-        add_figure("curves", figures.curves_figure(data.points, m, keys, data.family), "Learning curves")
+        by_task = list(m.groupby(m["task"].fillna(task), sort=True))
+        for task_name, tm in by_task:
+            phases, levels, notes, caption = curve_marks(tm, str(task_name))
+            key = "curves" if len(by_task) == 1 else f"curves_{task_name}"
+            fig = figures.curves_figure(data.points[data.points["trial_id"].isin(tm["trial_id"])], tm, keys,
+                                        data.family, phases, levels, f"Learning curves ({task_name})", notes)
+            md.extend([caption, ""])
+            add_figure(key, fig, f"Learning curves ({task_name})")
 
     md.extend(["## Sensitivity", ""])
     searched = data.searched
@@ -190,11 +260,14 @@ def build_report(
         if field_name not in m or m[field_name].dropna().empty:
             md.extend([f"`{field_name}`: no values recorded.", ""])
             continue
-        s = tables.sensitivity(m, field_name, param)
+        # The paper's values only where one task was run: a curve over several tasks has none.
+        one_task = m["task"].dropna().nunique() <= 1
+        s = tables.sensitivity(m, field_name, param, task=task if data.metric == "error" and one_task else None)
         key = f"sensitivity_{field_name}"
         add_table(key, s.rename(columns={"x": s.attrs["label"]}), f"Sensitivity to {field_name}",
                   {s.attrs["label"]: s.attrs["label"], "best": "best", "median": "median", "n": "runs",
-                   "n_completed": "completed", "n_diverged": "diverged", "n_failed": "failed"},
+                   "n_completed": "completed", "n_diverged": "diverged", "n_failed": "failed",
+                   **({"paper": "paper (best of NAG, CM)"} if s["paper"].notna().any() else {})},
                   "Best and median final error over every other parameter"
                   + (" (log x axis)." if s.attrs["log"] else "."), level="###")
         add_figure(key, figures.sensitivity_figure(s, data.family, data.metric), f"Sensitivity to {field_name}")
@@ -205,10 +278,16 @@ def build_report(
         rep.notes.append(f"importances {why}")
         md.extend([f"Importances {why}.", ""])
     else:
+        finite, _ = tables.finite_optuna_study(name, data.results_db, data.spec)
         add_table("importances", imp, "Importances", {"parameter": "parameter", "importance": "importance"},
-                  "optuna.importance.get_param_importances over completed trials with a finite objective.",
+                  "optuna.importance.get_param_importances (fANOVA, seed 0) over completed trials with a finite "
+                  "objective; the figure is Optuna's plot_param_importances on the same trials.",
                   level="###")
-        add_figure("importances", figures.importance_figure(imp), "Importances")
+        add_figure("importances", figures.importance_figure(finite, tables.importance_evaluator()), "Importances")
+        md.extend(["### Slice plot (Optuna)", "",
+                   "optuna.visualization.matplotlib.plot_slice: each finite trial's objective (the mean over its "
+                   "members) against each sampled parameter, under the sampler's names.", ""])
+        add_figure("optuna_slice", figures.optuna_slice_figure(finite), "Slice plot")
 
     per_member = out / "members.csv"
     m.to_csv(per_member, index=False)

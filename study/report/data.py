@@ -22,11 +22,14 @@ from sqlalchemy import select
 
 from study import results
 from study.locations import resolve
-from trainables.config import POPULATION_FIELDS
+from trainables.config import POPULATION_FIELDS, parse_config
 
 AUTOENCODER_TASKS = ("curves", "mnist", "faces")
 # The fields a report can group by, in the paper's words.
 HYPERPARAMETERS = ("optimizer", "lr", "mu_max", "mu_0", "init_scale", "spectral_radius")
+# Momentum coefficients: near 1 what matters is 1 - mu (0.99 vs 0.999 is a factor of 10), so
+# every axis of one of these is 1 - mu on a log scale.
+MOMENTUM_FIELDS = ("mu_max", "mu_0", "final_momentum")
 
 
 def family(task: str) -> str:
@@ -34,11 +37,34 @@ def family(task: str) -> str:
 
 
 def final_phase_updates(config: dict[str, Any]) -> int:
-    """The length of the final low-momentum phase, as trainables/train.py default_final_updates."""
-    if config.get("final_momentum_updates") is not None:
-        return int(config["final_momentum_updates"])
-    updates = int(config.get("updates", 0))
-    return min(1000, updates // 10) if family(config["task"]) == "autoencoder" else 0
+    """The length of the final low-momentum phase: what the trainer used (default_final_updates)."""
+    from trainables.config import ConfigError
+    from trainables.train import default_final_updates
+
+    try:
+        return int(default_final_updates(parse_config(config)))
+    except ConfigError:
+        # A config stored by an older trainer that today's would refuse: its documented default.
+        if config.get("final_momentum_updates") is not None:
+            return int(config["final_momentum_updates"])
+        updates = int(config.get("updates", 0))
+        return min(1000, updates // 10) if family(config["task"]) == "autoencoder" else 0
+
+
+def momentum_schedule(config: dict[str, Any]) -> str:
+    """The schedule the trainer ran: the config's, or the task's paper schedule (eq5 / rnn)."""
+    from trainables.tasks import DEFAULT_SCHEDULE
+
+    return config.get("momentum_schedule") or DEFAULT_SCHEDULE[family(config["task"])]
+
+
+def rnn_warmup_updates() -> int:
+    """Updates at mu = 0.9 before mu_0 applies, as the trainer's RNN schedule has them (sec. 4.2)."""
+    import inspect
+
+    from trainables import schedules
+
+    return int(inspect.signature(schedules.rnn).parameters["warmup_updates"].default)
 
 
 @dataclass
@@ -140,14 +166,17 @@ def member_table(trials: pd.DataFrame, points: pd.DataFrame, metric: str = "erro
         k_members = max(int(t.members or 1), 1)
         updates = int(config.get("updates", 0) or 0)
         final_n = final_phase_updates(config) if config.get("task") else 0
+        schedule = momentum_schedule(config) if config.get("task") else None
         pts = by_trial.get(t.trial_id)
         for k in range(k_members):
             row: dict[str, Any] = {"trial_id": t.trial_id, "member": k, "trial_state": t.state}
             for key in HYPERPARAMETERS + ("seed",):
                 row[key] = _member_value(config, key, k)
-            for key in ("updates", "batch_size", "train_cases", "seq_length", "dataset"):
+            for key in ("task", "updates", "batch_size", "train_cases", "eval_cases", "seq_length", "dataset",
+                        "data_dir"):
                 row[key] = config.get(key)
             row["final_phase_updates"] = final_n
+            row["momentum_schedule"] = schedule
             mine = pts[pts["member"] == k] if pts is not None else None
             last = mine.iloc[-1] if mine is not None and len(mine) else None
             if last is not None and last["seed"] is not None and not pd.isna(last["seed"]):
@@ -183,10 +212,12 @@ def member_table(trials: pd.DataFrame, points: pd.DataFrame, metric: str = "erro
             row["before_final_phase_step"] = int(before["step"]) if before is not None else None
             row["error_before_final_phase"] = float(before["error"]) if before is not None else None
             rows.append(row)
-    columns = ["trial_id", "member", "trial_state", *HYPERPARAMETERS, "seed", "updates", "batch_size", "train_cases",
-               "seq_length", "dataset", "final_phase_updates", "outcome", "last_step", "diverged_at", "final_error",
+    columns = ["trial_id", "member", "trial_state", *HYPERPARAMETERS, "seed", "task", "updates", "batch_size",
+               "train_cases", "eval_cases", "seq_length", "dataset", "data_dir", "final_phase_updates",
+               "momentum_schedule", "outcome", "last_step", "diverged_at", "final_error",
                "last_good_error", "before_final_phase_step", "error_before_final_phase"]
     return pd.DataFrame(rows, columns=columns)
 
 
-__all__ = ["StudyData", "load_study", "member_table", "family", "final_phase_updates", "POPULATION_FIELDS"]
+__all__ = ["MOMENTUM_FIELDS", "StudyData", "load_study", "member_table", "family", "final_phase_updates",
+           "momentum_schedule", "rnn_warmup_updates", "POPULATION_FIELDS"]

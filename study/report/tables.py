@@ -124,9 +124,11 @@ def _cell(row: pd.Series, spread: bool = True) -> str:
 
 
 def _with_paper(df: pd.DataFrame, table: str, task: str, key: str) -> pd.DataFrame:
+    """The paper's value per row; a study that searched over tasks has each row's own task."""
     df = df.copy()
     df["paper"] = [
-        published_value(table, task, r["optimizer"], **{key: float(r[key])}) if r[key] is not None else None
+        published_value(table, r["task"] if "task" in df else task, r["optimizer"], **{key: float(r[key])})
+        if r[key] is not None else None
         for _, r in df.iterrows()
     ]
     return df
@@ -138,7 +140,7 @@ def other_varied(members: pd.DataFrame, own: Sequence[str]) -> list[str]:
     at its defaults)."""
     from study.report.data import HYPERPARAMETERS
 
-    return [c for c in HYPERPARAMETERS
+    return [c for c in ("task", *HYPERPARAMETERS)
             if c not in own and c != "lr" and c in members and members[c].dropna().nunique() > 1]
 
 
@@ -221,31 +223,55 @@ def table5(members: pd.DataFrame, task: str) -> pd.DataFrame:
 
 def axis_of(field: str, param: dict[str, Any] | None, values: Sequence[float]) -> tuple[str, bool]:
     """(x label, log x?) for a searched field: log where the spec samples it on a log scale or the
-    values span more than a decade. A ``one_minus`` field is shown as 1 - value."""
+    values span more than a decade. A momentum (mu_max, mu_0) or a ``one_minus`` field is shown as
+    1 - value, always on a log scale."""
     param = param or {}
-    one_minus = param.get("transform") == "one_minus"
+    one_minus = _one_minus(field, param)
     label = f"1 - {field}" if one_minus else field
     xs = [1 - v if one_minus else v for v in values if v is not None]
     positive = [x for x in xs if isinstance(x, (int, float)) and x > 0]
-    log = bool(param.get("log")) or (
+    log = bool(param.get("log")) or (one_minus and len(positive) == len(xs)) or (
         len(positive) == len(xs) and len(positive) > 1 and max(positive) / min(positive) > 10
     )
     return label, log
 
 
-def sensitivity(members: pd.DataFrame, field: str, param: dict[str, Any] | None = None, bins: int = 8) -> pd.DataFrame:
+def _one_minus(field: str, param: dict[str, Any]) -> bool:
+    from study.report.data import MOMENTUM_FIELDS
+
+    return param.get("transform") == "one_minus" or field in MOMENTUM_FIELDS
+
+
+# The paper's table that holds each field's published values (best lr per optimizer).
+PAPER_TABLE_OF = {"mu_max": "table1", "mu_0": "table5", "init_scale": "table3"}
+
+
+def _paper_best(field: str, task: str | None, value: Any) -> float | None:
+    """The paper's best error over NAG and CM at ``field = value`` (None where it has none)."""
+    if task is None or field not in PAPER_TABLE_OF or not isinstance(value, (int, float, np.number)):
+        return None
+    found = [published_value(PAPER_TABLE_OF[field], task, opt, **{field: float(value)}) for opt in ("nag", "cm")]
+    found = [v for v in found if v is not None]
+    return min(found) if found else None
+
+
+def sensitivity(members: pd.DataFrame, field: str, param: dict[str, Any] | None = None, bins: int = 8,
+                task: str | None = None) -> pd.DataFrame:
     """Best and median final error over every other parameter, per value of ``field``.
 
     Continuous searches (more than 12 distinct values) are grouped into ``bins`` bins, on a log
-    scale where the axis is logarithmic; each row then reports its bin's centre.
+    scale where the axis is logarithmic; each row then reports its bin's centre. With ``task``
+    (a study whose metric is the paper's error), ``paper`` is the paper's best error over NAG and
+    CM at that value where the paper has one (Tables 1, 3 and 5).
     """
     param = param or {}
-    one_minus = param.get("transform") == "one_minus"
+    one_minus = _one_minus(field, param)
     df = members[members[field].notna()].copy() if field in members else members.iloc[0:0].copy()
     df["x"] = [1 - float(v) if one_minus else v for v in df[field]] if len(df) else []
-    label, log = axis_of(field, param, list(df["x"]) if len(df) else [])
+    label, log = axis_of(field, param, list(df[field]) if len(df) else [])
     numeric = len(df) and all(isinstance(v, (int, float, np.integer, np.floating)) for v in df["x"])
-    if numeric and df["x"].nunique() > 12:
+    binned = bool(numeric and df["x"].nunique() > 12)
+    if binned:
         xs = df["x"].astype(float)
         edges = (np.geomspace(xs.min(), xs.max(), bins + 1) if log and xs.min() > 0
                  else np.linspace(xs.min(), xs.max(), bins + 1))
@@ -255,6 +281,7 @@ def sensitivity(members: pd.DataFrame, field: str, param: dict[str, Any] | None 
     rows = []
     for x, g in df.groupby("x", sort=True):
         done = g[g["outcome"] == "completed"]["final_error"].astype(float)
+        value = 1 - float(x) if one_minus else x
         rows.append(
             {
                 "x": x,
@@ -264,22 +291,30 @@ def sensitivity(members: pd.DataFrame, field: str, param: dict[str, Any] | None 
                 "n_completed": int(len(done)),
                 "n_diverged": int((g["outcome"] == "diverged").sum()),
                 "n_failed": int(g["outcome"].isin(FAILED_OUTCOMES).sum()),
+                "paper": None if binned else _paper_best(field, task, value),
             }
         )
-    out = pd.DataFrame(rows, columns=["x", "best", "median", "n", "n_completed", "n_diverged", "n_failed"])
-    out.attrs.update({"field": field, "label": label, "log": log})
+    out = pd.DataFrame(rows, columns=["x", "best", "median", "n", "n_completed", "n_diverged", "n_failed", "paper"])
+    # Categories have no order (optimizer names, or a search that says type: categorical).
+    categorical = param.get("type") == "categorical" or not numeric
+    out.attrs.update({"field": field, "label": label, "log": log, "momentum": one_minus,
+                      "categorical": bool(categorical and len(out))})
     return out
 
 
 # --- Optuna parameter importances ----------------------------------------------------------------
 
 
-def importances(study_name: str, results_db: str, spec: dict[str, Any]) -> tuple[pd.DataFrame | None, str | None]:
-    """optuna.importance.get_param_importances on the study's Optuna storage (in the results DB).
+def importance_evaluator() -> Any:
+    """fANOVA with a fixed seed: importances.csv and Optuna's importance plot then agree."""
+    import optuna
 
-    Returns (table, None), or (None, why it was skipped): a grid (every point is run, there is
-    nothing to attribute), fewer than 2 completed trials, or no searched parameter.
-    """
+    return optuna.importance.FanovaImportanceEvaluator(seed=0)
+
+
+def finite_optuna_study(study_name: str, results_db: str, spec: dict[str, Any]) -> tuple[Any | None, str | None]:
+    """The study's Optuna trials (from the results DB) that completed with a finite objective, as
+    an in-memory Optuna study; or (None, why there is nothing to analyse)."""
     sampler = spec.get("sampler") or {}
     sampler_type = sampler.get("type") if isinstance(sampler, dict) else sampler
     if sampler_type == "grid":
@@ -293,28 +328,36 @@ def importances(study_name: str, results_db: str, spec: dict[str, Any]) -> tuple
         study = optuna.load_study(study_name=study_name, storage=results_db)
     except Exception as exc:  # noqa: BLE001 - a study run without Optuna's tables
         return None, f"skipped: no Optuna study {study_name!r} in the results DB ({type(exc).__name__})"
+    # Diverged trials report +inf to the searcher; the analysis is on the finite ones (they are
+    # counted as failures in the tables instead).
     finite = [
         t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if t.value is not None and math.isfinite(t.value)
     ]
     if len(finite) < 2:
         return None, f"skipped: {len(finite)} completed trial(s) with a finite objective; importances need at least 2"
+    copy = optuna.create_study(direction=study.direction)
+    copy.add_trials(finite)
+    return copy, None
+
+
+def importances(study_name: str, results_db: str, spec: dict[str, Any]) -> tuple[pd.DataFrame | None, str | None]:
+    """optuna.importance.get_param_importances on the study's Optuna storage (in the results DB).
+
+    Returns (table, None), or (None, why it was skipped): a grid (every point is run, there is
+    nothing to attribute), fewer than 2 completed trials, or no searched parameter.
+    """
+    import optuna
+
+    study, why = finite_optuna_study(study_name, results_db, spec)
+    if study is None:
+        return None, why
     try:
-        # Diverged trials report +inf to the searcher; importances are computed on the finite ones
-        # (they are counted as failures in the tables instead).
-        values = _importances_on_finite(study, finite)
+        values = optuna.importance.get_param_importances(study, evaluator=importance_evaluator())
     except Exception as exc:  # noqa: BLE001 - e.g. a parameter that never varied
         return None, f"skipped: optuna could not compute importances ({type(exc).__name__}: {exc})"
     df = pd.DataFrame({"parameter": list(values), "importance": [float(v) for v in values.values()]})
     return df, None
-
-
-def _importances_on_finite(study: Any, finite: list) -> dict[str, float]:
-    import optuna
-
-    copy = optuna.create_study(direction=study.direction)
-    copy.add_trials(finite)
-    return optuna.importance.get_param_importances(copy)
 
 
 # --- Markdown -----------------------------------------------------------------------------------

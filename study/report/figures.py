@@ -80,13 +80,34 @@ def _log_y_if_spread(ax: Any, values: Sequence[Any], ratio: float = 20) -> None:
 
 
 def _mark_failures(ax: Any, xs: list[float], counts: list[str], color: str = "tab:red") -> None:
-    """Diverged/failed settings as 'x' markers at the top edge, labelled with their counts."""
+    """Diverged/failed settings as 'x' markers at the top edge with "bad/runs" under each; several
+    settings failing at one x are summed into one mark (their rows are in the table)."""
     if not xs:
         return
-    trans = ax.get_xaxis_transform()
-    ax.scatter(xs, [0.97] * len(xs), marker="x", color=color, transform=trans, zorder=5, label="diverged / failed")
+    per_x: dict[float, list[int]] = {}
     for x, c in zip(xs, counts):
-        ax.annotate(c, (x, 0.97), xycoords=trans, textcoords="offset points", xytext=(4, -10), fontsize=7, color=color)
+        bad, runs = (int(v) for v in c.rsplit(" ", 1)[-1].split("/"))
+        total = per_x.setdefault(float(x), [0, 0])
+        total[0] += bad
+        total[1] += runs
+    ax.set_ymargin(0.15)  # headroom: the marks sit above the highest data point
+    trans = ax.get_xaxis_transform()
+    ax.scatter(list(per_x), [0.97] * len(per_x), marker="x", color=color, transform=trans, zorder=5,
+               label="diverged / failed (runs)")
+    for x, (bad, runs) in per_x.items():
+        ax.annotate(f"{bad}/{runs}", (x, 0.97), xycoords=trans, textcoords="offset points", xytext=(0, -11),
+                    ha="center", fontsize=7, color=color)
+
+
+def _legend(ax: Any, outside_from: int = 6) -> None:
+    """A legend inside the axes while it is small; beside them once it would cover the data."""
+    n = len(ax.get_legend_handles_labels()[1])
+    if n >= outside_from:
+        width, height = ax.figure.get_size_inches()
+        ax.figure.set_size_inches(width + 2.6, height)  # the legend's room, not the axes'
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    elif n:
+        ax.legend(fontsize=7)
 
 
 def _fixed_ticks(axis: Any, values: Sequence[float], labels: Sequence[str]) -> None:
@@ -245,7 +266,7 @@ def _momentum_table_figure(df: pd.DataFrame, key: str, title: str, ylabel: str,
             ax.errorbar(ok["x"], y, yerr=[lo, hi], marker="o", capsize=3, color=color, label=f"{label} (this study)")
         for _, r in g[g["result"] != "ok"].iterrows():
             fail_x.append(1 - float(r[key]))
-            fail_c.append(f"{name} {r['result']} {r['n_diverged'] or r['n_failed']}/{r['n_members']}")
+            fail_c.append(f"{label} {r['result']} {r['n_diverged'] or r['n_failed']}/{r['n_members']}")
         paper = g.dropna(subset=["paper"]).drop_duplicates(key) if "paper" in g else g.iloc[0:0]
         # The paper varies only the optimizer (and the task): one set of its points for each.
         paper_key = (opt, g["task"].iloc[0] if "task" in others else None)
@@ -260,7 +281,7 @@ def _momentum_table_figure(df: pd.DataFrame, key: str, title: str, ylabel: str,
     _log_y_if_spread(ax, list(df["error"]) + (list(df["paper"]) if "paper" in df else []))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax)
     return tidy(fig)
 
 
@@ -310,7 +331,7 @@ def table2_figure(df: pd.DataFrame, other_keys: list[str] | None = None,
     _log_y_if_spread(ax, values)
     ax.set_title("Table 2: NAG before and after the final low-momentum phase (best lr)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax)
     return tidy(fig)
 
 
@@ -337,7 +358,8 @@ def table3_figure(df: pd.DataFrame, other_keys: Sequence[str] = ()) -> Figure:
                         label=f"{_group_label(name, others, gkey[1:])} (this study)")
         for _, r in g[g["result"] != "ok"].iterrows():
             fail_x.append(float(r["init_scale"]))
-            fail_c.append(f"{r['result']} {r['n_diverged'] or r['n_failed']}/{r['n_members']}")
+            fail_c.append(f"{_group_label(name, others, gkey[1:])} {r['result']} "
+                          f"{r['n_diverged'] or r['n_failed']}/{r['n_members']}")
         paper = g.dropna(subset=["paper"]).drop_duplicates("init_scale").sort_values("init_scale")
         if len(paper) and opt not in paper_done:
             paper_done.add(opt)
@@ -355,7 +377,7 @@ def table3_figure(df: pd.DataFrame, other_keys: Sequence[str] = ()) -> Figure:
     ax.set_ylabel(error_label("autoencoder"))
     ax.set_title("Table 3: error against the sparse-init scale", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax)
     return tidy(fig)
 
 
@@ -409,7 +431,7 @@ def sensitivity_figure(df: pd.DataFrame, family: str, metric: str = "error") -> 
     ax.set_ylabel(error_label(family, metric))
     ax.set_title(f"Sensitivity to {field}" + (" (categorical)" if categorical else ""), fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax)
     return tidy(fig)
 
 

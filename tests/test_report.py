@@ -302,7 +302,8 @@ def _drawn_tick_labels(axis):
     lo, hi = sorted(axis.get_view_interval())
     span = max(abs(lo), abs(hi))
     out = []
-    for ticks, locs in ((axis.get_major_ticks, axis.get_majorticklocs()), (axis.get_minor_ticks, axis.get_minorticklocs())):
+    for ticks, locs in ((axis.get_major_ticks, axis.get_majorticklocs()),
+                        (axis.get_minor_ticks, axis.get_minorticklocs())):
         for tick, loc in zip(ticks(len(locs)), locs):
             if lo - 1e-9 * span <= loc <= hi + 1e-9 * span and tick.get_visible():
                 out += [t for t in (tick.label1, tick.label2) if t.get_visible() and t.get_text().strip()]

@@ -214,9 +214,9 @@ def tidy(fig: Figure, layout: bool = True) -> Figure:
                 if not crowded(axis):
                     continue
                 lo, hi = sorted(axis.get_view_interval())
+                major = axis.get_majorticklocs()
                 ticks = [(loc, t.label1.get_text() or t.label2.get_text())
-                         for loc, t in zip(axis.get_majorticklocs(), axis.get_major_ticks(len(axis.get_majorticklocs())))
-                         if lo <= loc <= hi]
+                         for loc, t in zip(major, axis.get_major_ticks(len(major))) if lo <= loc <= hi]
                 locs, labels = [loc for loc, _ in ticks], [s for _, s in ticks]
                 rotate = {}
                 if axis is ax.xaxis:

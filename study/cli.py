@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from typing import Sequence
 
@@ -309,43 +308,36 @@ def cmd_query(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_ui(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from study.servers import LOCALHOST, mlflow_server_env, port_is_free, wait_http
-    from study.ui import mlflow_ui_command
+    from study import tracking
+    from study.servers import PortBusy
+    from study.spec import load_spec
+    from study.ui import is_server, run_ui, without_login
 
-    row = _study_row(args, "mlflow_uri, mlflow_experiment_id", err)
+    row = _study_row(args, "mlflow_uri, mlflow_experiment_id, spec_yaml", err)
     if row is None:
         return EXIT_BAD_INPUT
     uri = args.mlflow_uri or _study_mlflow_uri(_loc(args, args.name), row["mlflow_uri"])
-    if not uri.startswith(("sqlite:", "file:", "postgresql", "mysql")) and "://" in uri:
+    experiment_id = str(row["mlflow_experiment_id"])
+    if is_server(uri):
         from study.locations import redact
 
-        out.print(f"study {args.name} tracks to the MLflow server {redact(uri)}; open it there "
-                  f"(experiment {row['mlflow_experiment_id']})")
+        out.print(f"study {args.name} tracks to the MLflow server {redact(uri)}; open it there: "
+                  f"{tracking.runs_url(without_login(uri), experiment_id)}", highlight=False, soft_wrap=True)
         return 0
-    if not port_is_free(LOCALHOST, args.port):
-        err.print(f"[bold red]error:[/] port {args.port} on {LOCALHOST} is in use; choose another with --port",
-                  highlight=False)
-        return EXIT_BAD_INPUT
-    # The store's URL (a password, for a database) in the server's environment, not its argv.
-    env = {**mlflow_server_env(uri), "MLFLOW_TRACKING_URI": uri}
-    proc = subprocess.Popen(mlflow_ui_command(args.port), env=env)
-    try:
-        base = f"http://{LOCALHOST}:{args.port}"
-        try:
-            wait_http(f"{base}/health", timeout_s=120, proc=proc)
-        except (RuntimeError, TimeoutError) as exc:
-            err.print(f"[bold red]error:[/] the MLflow UI did not start: {exc}", highlight=False)
-            proc.terminate()
-            proc.wait(timeout=20)
-            return proc.returncode or 1
-        out.print(f"MLflow UI for study {args.name}: {base}/#/experiments/{row['mlflow_experiment_id']}  "
-                  "(Ctrl+C stops it)")
+    spec = load_spec(row["spec_yaml"]).model_dump(mode="json")
+
+    def say(text: str) -> None:
+        out.print(text, highlight=False, soft_wrap=True)
         sys.stdout.flush()
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=20)
-        return 0
+
+    try:
+        return run_ui(args.name, uri, experiment_id, spec, args.port, say)
+    except PortBusy as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return EXIT_BAD_INPUT
+    except RuntimeError as exc:
+        err.print(f"[bold red]error:[/] the MLflow UI did not start: {exc}", highlight=False)
+        return EXIT_FAILED
 
 
 def _job_status(args: argparse.Namespace, out: Console) -> int:
@@ -393,30 +385,30 @@ def cmd_logs(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def cmd_mlflow_server(args: argparse.Namespace, out: Console, err: Console) -> int:
     from study.locations import redact
-    from study.servers import mlflow_server_command, mlflow_server_env, port_is_free, printable
+    from study.servers import PortBusy, mlflow_server_command, mlflow_server_env, printable, serve
 
     backend = args.backend_store_uri or os.environ.get("MLFLOW_BACKEND_STORE_URI")
     if not backend:
         err.print("[bold red]error:[/] --backend-store-uri (or MLFLOW_BACKEND_STORE_URI) is required", highlight=False)
         return EXIT_BAD_INPUT
-    if not port_is_free(args.host, args.port):
-        err.print(f"[bold red]error:[/] port {args.port} on {args.host} is in use; choose another with --port",
-                  highlight=False)
-        return EXIT_BAD_INPUT
     cmd = mlflow_server_command(
         args.artifacts_destination, args.host, args.port, args.workers, args.basic_auth, args.allowed_hosts
     )
-    err.print(f"MLflow tracking server on http://{args.host}:{args.port} (backend {redact(backend)})", highlight=False)
     err.print(printable(cmd), highlight=False, soft_wrap=True)
-    sys.stdout.flush()
-    # The backend's URL, password included, in the server's environment, not its argv.
-    proc = subprocess.Popen(cmd, env=mlflow_server_env(backend))
+
+    def ready() -> None:
+        err.print(f"MLflow tracking server on http://{args.host}:{args.port} (backend {redact(backend)})",
+                  highlight=False)
+
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=30)
-        return 0
+        # The backend's URL, password included, in the server's environment, not its argv.
+        return serve(cmd, mlflow_server_env(backend), args.host, args.port, ready)
+    except PortBusy as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return EXIT_BAD_INPUT
+    except RuntimeError as exc:
+        err.print(f"[bold red]error:[/] the MLflow server did not start: {exc}", highlight=False)
+        return EXIT_FAILED
 
 
 def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:

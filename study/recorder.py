@@ -16,7 +16,7 @@ from typing import Any
 
 from ray import tune
 
-from study import outcome, results, tracking
+from study import outcome, results, search, tracking
 from study.journal import Journal, WriteQueue, scrub
 from study.locations import Locations
 from study.spec import StudySpec, task_config_dict
@@ -38,7 +38,7 @@ class Recorder(tune.Callback):
         self.db = WriteQueue("results-db", self._apply_db, journal)
         self.mlflow = WriteQueue("mlflow", self._apply_mlflow, journal)
         self._runs: dict[str, str] = {}
-        self._metrics = tracking.MetricLog(loc.mlflow_uri)
+        self._metrics = tracking.MetricLog(loc.mlflow_uri, spec.metric, spec.mode)
         self.finished: dict[str, str] = {}
 
     # Tune pickles its callbacks into the experiment directory: only settings without a secret
@@ -64,7 +64,9 @@ class Recorder(tune.Callback):
             self.mlflow.write({"kind": "adopt", "trial_id": tid, "optuna": number})
         values = dict(params=sampled, config=cfg, members=parsed.population_size, optuna_trial_number=number)
         self.db.write({"kind": "start", "trial_id": tid, "started_at": _now(), "values": values})
-        self.mlflow.write({"kind": "run", "trial_id": tid, "optuna": number, "config": cfg, "sampled": sampled})
+        # When the trial started and ended travel with the writes: a journaled write lands later.
+        self.mlflow.write({"kind": "run", "trial_id": tid, "optuna": number, "config": cfg, "sampled": sampled,
+                           "started_ms": _now_ms()})
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.db.write({"kind": "trial", "trial_id": trial.trial_id,
@@ -86,7 +88,7 @@ class Recorder(tune.Callback):
         self.db.write({"kind": "report", "trial_id": tid, "values": values})
         stamp = int(result.get("timestamp", time.time()) * 1000)
         self.mlflow.write({"kind": "metrics", "trial_id": tid, "step": step,
-                           "metrics": tracking.metrics_at_step(result), "timestamp": stamp})
+                           "metrics": tracking.metrics_at_step(result, self._spec.metric), "timestamp": stamp})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, outcome.trial_state(trial.last_result))
@@ -101,7 +103,7 @@ class Recorder(tune.Callback):
         tags = {"objective": str((trial.last_result or {}).get("objective"))}
         if error:
             tags["error"] = error[-5000:]
-        self.mlflow.write({"kind": "finish", "trial_id": tid, "state": state, "tags": tags})
+        self.mlflow.write({"kind": "finish", "trial_id": tid, "state": state, "tags": tags, "ended_ms": _now_ms()})
 
     # --- the writes ------------------------------------------------------------------------------
 
@@ -134,8 +136,10 @@ class Recorder(tune.Callback):
             tracking.adopt_trial_run(uri, self.experiment_id, w["optuna"], tid)
         elif kind == "run":
             self._runs[tid] = tracking.ensure_trial_run(
-                uri, self.experiment_id, self.parent_run_id, self._spec.name, tid, w["optuna"], w["config"], w["sampled"]
+                uri, self.experiment_id, self.parent_run_id, self._spec.name, tid, w["optuna"], w["config"], w["sampled"],
+                w.get("started_ms"),
             )
+            search.note_mlflow_run(tid, self._runs[tid])  # the Optuna trial's user attribute
             self.db.write({"kind": "trial", "trial_id": tid, "values": {"mlflow_run_id": self._runs[tid]}})
         elif kind in ("metrics", "finish"):
             run_id = self._run_id(tid)
@@ -144,7 +148,7 @@ class Recorder(tune.Callback):
             if kind == "metrics":
                 self._metrics.log(run_id, w["step"], w["metrics"], w["timestamp"])
             else:
-                tracking.finish_trial(uri, run_id, w["state"], w["tags"])
+                tracking.finish_trial(uri, run_id, w["state"], w["tags"], w.get("ended_ms"))
 
     # --- the end ---------------------------------------------------------------------------------
 
@@ -166,6 +170,10 @@ def _error_text(trial: Any) -> str | None:
     except Exception:
         pass
     return None
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _now() -> dt.datetime:

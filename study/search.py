@@ -42,6 +42,13 @@ log = logging.getLogger(__name__)
 
 # The results-DB URL of the study this process runs (with its password, never pickled).
 _storage_url: str | None = None
+# Ray trial id -> its MLflow run, from the driver's recorder (study/recorder.py), for the Optuna
+# trial's user attributes (optuna-dashboard links a trial to its run with them).
+_mlflow_runs: dict[str, str] = {}
+
+
+def note_mlflow_run(trial_id: str, run_id: str) -> None:
+    _mlflow_runs[trial_id] = run_id
 
 
 def use_storage(url: str) -> None:
@@ -84,7 +91,7 @@ def optuna_storage(url: str) -> Any:
 
 def searcher(spec: StudySpec, results_db: str) -> "StudyOptunaSearch":
     use_storage(results_db)
-    return StudyOptunaSearch(
+    found = StudyOptunaSearch(
         space=distributions(spec),
         metric="objective",
         mode=spec.mode,
@@ -92,6 +99,16 @@ def searcher(spec: StudySpec, results_db: str) -> "StudyOptunaSearch":
         study_name=spec.name,
         storage=optuna_storage(results_db),
     )
+    # The objective's name in optuna-dashboard: the study's metric, not "Objective 0"
+    # (experimental in Optuna since 3.2, and warns so).
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        found._ot_study.set_metric_names([spec.metric])
+    return found
 
 
 class StudyOptunaSearch(OptunaSearch):
@@ -184,6 +201,8 @@ class StudyOptunaSearch(OptunaSearch):
         state = outcome.trial_state(result, error)
         ot.set_user_attr("state", state)
         ot.set_user_attr("ray_trial_id", trial_id)
+        if trial_id in _mlflow_runs:
+            ot.set_user_attr("mlflow_run_id", _mlflow_runs[trial_id])
         reported = self._ot_study._storage.get_trial(ot._trial_id).intermediate_values
         if state == "pruned" and result is not None and int(result["step"]) not in reported:
             # Tune tells the result that made the scheduler stop the trial to on_trial_complete

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from study.locations import redact
 
@@ -119,6 +119,63 @@ def wait_http(url: str, timeout_s: float = 120, proc: subprocess.Popen | None = 
             pass
         time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s")
+
+
+
+class PortBusy(RuntimeError):
+    pass
+
+
+def serve(cmd: list[str], env: dict[str, str], host: str, port: int, on_ready: Callable[[], None],
+          ready_timeout_s: float = 300) -> int:
+    """Runs a server command (``mlflow server``) in the foreground until it exits or Ctrl+C; the
+    one start and stop of ``study ui`` and ``study mlflow-server``.
+
+    Refuses a busy port before starting anything (PortBusy: ``mlflow server`` on a busy port waits
+    and then exits 0 without ever serving); calls ``on_ready`` once ``/health`` answers, so an
+    address is printed only when it works; a server that exits or never answers is stopped and
+    reported (RuntimeError). MLflow has no public Python API that starts its server (``mlflow
+    server`` is the supported way), so it runs as a child process.
+    """
+    if not port_is_free(host, port):
+        raise PortBusy(f"port {port} on {host} is in use; choose another with --port")
+    probe = LOCALHOST if host in ("0.0.0.0", "::", "") else host
+    proc = subprocess.Popen(cmd, env=env)
+    _stop_on_sigterm()
+    try:
+        try:
+            wait_http(f"http://{probe}:{port}/health", ready_timeout_s, proc)
+        except TimeoutError as exc:
+            raise RuntimeError(str(exc)) from None
+        on_ready()
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        _stop(proc)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (kill, a service manager) ends the server as Ctrl+C does, instead of leaving it
+    running without its parent."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def _stop(proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
 ROLE_TAG = "momentum_study.role"
@@ -32,7 +34,19 @@ TRIAL_TAG = "ray_trial_id"
 OPTUNA_TAG = "optuna_trial_number"
 STATE_TAG = "state"
 PARENT_TAG = "mlflow.parentRunId"
+# What MLflow's UI shows as a run's or an experiment's description.
+NOTE_TAG = "mlflow.note.content"
 MAX_BATCH = 100
+# MLflow's "share view" state lives in an experiment tag `mlflow.sharedViewState.<key>`; the UI loads
+# it from `#/experiments/<id>/runs?viewStateShareKey=<key>` (MLflow 3's runs table, with columns and
+# sort; a plain `#/experiments/<id>` opens the GenAI overview). The UI has no other URL state for
+# the selected columns (checked against MLflow 3.17's UI, tests/test_study_ui.py).
+VIEW_KEY = "study-runs"
+VIEW_TAG = "mlflow.sharedViewState." + VIEW_KEY
+# The paper's figures a trial's row shows (params, from the resolved training config).
+AUTOENCODER_TASKS = ("curves", "mnist", "faces")
+PAPER_PARAMS = {"autoencoder": ("lr", "mu_max", "init_scale"),
+                "rnn": ("lr", "mu_0", "mu_max", "init_scale", "spectral_radius")}
 
 
 def client(uri: str) -> MlflowClient:
@@ -60,12 +74,17 @@ def setup_study(uri: str, name: str, spec: dict[str, Any], spec_yaml: str, artif
     if exp is not None and exp.lifecycle_stage == "deleted":  # a failed start removed it
         c.restore_experiment(exp.experiment_id)
     experiment_id = exp.experiment_id if exp else c.create_experiment(name, artifact_location=artifact_location)
+    set_runs_view(uri, experiment_id, spec)
     found = c.search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'parent'", max_results=1)
     if found:
         run_id = found[0].info.run_id
         c.update_run(run_id, status="RUNNING")
         return experiment_id, run_id
-    run = c.create_run(experiment_id, run_name=name, tags={ROLE_TAG: "parent", "study": name})
+    tags = {ROLE_TAG: "parent", "study": name}
+    if spec.get("description"):
+        tags[NOTE_TAG] = spec["description"]
+        c.set_experiment_tag(experiment_id, NOTE_TAG, spec["description"])
+    run = c.create_run(experiment_id, run_name=name, tags=tags)
     run_id = run.info.run_id
     params: dict[str, str] = {}
     _flat("", spec, params)
@@ -75,6 +94,33 @@ def setup_study(uri: str, name: str, spec: dict[str, Any], spec_yaml: str, artif
         path.write_text(spec_yaml)
         c.log_artifact(run_id, str(path))
     return experiment_id, run_id
+
+
+def best_key(metric: str) -> str:
+    """The child runs' (and the parent's) metric holding the best value of the study's metric."""
+    return f"best_{metric}"
+
+
+def runs_view(spec: dict[str, Any]) -> dict[str, Any]:
+    """The runs table a study opens on: sorted by its metric, with the figures a reader wants."""
+    metric, mode = spec.get("metric", "error"), spec.get("mode", "min")
+    family = "autoencoder" if spec.get("task") in AUTOENCODER_TASKS else "rnn"
+    params = list(PAPER_PARAMS[family]) + [f for f in spec.get("search", {}) if f not in PAPER_PARAMS[family]]
+    columns = [f"metrics.`{metric}`", f"metrics.`{best_key(metric)}`", f"tags.`{STATE_TAG}`"]
+    columns += [f"params.`{p}`" for p in params]
+    return {"searchFilter": "", "orderByKey": f"metrics.`{metric}`", "orderByAsc": mode == "min",
+            "selectedColumns": columns}
+
+
+def set_runs_view(uri: str, experiment_id: str, spec: dict[str, Any]) -> None:
+    import json
+
+    client(uri).set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(runs_view(spec)))
+
+
+def runs_url(base_url: str, experiment_id: str) -> str:
+    """The address of the study's runs table in MLflow's UI (``set_runs_view`` stored its view)."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
 
 
 def find_trial_run(uri: str, experiment_id: str, trial_id: str) -> str | None:
@@ -107,13 +153,25 @@ def ensure_trial_run(
     optuna_number: int | None,
     config: dict[str, Any],
     sampled: dict[str, Any],
+    start_time_ms: int | None = None,
 ) -> str:
-    """The trial's child run, created with every resolved parameter on first call."""
+    """The trial's child run, created with every resolved parameter on first call.
+
+    Sampled values go in under their own names only where the sampler's name differs from the
+    config's (``sampled.one_minus_mu_max``), so ``lr`` is one param, not ``lr`` and ``sampled.lr``.
+    ``start_time_ms`` is when the trial started (the write may land later, from the journal).
+    """
     existing = find_trial_run(uri, experiment_id, trial_id)
     if existing:
         c = client(uri)
         c.set_tag(existing, STATE_TAG, "running")
         c.update_run(existing, status="RUNNING")
+        # A driver killed between create_run and the params left a run without them: log them
+        # again (MLflow accepts a param logged twice with the same value).
+        params_again: dict[str, str] = {}
+        _flat("", config, params_again)
+        _flat("sampled", sampled, params_again)
+        _log_params(c, existing, params_again)
         return existing
     c = client(uri)
     tags = {
@@ -125,20 +183,23 @@ def ensure_trial_run(
     }
     if optuna_number is not None:
         tags[OPTUNA_TAG] = str(optuna_number)
-    run = c.create_run(experiment_id, run_name=f"{study}-{trial_id}", tags=tags)
+    run = c.create_run(experiment_id, start_time=start_time_ms, run_name=f"{study}-{trial_id}", tags=tags)
     params: dict[str, str] = {}
     _flat("", config, params)
-    _flat("sampled", sampled, params)
+    _flat("sampled", {k: v for k, v in sampled.items() if k not in config}, params)
     _log_params(c, run.info.run_id, params)
     return run.info.run_id
 
 
-def metrics_at_step(result: dict[str, Any]) -> dict[str, float]:
-    """The metric names one report becomes: means beside per-member figures (error/seed_3)."""
+def metrics_at_step(result: dict[str, Any], metric: str | None = None) -> dict[str, float]:
+    """The metric names one report becomes: means beside per-member figures (error/seed_3), and
+    the study's metric under its own name (``averaged_error``: the mean over members)."""
     out: dict[str, float] = {}
     for key in ("error", "loss", "mu", "lr", "members_diverged"):
         if result.get(key) is not None:
             out[key] = float(result[key])
+    if metric and result.get("metric_value") is not None:
+        out[metric] = float(result["metric_value"])
     for m in result.get("members", []):
         for key in ("error", "loss"):
             if m.get(key) is not None:
@@ -149,21 +210,38 @@ def metrics_at_step(result: dict[str, Any]) -> dict[str, float]:
 
 
 class MetricLog:
-    """Driver-side metric logging that never writes a (run, step) twice."""
+    """Driver-side metric logging that never writes a (run, step) twice.
 
-    def __init__(self, uri: str):
-        self.uri = uri
+    Beside each report it logs ``best_<metric>``: the best of the study's metric over the run's
+    reports while no member had diverged, the rule of the results DB's ``best_metric_value``
+    (study/results.py); once a member diverged it is no longer logged (the state tag says why).
+    """
+
+    def __init__(self, uri: str, metric: str = "error", mode: str = "min"):
+        self.uri, self.metric, self.mode = uri, metric, mode
         self._last: dict[str, int] = {}
+        self._best: dict[str, float | None] = {}
 
     def last_step(self, run_id: str) -> int:
         if run_id not in self._last:
             history = client(self.uri).get_metric_history(run_id, "error")
             self._last[run_id] = max((m.step for m in history), default=-1)
+            self._best[run_id] = client(self.uri).get_run(run_id).data.metrics.get(best_key(self.metric))
         return self._last[run_id]
 
     def log(self, run_id: str, step: int, metrics: dict[str, float], timestamp_ms: int) -> bool:
+        from study.outcome import better
+
         if step <= self.last_step(run_id):
             return False
+        metrics = dict(metrics)
+        value = metrics.get(self.metric)
+        if metrics.get("members_diverged"):
+            self._best[run_id] = None
+        elif value is not None and better(value, self._best.get(run_id), self.mode):
+            self._best[run_id] = value
+        if self._best.get(run_id) is not None and not metrics.get("members_diverged"):
+            metrics[best_key(self.metric)] = self._best[run_id]
         items = [Metric(k, v, timestamp_ms, step) for k, v in metrics.items()]
         c = client(self.uri)
         for i in range(0, len(items), MAX_BATCH):
@@ -172,19 +250,56 @@ class MetricLog:
         return True
 
 
-def finish_trial(uri: str, run_id: str, state: str, extra_tags: dict[str, str] | None = None) -> None:
+def finish_trial(uri: str, run_id: str, state: str, extra_tags: dict[str, str] | None = None,
+                 end_time_ms: int | None = None) -> None:
+    """The trial's state tag and end; ``end_time_ms`` is when the trial ended (default: now)."""
     from study.outcome import MLFLOW_STATUS
 
     c = client(uri)
     tags = [RunTag(STATE_TAG, state)] + [RunTag(k, str(v)) for k, v in (extra_tags or {}).items()]
     c.log_batch(run_id, tags=tags)
-    c.set_terminated(run_id, status=MLFLOW_STATUS.get(state, "FAILED"))
+    c.set_terminated(run_id, status=MLFLOW_STATUS.get(state, "FAILED"), end_time=end_time_ms)
+
+
+def study_summary(uri: str, parent_run_id: str) -> dict[str, float]:
+    """The parent's metrics from its child runs: trials per final state and the study's best.
+
+    The best is over the trials that did not diverge (a diverged configuration has no best), as
+    ``study status`` counts it from the results DB.
+    """
+    from study.outcome import better
+
+    c = client(uri)
+    parent = c.get_run(parent_run_id)
+    metric = parent.data.params.get("metric", "error")
+    mode = parent.data.params.get("mode", "min")
+    children = c.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{ROLE_TAG}` = 'trial'",
+        max_results=50000,
+    )
+    counts = {f"trials_{s}": 0 for s in ("completed", "diverged", "pruned", "failed")}
+    best = None
+    for run in children:
+        state = run.data.tags.get(STATE_TAG)
+        if f"trials_{state}" in counts:
+            counts[f"trials_{state}"] += 1
+        value = run.data.metrics.get(best_key(metric))
+        if state != "diverged" and value is not None and better(value, best, mode):
+            best = value
+    out: dict[str, float] = dict(counts)
+    if best is not None:
+        out[best_key(metric)] = best
+    return out
 
 
 def finish_study(uri: str, parent_run_id: str, state: str, reason: str | None = None) -> None:
+    """The parent's state, its summary metrics (``study_summary``) and its end."""
     c = client(uri)
     c.set_tag(parent_run_id, STATE_TAG, state)
     c.set_tag(parent_run_id, "state_reason", reason or "")
+    stamp = int(time.time() * 1000)
+    c.log_batch(parent_run_id, metrics=[Metric(k, v, stamp, 0) for k, v in study_summary(uri, parent_run_id).items()])
     c.set_terminated(parent_run_id, status={"completed": "FINISHED", "interrupted": "KILLED"}.get(state, "FAILED"))
 
 
@@ -193,3 +308,26 @@ def running_trial_runs(uri: str, experiment_id: str) -> list[Any]:
     return client(uri).search_runs(
         [experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'RUNNING'", max_results=10000
     )
+
+
+class TrialSystemMetrics(SystemMetricsMonitor):
+    """MLflow's system-metrics monitor, which also logs the sample it takes at the start when the
+    trial ends before the first interval does: MLflow's loop drops collected samples on shutdown,
+    so a trial shorter than one interval would log no system metrics at all."""
+
+    def __init__(self, run_id: str, sampling_interval: float, tracking_uri: str):
+        super().__init__(run_id, sampling_interval=sampling_interval, resume_logging=True, tracking_uri=tracking_uri)
+        self._published = False
+
+    def publish_metrics(self, metrics: dict[str, float]) -> None:
+        super().publish_metrics(metrics)
+        self._published = True
+
+    def finish(self) -> None:
+        started = self._process is not None
+        super().finish()
+        if started and not self._published:
+            metrics = self.aggregate_metrics()
+            if metrics:
+                self.publish_metrics(metrics)
+                self.mlflow_logger.flush()

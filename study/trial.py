@@ -161,15 +161,14 @@ def _system_metrics(uri: str, experiment_id: str, trial_id: str) -> Any:
     """MLflow's psutil-based monitor (CPU, memory, disk, network; GPU where present) on the trial's
     run, which the driver created before the trial started."""
     try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        from study.tracking import find_trial_run
+        from study.tracking import TrialSystemMetrics, find_trial_run
 
         run_id = find_trial_run(uri, experiment_id, trial_id)
         if run_id is None:
             return None
         interval = float(os.environ.get("MOMENTUM_STUDY_SYSTEM_METRICS_INTERVAL", "2"))
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=True, tracking_uri=uri)
+        # Logs its first sample even when the trial ends within the first interval.
+        monitor = TrialSystemMetrics(run_id, sampling_interval=interval, tracking_uri=uri)
         monitor.start()
         return monitor
     except Exception:  # system metrics are a nicety; never fail a trial over them (MLflow down)

@@ -1,13 +1,63 @@
-"""`study ui`: MLflow's own server (UI + REST) on a study's store, bound to 127.0.0.1.
+"""`study ui NAME`: MLflow's own server (UI + REST) on a study's store, bound to 127.0.0.1, opened on
+the study's runs table.
 
-The store's URL goes to the server in its environment (``servers.mlflow_server_env``), never on
-its command line."""
+The address printed is the experiment's training-runs table (MLflow 3 opens a bare experiment on
+its GenAI overview) through the view study/tracking.py stores with the experiment: one row per
+run sorted by the study's metric, with the metric, its best, the trial's state and the paper's
+parameters as columns. The store's URL goes to the server in its environment
+(``servers.mlflow_server_env``), never on its command line; study/servers.py's ``serve`` starts
+and stops it, as it does ``study mlflow-server``.
+"""
 
 from __future__ import annotations
 
 import sys
+from typing import Any, Callable
+
+from study import tracking
+from study.servers import LOCALHOST, mlflow_server_env, serve
 
 
-def mlflow_ui_command(port: int, host: str = "127.0.0.1") -> list[str]:
+def mlflow_ui_command(port: int, host: str = LOCALHOST) -> list[str]:
     """The `mlflow server` command line; artifacts are served from where the runs recorded them."""
     return [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1"]
+
+
+def is_server(uri: str) -> bool:
+    """Whether a tracking URI names a tracking server (http[s]://) rather than a store."""
+    return not uri.startswith(("sqlite:", "file:", "postgresql", "mysql")) and "://" in uri
+
+
+def without_login(url: str) -> str:
+    """A server's address without any user:password (the browser asks for the login)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def where_to_look(name: str, url: str, spec: dict[str, Any]) -> str:
+    """What `study ui` prints: the address and what the page shows."""
+    metric = spec.get("metric", "error")
+    params = [c.split("`")[1] for c in tracking.runs_view(spec)["selectedColumns"] if c.startswith("params.")]
+    return (
+        f"MLflow UI for study {name}: {url}  (Ctrl+C stops it)\n"
+        f"  the runs table: one row per trial, sorted by {metric}; columns {metric}, {tracking.best_key(metric)}, "
+        f"state, {', '.join(params)} ('Columns' adds more)\n"
+        f"  the parent run {name!r}: the study's description, spec.yaml, its best {metric} and trials per state; "
+        f"a trial's run: every parameter, its curves, system metrics"
+    )
+
+
+def run_ui(name: str, uri: str, experiment_id: str, spec: dict[str, Any], port: int,
+           say: Callable[[str], None]) -> int:
+    """Stores the runs view, starts the server, says where to look once it answers, serves until
+    Ctrl+C. Raises servers.PortBusy for a busy port, RuntimeError for a server that never answers."""
+    url = tracking.runs_url(f"http://{LOCALHOST}:{port}", experiment_id)
+
+    def ready() -> None:
+        tracking.set_runs_view(uri, experiment_id, spec)  # a study made before the view existed gets it
+        say(where_to_look(name, url, spec))
+
+    env = {**mlflow_server_env(uri), "MLFLOW_TRACKING_URI": uri}
+    return serve(mlflow_ui_command(port), env, LOCALHOST, port, ready)

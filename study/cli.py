@@ -1,5 +1,5 @@
-"""The `study` command line: run, status, resume, results, query, ui; submit, logs and
-mlflow-server for a cluster (docs/cluster.md)."""
+"""The `study` command line: run, status, resume, stop, delete, results, query, ui, report; submit,
+logs and mlflow-server for a cluster (docs/cluster.md)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.add_argument("--job", help="a job id from `study submit`: its state on the cluster")
     p.add_argument("--address", help="Ray Jobs API, http://HEAD:8265 (env RAY_API_SERVER_ADDRESS)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    _locations_args(p)
+
+    p = sub.add_parser("stop", help="stop a running study gracefully (its driver on this machine), or a submitted job (--job)")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--job", help="a job id from `study submit`: stop it on the cluster")
+    p.add_argument("--address", help="Ray Jobs API, http://HEAD:8265 (env RAY_API_SERVER_ADDRESS)")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds to wait for the study (or job) to end (default 120)")
+    _locations_args(p)
+
+    p = sub.add_parser("delete", help="delete a study: results rows, Optuna study, MLflow runs, Ray Tune and study directories")
+    p.add_argument("name")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     _locations_args(p)
 
     p = sub.add_parser("results", help="a study's trials as a table, CSV or JSON")
@@ -158,12 +172,27 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_resume(args: argparse.Namespace, out: Console, err: Console) -> int:
+    loc = _loc(args, args.name)
+    if _nothing_to_resume(args.name, loc):
+        out.print(f"study {args.name} is already completed: nothing to do", highlight=False)
+        return 0
     import study.local_ray  # noqa: F401  (before ray: a local Ray on 127.0.0.1 only)
     from study import runner
 
-    loc = _loc(args, args.name)
     state = runner.resume(args.name, loc, err)
     return _report_end(args.name, state, out, loc)
+
+
+def _nothing_to_resume(name: str, loc) -> bool:
+    """runner.resume's early return, checked before Ray is imported: the study completed and no
+    write waits in its journal."""
+    from study import results
+    from study.journal import JOURNAL_FILE, Journal
+
+    if not results.sqlite_path_exists(loc.results_db):
+        return False
+    row = results.get_study(loc.results_db, name)
+    return row is not None and row.state == "completed" and not Journal(loc.study_dir / JOURNAL_FILE).pending()
 
 
 def _report_end(name: str, state: str, out: Console, loc) -> int:
@@ -195,20 +224,69 @@ def _report_end(name: str, state: str, out: Console, loc) -> int:
 
 
 def _table(df, title: str | None = None) -> Table:
-    table = Table(title=title)
+    """A compact table: no outer edge or column rules, so it fits 80 columns; cells fold instead of
+    ending in an ellipsis, so nothing printed is cut."""
+    from rich import box
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
     for col in df.columns:
-        table.add_column(str(col))
+        numeric = df[col].dtype.kind in "iuf"
+        table.add_column(str(col), justify="right" if numeric else "left", overflow="fold")
     for row in df.itertuples(index=False):
         table.add_row(*[_cell(v) for v in row])
     return table
 
 
 def _cell(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.5g}"
+    """A value as a table shows it: floats to 4 significant digits (whole numbers as integers),
+    times to the second. CSV and JSON keep every digit."""
+    import datetime as dt
+    import math
+
     if v is None:
         return ""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float) or (hasattr(v, "dtype") and getattr(v.dtype, "kind", "") == "f"):
+        v = float(v)
+        if math.isnan(v):
+            return ""
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        if v.is_integer() and abs(v) < 1e15:
+            return str(int(v))
+        return f"{v:.4g}"
+    if isinstance(v, dt.datetime):
+        return v.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(v, str) and len(v) >= 19 and v[4] == "-" and v[10] in " T" and v[13] == ":":
+        return v[:19].replace("T", " ")  # an ISO time from the database, to the second
     return str(v)
+
+
+def _json_value(v):
+    """Every digit of a float (Python's repr, which reads back to the same float); NaN as null and
+    the infinities as the strings "inf" and "-inf" (JSON has no number for them)."""
+    import datetime as dt
+    import math
+
+    if isinstance(v, float) or (hasattr(v, "dtype") and getattr(v.dtype, "kind", "") == "f"):
+        v = float(v)
+        if math.isnan(v):
+            return None
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return v
+    if hasattr(v, "item"):  # numpy integers and booleans
+        return v.item()
+    if isinstance(v, (dt.datetime, dt.date)):
+        return v.isoformat()
+    if v is None or isinstance(v, (str, int, bool, list, dict)):
+        return v
+    return str(v)
+
+
+def _records(df) -> list[dict]:
+    return [{str(k): _json_value(v) for k, v in zip(df.columns, row)} for row in df.itertuples(index=False)]
 
 
 def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -218,10 +296,14 @@ def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
         return _job_status(args, out)
     if not args.name:
         df = api.studies(args.dir, args.results_db)
-        if df.empty:
+        if args.format != "table":
+            _emit(df, args.format, out)
+        elif df.empty:
             out.print("no studies yet")
         else:
-            out.print(_table(df, "studies"))
+            shown = df.assign(trials=[f"{f}/{n}" for f, n in zip(df["finished"], df["num_samples"])])
+            shown = shown[["name", "task", "state", "trials", "running", "best", "metric", "created_at"]]
+            out.print(_table(shown.rename(columns={"created_at": "created"}), "studies"))
         return 0
     df = api.trials(args.name, args.dir, args.results_db)
     s = _study_row(args, "state, state_reason, num_samples, metric", err)
@@ -229,16 +311,44 @@ def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
         return EXIT_BAD_INPUT
     shown = df[["trial_id", "optuna_trial_number", "state", "last_step", "metric_value", "best_metric_value"]]
     shown = shown.rename(
-        columns={"optuna_trial_number": "optuna", "last_step": "step", "metric_value": s["metric"], "best_metric_value": "best"}
+        columns={"trial_id": "trial", "optuna_trial_number": "optuna", "last_step": "step",
+                 "metric_value": s["metric"], "best_metric_value": "best"}
     )
     state = s["state"]
     if state == "running" and not _driver_alive(args):
         state = "interrupted (its driver is not running: `study resume` continues it)"
     finished = int(df["state"].isin(["completed", "diverged", "failed", "pruned"]).sum())
+    best = shown.dropna(subset=["best"])
+    if not best.empty:
+        best = best.loc[best["best"].idxmin() if _mode(args) == "min" else best["best"].idxmax()]
+    if args.format == "json":
+        import json
+
+        sys.stdout.write(json.dumps({
+            "name": args.name, "state": state, "state_reason": s["state_reason"], "metric": s["metric"],
+            "finished": finished, "num_samples": int(s["num_samples"]),
+            "best": None if len(best) == 0 else _json_value(best["best"]),
+            "best_trial": None if len(best) == 0 else best["trial"],
+            "trials": _records(shown),
+        }, separators=(",", ":")) + "\n")
+        return 0
+    if args.format == "csv":
+        _emit(shown, "csv", out)
+        return 0
     out.print(_table(shown, f"study {args.name}: {state}, {finished}/{s['num_samples']} trials finished"))
+    if len(best):
+        out.print(f"best {s['metric']}: {_cell(best['best'])} (trial {best['trial']})", highlight=False)
     if s["state_reason"]:
         out.print(f"reason: {s['state_reason']}", highlight=False, soft_wrap=True)
     return 0
+
+
+def _mode(args: argparse.Namespace) -> str:
+    from study import api
+
+    df = api.query(args.name, "SELECT mode FROM ms_studies WHERE name = :name", args.dir, args.results_db,
+                   params={"name": args.name})
+    return "max" if not df.empty and df.iloc[0]["mode"] == "max" else "min"
 
 
 def _driver_alive(args: argparse.Namespace) -> bool:
@@ -249,6 +359,211 @@ def _driver_alive(args: argparse.Namespace) -> bool:
     if not loc.study_dir.exists():
         return True  # its driver runs elsewhere (a cluster job): trust the database
     return is_locked(loc.study_dir)
+
+
+def cmd_stop(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """A local study: SIGINT to the driver that holds its lock (Ray Tune's graceful stop: the
+    running trials' last results are recorded, the experiment is checkpointed), then wait for the
+    lock to be released. A submitted job: the Ray Jobs API's stop."""
+    import signal
+    import time
+
+    from study.lock import LOCK_FILE, is_locked
+
+    if args.job:
+        return _stop_job(args, out, err)
+    if not args.name:
+        err.print("[bold red]error:[/] give a study's NAME, or --job ID for a submitted job", highlight=False)
+        return EXIT_BAD_INPUT
+    loc = _loc(args, args.name)
+    if not loc.study_dir.is_dir():
+        err.print(f"[bold red]error:[/] no study {args.name!r} at {loc.study_dir}; a submitted study is "
+                  "stopped with --job ID --address ...", highlight=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
+    if not is_locked(loc.study_dir):
+        out.print(f"study {args.name} is not running: nothing to stop", highlight=False)
+        return 0
+    try:
+        pid = int((loc.study_dir / (LOCK_FILE + ".pid")).read_text().strip())
+        os.kill(pid, signal.SIGINT)
+    except ProcessLookupError:
+        pid = None  # it ended between the two looks
+    except (OSError, ValueError) as exc:
+        err.print(f"[bold red]error:[/] study {args.name} is running, but its driver cannot be signalled "
+                  f"({exc}); is it on another machine?", highlight=False, soft_wrap=True)
+        return EXIT_FAILED
+    if pid is not None:
+        out.print(f"study {args.name}: asked its driver (pid {pid}) to stop; waiting up to {args.timeout:g} s "
+                  "for it to record its trials and end", highlight=False, soft_wrap=True)
+        sys.stdout.flush()
+        deadline = time.monotonic() + args.timeout
+        while is_locked(loc.study_dir) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if is_locked(loc.study_dir):
+            err.print(f"study {args.name}: its driver (pid {pid}) is still running after {args.timeout:g} s; "
+                      f"`study stop {args.name}` again stops it without Ray Tune's last checkpoint",
+                      highlight=False, soft_wrap=True)
+            return EXIT_FAILED
+    row = _study_row(args, "state, num_samples, (SELECT COUNT(*) FROM ms_trials t WHERE t.study_id = ms_studies.id "
+                     "AND t.state IN ('completed', 'diverged', 'failed', 'pruned')) AS finished", err)
+    if row is None:
+        out.print(f"study {args.name} stopped", highlight=False)
+        return 0
+    out.print(f"study {args.name} stopped: {row['state']}, {row['finished']}/{row['num_samples']} trials finished",
+              highlight=False)
+    if row["state"] != "completed":
+        out.print(f"continue it with: study resume {args.name}", highlight=False)
+    return 0
+
+
+def _stop_job(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from study import cluster
+
+    info = cluster.job_info(args.job, args.address)
+    if not cluster.stop(args.job, args.address):
+        out.print(f"job {args.job} is not running ({info['status']}): nothing to stop", highlight=False)
+        return 0
+    out.print(f"job {args.job}: stop requested; waiting up to {args.timeout:g} s", highlight=False)
+    sys.stdout.flush()
+    status = cluster.wait(args.job, args.address, timeout_s=args.timeout, poll_s=1)
+    out.print(f"job {args.job} {status}", highlight=False)
+    if info["study"]:
+        out.print(f"continue it with: study resume {info['study']} (with the cluster's --results-db / --dir)",
+                  highlight=False)
+    return 0 if status in ("STOPPED", "SUCCEEDED", "FAILED") else EXIT_FAILED
+
+
+def cmd_delete(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """Removes everything a study wrote, after a confirmation: its rows and Optuna study in the
+    results database, its MLflow experiment with its runs, Ray Tune's directory, the study directory."""
+    import shutil
+
+    from study import results
+    from study.lock import StudyLock, StudyBusyError, is_locked
+    from study.locations import redact
+
+    loc = _loc(args, args.name)
+    row = results.get_study(loc.results_db, args.name) if results.sqlite_path_exists(loc.results_db) else None
+    if row is None and not loc.study_dir.is_dir():
+        err.print(f"[bold red]error:[/] no study named {args.name!r} in {redact(loc.results_db)} or {loc.study_dir}",
+                  highlight=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
+    if loc.study_dir.is_dir() and is_locked(loc.study_dir):
+        raise StudyBusyError(f"study {args.name!r} is running; `study stop {args.name}` first, then delete it")
+    mlflow_uri = _study_mlflow_uri(loc, row.mlflow_uri if row is not None else None)
+    tune_dir = _tune_dir(loc, row.tune_path if row is not None else None)
+    experiment = _mlflow_experiment(mlflow_uri, args.name)
+    what: list[str] = []
+    if row is not None:
+        from study import api
+
+        trials = len(api.trials(args.name, args.dir, args.results_db))
+        what.append(f"{trials} trials and the Optuna study in {redact(loc.results_db)}")
+    if experiment is not None:
+        what.append(f"MLflow experiment {experiment[0]} ({experiment[1]} runs) in {redact(mlflow_uri)}")
+    if tune_dir and not _inside(tune_dir, loc.study_dir):
+        what.append(f"Ray Tune directory {tune_dir}")
+    if loc.study_dir.is_dir():
+        what.append(f"the study directory {loc.study_dir}")
+    out.print(f"study {args.name}: this deletes", highlight=False)
+    for w in what:
+        out.print(f"  {w}", highlight=False, soft_wrap=True)
+    if not args.yes:
+        sys.stdout.flush()
+        try:
+            answer = input(f"delete study {args.name}? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            out.print("nothing deleted (--yes skips this question)", highlight=False)
+            return EXIT_FAILED
+    try:
+        with StudyLock(loc.study_dir, args.name, loc.results_db):  # no driver starts it meanwhile
+            if row is not None:
+                results.delete_study(loc.results_db, args.name)
+            if experiment is not None:
+                _delete_mlflow_experiment(mlflow_uri, experiment[0], args.name)
+            if tune_dir:
+                _remove_tune_dir(tune_dir)
+    except StudyBusyError:
+        raise StudyBusyError(f"study {args.name!r} started running; `study stop {args.name}` first") from None
+    results.forget_engine(loc.results_db)
+    shutil.rmtree(loc.study_dir, ignore_errors=True)
+    out.print(f"study {args.name} deleted", highlight=False)
+    return 0
+
+
+def _study_mlflow_uri(loc, stored: str | None) -> str:
+    """The study's MLflow store, as `study resume` finds it: the stored URI (with a password it
+    was stored without, from the options), but the study directory's own store wherever the
+    directory was moved, unless --mlflow-uri or MLFLOW_TRACKING_URI names another."""
+    from study import results
+
+    uri = loc.mlflow_uri if not stored or "***" in stored else stored
+    own = loc.study_dir / "mlflow.db"
+    if own.is_file() and loc.mlflow_uri == results.sqlite_url(own):
+        uri = loc.mlflow_uri
+    return uri
+
+
+def _tune_dir(loc, stored: str | None) -> str | None:
+    """Ray Tune's experiment: stored relative to the study directory, or absolute (or a URI) when it
+    lives elsewhere (--storage)."""
+    if not stored:
+        return None
+    if "://" in stored or os.path.isabs(stored):
+        return stored
+    return str((loc.study_dir / stored).resolve())
+
+
+def _inside(path: str, directory) -> bool:
+    from pathlib import Path
+
+    return "://" not in path and Path(path).resolve().is_relative_to(Path(directory).resolve())
+
+
+def _mlflow_experiment(uri: str, name: str) -> tuple[str, int] | None:
+    """(experiment id, number of runs) of the study's MLflow experiment, or None."""
+    from study import results
+
+    if uri.startswith("sqlite") and not results.sqlite_path_exists(uri):
+        return None
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is None:
+        return None
+    runs = c.search_runs([exp.experiment_id], run_view_type=ViewType.ALL, max_results=50_000)
+    return exp.experiment_id, len(runs)
+
+
+def _delete_mlflow_experiment(uri: str, experiment_id: str, name: str) -> None:
+    """Deletes the runs and the experiment. MLflow keeps deleted experiments (until `mlflow gc`)
+    and their names with them: renamed first, the name is free for a new study."""
+    import uuid
+
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    for run in c.search_runs([experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=50_000):
+        c.delete_run(run.info.run_id)
+    c.rename_experiment(experiment_id, f"{name} (deleted {uuid.uuid4().hex[:8]})")
+    c.delete_experiment(experiment_id)
+
+
+def _remove_tune_dir(path: str) -> None:
+    import shutil
+
+    if "://" in path:
+        import pyarrow.fs
+
+        fs, inner = pyarrow.fs.FileSystem.from_uri(path)
+        fs.delete_dir(inner)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _study_row(args: argparse.Namespace, columns: str, err: Console):
@@ -266,10 +581,13 @@ def _study_row(args: argparse.Namespace, columns: str, err: Console):
 
 
 def _emit(df, fmt: str, out: Console, title: str | None = None) -> None:
+    """CSV and JSON with every digit (pandas writes floats as repr); a table rounded to be read."""
     if fmt == "csv":
         sys.stdout.write(df.to_csv(index=False))
     elif fmt == "json":
-        sys.stdout.write(df.to_json(orient="records", date_format="iso", default_handler=str) + "\n")
+        import json
+
+        sys.stdout.write(json.dumps(_records(df), separators=(",", ":")) + "\n")
     else:
         out.print(_table(df, title))
 
@@ -279,10 +597,19 @@ def cmd_results(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     if args.metrics:
         df = api.metrics(args.name, args.dir, args.results_db)
+        if args.format == "table":  # what fits 80 columns; CSV and JSON have every column
+            df = df[["trial_id", "step", "member", "seed", "error", "loss", "mu", "lr", "status"]]
+            df = df.rename(columns={"trial_id": "trial"})
     else:
         df = api.trials(args.name, args.dir, args.results_db).drop(columns=["config"])
         if args.format == "table":
-            df = df.drop(columns=["mlflow_run_id", "started_at", "ended_at", "objective"])
+            s = _study_row(args, "metric", err)
+            metric = s["metric"] if s is not None else "value"
+            diverged = [f"{d}/{m}" for d, m in zip(df["members_diverged"], df["members"])]
+            df = df.drop(columns=["mlflow_run_id", "started_at", "ended_at", "objective", "members", "members_diverged"])
+            df.insert(6, "diverged", diverged)
+            df = df.rename(columns={"trial_id": "trial", "optuna_trial_number": "optuna", "last_step": "step",
+                                    "metric_value": metric, "best_metric_value": "best"})
     _emit(df, args.format, out, f"study {args.name}")
     return 0
 
@@ -344,6 +671,11 @@ def _job_status(args: argparse.Namespace, out: Console) -> int:
     from study import cluster
 
     info = cluster.job_info(args.job, args.address)
+    if args.format != "table":
+        import pandas as pd
+
+        _emit(pd.DataFrame([info]), args.format, out)
+        return 0
     table = Table(title=f"job {info['job_id']}: {info['status']}", show_header=False)
     for key, value in info.items():
         table.add_row(key, _cell(value))
@@ -421,6 +753,8 @@ COMMANDS = {
     "run": cmd_run,
     "resume": cmd_resume,
     "status": cmd_status,
+    "stop": cmd_stop,
+    "delete": cmd_delete,
     "results": cmd_results,
     "query": cmd_query,
     "ui": cmd_ui,

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 TERMINAL = outcome.TERMINAL
+# Ray Tune's experiment inside the study directory, stored relative to it (ms_studies.tune_path).
+TUNE_DIR = "tune"
 # The RNN momentum schedule's warm-up at mu = 0.9 (sec. 4.2), before mu_0 applies.
 RNN_WARMUP_UPDATES = 1000
 
@@ -201,7 +203,9 @@ def _start(spec: StudySpec, loc: Locations, reports: int, console: Any, undo: li
         repeats=spec.repeats,
         state="running",
         spec_yaml=spec_yaml,
-        tune_path=loc.tune_uri,
+        # Relative to the study directory when Tune's experiment lives in it: a moved or copied
+        # study directory resumes from where it is now (resume() resolves it).
+        tune_path=TUNE_DIR if not loc.storage else loc.tune_uri,
         # Stored without a password; `study resume` takes the secret from its own options/env.
         mlflow_uri=redact(loc.mlflow_uri),
         mlflow_experiment_id=experiment_id,
@@ -258,6 +262,13 @@ def resume(name: str, loc: Locations, console: Any = None) -> str:
         raise SpecError(f"no study named {name!r} in {redact(loc.results_db)}; `study status` lists the studies")
     spec = load_spec(row.spec_yaml)
     mlflow_uri = loc.mlflow_uri if "***" in row.mlflow_uri else row.mlflow_uri
+    own_mlflow = loc.study_dir / "mlflow.db"
+    if own_mlflow.is_file() and loc.mlflow_uri == results.sqlite_url(own_mlflow):
+        if mlflow_uri != loc.mlflow_uri:
+            # The study directory moved: Tune restores the trials' context with the old path, and
+            # MLflow would create an empty store there. A local Ray's workers inherit this instead.
+            os.environ[MLFLOW_URI_ENV] = loc.mlflow_uri
+        mlflow_uri = loc.mlflow_uri  # the study directory's own store, wherever it was moved
     loc = Locations(loc.root, name, loc.results_db, mlflow_uri, loc.ray_address, loc.storage)
     preflight.check(spec, loc)
     with StudyLock(loc.study_dir, name, loc.results_db):
@@ -265,8 +276,14 @@ def resume(name: str, loc: Locations, console: Any = None) -> str:
         if row.state == "completed" and not journal.pending():
             return "completed"  # nothing to do (the command line says so)
         path = row.tune_path
+        if "://" not in path and not os.path.isabs(path):
+            path = str((loc.study_dir / path).resolve())
+        elif not loc.storage and loc.tune_path.is_dir():
+            path = str(loc.tune_path.resolve())  # stored absolute by an older version; the study dir's own wins
         if not tune.Tuner.can_restore(path):
             raise SpecError(f"study {name!r} has no Ray Tune experiment to restore at {path}")
+        if "://" not in path:
+            _rebase_search_state(path)
         from study.recorder import Recorder
 
         experiment_id, parent_run_id = tracking.setup_study(
@@ -284,6 +301,29 @@ def resume(name: str, loc: Locations, console: Any = None) -> str:
         tuner._local_tuner._run_config.callbacks = [recorder, progress]
         tuner._local_tuner._run_config.verbose = 0
         return _fit_and_conclude(spec, loc, tuner, recorder, progress, parent_run_id)
+
+
+def _rebase_search_state(tune_dir: str) -> None:
+    """Ray Tune restores a moved experiment's trials at its new place (TuneController._restore_trials)
+    but not the pickled Experiment of its search generator, so trials created after the restore
+    would write to the old place and fail. Points that Experiment's storage at the new place, the
+    same three fields Tune updates for its trials."""
+    import glob
+
+    import ray.cloudpickle as cloudpickle
+
+    parent, name = os.path.split(os.path.abspath(tune_dir))
+    for file in glob.glob(os.path.join(tune_dir, "search_gen_state-*.json")):
+        with open(file, "rb") as f:
+            state = cloudpickle.load(f)
+        storage = getattr(state.get("experiment"), "storage", None)
+        if storage is None or (storage.storage_fs_path, storage.experiment_dir_name) == (parent, name):
+            continue
+        storage.storage_fs_path, storage.experiment_dir_name = parent, name
+        tmp = os.path.join(tune_dir, f".rebase-{os.path.basename(file)}")
+        with open(tmp, "wb") as f:
+            cloudpickle.dump(state, f)
+        os.replace(tmp, file)
 
 
 # --- fit and conclude ----------------------------------------------------------------------------

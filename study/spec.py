@@ -36,8 +36,20 @@ MAX_UPDATES = 10_000_000
 MAX_INT = 2**63 - 1
 # Credentials come from the environment or a secret store, never from a spec (docs/cluster.md):
 # a spec is stored in the results DB and logged to MLflow as parameters and an artifact.
-CREDENTIAL_KEY = re.compile(r"pass(word|wd)?$|secret|token|api[_-]?key|credential|private[_-]?key|auth", re.I)
+# A key is read as words (snake, kebab, dotted or camel case) so that `author`, `max_tokens` or
+# `tokenizer` pass while `db_password`, `apiKey`, `x-auth-token` or `authorization` are refused.
+CREDENTIAL_WORD = re.compile(
+    r"\w*(password|passwd|passphrase|secret|apikey|privatekey|credential)s?|\w*token|pass|pwd|auth|authorization|oauth\w*|bearer"
+)
 CREDENTIAL_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.I)
+
+
+def credential_key(key: str) -> bool:
+    """Whether a mapping key names a credential: one of its words, or two adjacent words joined
+    (`api_key`, `private-key`), is a credential's name."""
+    words = [w for w in re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower()) if w]
+    joined = words + [a + b for a, b in zip(words, words[1:])]
+    return any(CREDENTIAL_WORD.fullmatch(w) for w in joined)
 
 
 def find_credentials(value: Any, where: str = "") -> str | None:
@@ -46,7 +58,7 @@ def find_credentials(value: Any, where: str = "") -> str | None:
     if isinstance(value, dict):
         for k, v in value.items():
             path = f"{where}.{k}" if where else str(k)
-            if CREDENTIAL_KEY.search(str(k)):
+            if credential_key(str(k)):
                 return path
             found = find_credentials(v, path)
             if found:

@@ -40,7 +40,9 @@ class Report:
     step: int
     members: tuple[MemberMetrics, ...]
     final: bool
-    # Returns a torch.save-able dict that ``train(..., resume_from=...)`` continues exactly from.
+    # Returns a torch.save-able dict (every tensor on the CPU) that ``train(..., resume_from=...)``
+    # continues exactly from. The state is copied only when this is called, and it can only be
+    # called while the reporter runs (afterwards it raises: the run has moved on).
     checkpoint: Callable[[], dict[str, Any]]
 
 

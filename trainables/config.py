@@ -8,6 +8,7 @@ take a single value or a list of K values; a list makes the run a fused populati
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -75,7 +76,10 @@ class TaskConfig(BaseModel):
     adam_beta2: float = 0.999
     rms_decay: float = 0.9
     eps: float = 1e-8
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # "auto": CUDA when present (scripts); "cpu"; "cuda" or "cuda:N". The study service replaces it
+    # with the device Ray assigned to the trial (study/devices.py); it does not affect results'
+    # identity, so a checkpoint resumes under another device.
+    device: str = "auto"
     dtype: Literal["float32", "float64"] = "float32"
 
     @field_validator("lr", "init_scale", "spectral_radius")
@@ -113,6 +117,13 @@ class TaskConfig(BaseModel):
     def _nonneg(cls, v: Any, info: Any) -> Any:
         if v is not None and v < 0:
             raise ValueError(f"{info.field_name}={v!r} is not allowed: must be an integer >= 0")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError(f"device={v!r} is not allowed: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
         return v
 
     @field_validator("eps")

@@ -6,7 +6,7 @@ The loop is the same for every task; what differs lives in trainables/tasks/.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -81,7 +81,12 @@ def train(
     reporter: Reporter | None = None,
     resume_from: dict[str, Any] | None = None,
 ) -> list[MemberMetrics]:
-    """Train the config's population; returns each member's final metrics."""
+    """Train the config's population; returns each member's final metrics.
+
+    Between two reports the updates run on the device without waiting on the host
+    (``run_updates``); everything that needs a value on the host (metrics, divergence, the
+    checkpoint) happens at the reports.
+    """
     cfg = check_config(config)
     device = resolve_device(cfg.device)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
@@ -99,8 +104,12 @@ def train(
     step = 0
     status = ["running"] * K
     diverged_at: list[int | None] = [None] * K
+    # Kept on the device and read at reports only: the loss since the last report, whether each
+    # member's loss has stayed finite, and the update at which it first did not.
     loss_sum = torch.zeros(K, dtype=torch.float64, device=device)
     loss_count = torch.zeros(K, dtype=torch.float64, device=device)
+    finite = torch.ones(K, dtype=torch.bool, device=device)
+    first_nonfinite = torch.zeros(K, dtype=torch.int64, device=device)
     last: list[MemberMetrics] = []
 
     def evaluate() -> list[MemberMetrics]:
@@ -109,35 +118,38 @@ def train(
         if averages is not None:
             for k, e in enumerate(workload.error(averages).tolist()):
                 extra[k]["averaged_error"] = e
+        counts = loss_count.tolist()
         mean_loss = (loss_sum / loss_count.clamp(min=1)).tolist()
+        lrs = opt.lr.tolist()
         mus = [mu_of[k](max(step - 1, 0)) for k in range(K)]
         out = []
         for k in range(K):
             if status[k] == "diverged":
                 out.append(last[k])
                 continue
-            out.append(MemberMetrics(k, errors[k], mean_loss[k] if loss_count[k] > 0 else float("nan"),
-                                     mus[k], float(opt.lr[k]), status[k], None, extra[k]))
+            out.append(MemberMetrics(k, errors[k], mean_loss[k] if counts[k] > 0 else float("nan"),
+                                     mus[k], lrs[k], status[k], None, extra[k]))
         return out
 
     def checkpoint() -> dict[str, Any]:
+        # Everything on the CPU: a checkpoint resumes on any device (load with map_location).
         return {
             "version": CHECKPOINT_VERSION,
             "config": cfg.model_dump(),
             "step": step,
-            "params": [p.detach().cpu().clone() for p in params],
-            "optimizer": opt.state_dict(),
-            "averages": None if averages is None else [a.cpu().clone() for a in averages],
+            "params": _to_cpu(params),
+            "optimizer": _to_cpu(opt.state_dict()),
+            "averages": None if averages is None else _to_cpu(averages),
             "status": list(status),
             "diverged_at": list(diverged_at),
-            "lr": opt.lr.cpu().clone(),
-            "loss_sum": loss_sum.cpu().clone(),
-            "loss_count": loss_count.cpu().clone(),
+            "lr": _to_cpu(opt.lr),
+            "loss_sum": _to_cpu(loss_sum),
+            "loss_count": _to_cpu(loss_count),
             "last": [m.__dict__ for m in last],
         }
 
     if resume_from is not None:
-        if resume_from.get("config") != cfg.model_dump():
+        if _identity(resume_from.get("config")) != _identity(cfg.model_dump()):
             raise ConfigError("resume_from is not allowed: the checkpoint was taken with a different config")
         step = resume_from["step"]
         for p, saved in zip(params, resume_from["params"]):
@@ -147,7 +159,7 @@ def train(
             for a, saved in zip(averages, resume_from["averages"]):
                 a.copy_(saved)
         status, diverged_at = list(resume_from["status"]), list(resume_from["diverged_at"])
-        opt.lr = resume_from["lr"].clone()
+        opt.lr = resume_from["lr"].to(device, torch.float64, copy=True)
         loss_sum.copy_(resume_from["loss_sum"])
         loss_count.copy_(resume_from["loss_count"])
         last = [MemberMetrics(**m) for m in resume_from["last"]]
@@ -155,60 +167,131 @@ def train(
         last = evaluate()  # the "last good metrics" of a member that diverges before its first report
 
     alive = torch.tensor([s != "diverged" for s in status], device=device)
+    finite.copy_(alive)  # a resumed run's diverged members stay out of the loss
 
-    def freeze(members: torch.Tensor, at: int) -> None:
-        """Mark members diverged at update ``at``, keeping their last good metrics. Their weights
-        (and averages) are set to zero with zero lr and momentum: their slice of every batched op
-        stays finite, so the other members run on undisturbed."""
+    def freeze(members: list[int], at: list[int]) -> None:
+        """Mark members diverged at the given updates, keeping their last good metrics. Their
+        weights, averages and optimizer state are set to zero with zero lr and momentum: their
+        slice of every batched op stays finite, so the other members run on undisturbed."""
         nonlocal alive
-        for k in members.nonzero().flatten().tolist():
-            status[k], diverged_at[k] = "diverged", at
+        for k, a in zip(members, at):
+            status[k], diverged_at[k] = "diverged", a
             m = last[k]
-            last[k] = MemberMetrics(k, m.error, m.loss, m.mu, m.lr, "diverged", at, m.extra)
-        alive = alive & ~members
+            last[k] = MemberMetrics(k, m.error, m.loss, m.mu, m.lr, "diverged", a, m.extra)
+        mask = torch.tensor([k in members for k in range(K)], device=device)
+        alive = alive & ~mask
+        finite.copy_(alive)
         # masked_fill, not a product: NaN * 0 is NaN, and a diverged member's weights often are.
-        for p in params:
-            p.masked_fill_(_per_member(members, p), 0.0)
-        if averages is not None:
-            for a in averages:
-                a.masked_fill_(_per_member(members, a), 0.0)
-        opt.reset_members(members)
-        opt.lr = opt.lr * alive.to(opt.lr)
-        opt.mu = opt.mu * alive.to(opt.mu)
+        for p in (*params, *(averages or ())):
+            p.masked_fill_(_per_member(mask, p), 0.0)
+        opt.reset_members(mask)
+        opt.lr = opt.lr.masked_fill(mask, 0.0)
+
     points = None
-    while step < cfg.updates and bool(alive.any()):
-        opt.mu = torch.tensor([mu_of[k](step) for k in range(K)], device=device, dtype=dtype) * alive
+    while step < cfg.updates and any(s != "diverged" for s in status):
+        n = min(cfg.report_every - step % cfg.report_every, cfg.updates - step)
+        # The schedule of the next n updates in one (n, K) table, built on the host and copied
+        # once: the loop then takes a row (a view) per update instead of a host-to-device copy.
+        mu_table = torch.tensor([[mu_of[k](t) for k in range(K)] for t in range(step, step + n)],
+                                dtype=dtype, device=device) * alive
+        points = run_updates(workload, opt, params, averages, cfg.polyak_decay, mu_table, step, points,
+                             finite, first_nonfinite, loss_sum, loss_count)
+        step += n
+
+        # The report: the one place the host reads the device.
+        running = [k for k in range(K) if status[k] != "diverged"]
+        now_finite, first_bad = finite.tolist(), first_nonfinite.tolist()
+        newly = [k for k in running if not now_finite[k]]
+        if newly:
+            freeze(newly, [first_bad[k] for k in newly])
+        done = step == cfg.updates or all(s == "diverged" for s in status)
+        if done:
+            status = ["completed" if s == "running" else s for s in status]
+        metrics = evaluate()
+        late = [k for k, m in enumerate(metrics)
+                if status[k] != "diverged" and not all(map(_finite, (m.error, *m.extra.values())))]
+        if late:  # finite loss but non-finite weights by the time of the report
+            freeze(late, [step] * len(late))
+            metrics = [last[k] if k in late else m for k, m in enumerate(metrics)]
+            done = done or all(s == "diverged" for s in status)
+        last = metrics
+        loss_sum.zero_()
+        loss_count.zero_()
+        if reporter is not None:
+            # The state is copied only if the reporter asks for it, and only while it runs.
+            take = _WhileReporting(checkpoint)
+            reporter(Report(step=step, members=tuple(last), final=done, checkpoint=take))
+            take.take = None
+        if done:
+            break
+    return last
+
+
+def run_updates(
+    workload: Any,
+    opt: Any,
+    params: list[torch.Tensor],
+    averages: list[torch.Tensor] | None,
+    polyak_decay: float | None,
+    mu_table: torch.Tensor,
+    first_step: int,
+    points: list[torch.Tensor] | None,
+    finite: torch.Tensor,
+    first_nonfinite: torch.Tensor,
+    loss_sum: torch.Tensor,
+    loss_count: torch.Tensor,
+) -> list[torch.Tensor]:
+    """The updates between two reports, ``len(mu_table)`` of them, without a host round trip.
+
+    A member whose loss turns NaN or inf is only noted (``finite``, ``first_nonfinite``, on the
+    device); its slice goes on computing NaN, which no other member's slice reads (every batched
+    op is per member), until the next report freezes it. Returns the last gradient point, whose
+    tensors the next call reuses.
+    """
+    for i in range(mu_table.shape[0]):
+        opt.mu = mu_table[i]
         points = opt.gradient_point(points)  # into the last update's point: no copy of every weight allocated
-        loss, grads = workload.loss_and_grads(points, step)
+        loss, grads = workload.loss_and_grads(points, first_step + i)
         # Checking the loss alone is enough: a non-finite gradient makes the weights non-finite,
         # which the next update's loss (or the report's error) shows.
-        newly = alive & ~torch.isfinite(loss)
-        if bool(newly.any()):
-            grads = [torch.where(_per_member(newly, g), torch.zeros_like(g), g) for g in grads]
-            freeze(newly, step + 1)
+        ok = torch.isfinite(loss)
+        first_nonfinite.masked_fill_(finite & ~ok, first_step + i + 1)
+        finite.logical_and_(ok)
         opt.step(grads)
         if averages is not None:
-            polyak_update(averages, params, cfg.polyak_decay)
-        loss_sum += torch.where(alive, loss.double(), torch.zeros_like(loss_sum))
-        loss_count += alive.double()
-        step += 1
-        done = step == cfg.updates or not bool(alive.any())
-        if step % cfg.report_every == 0 or done:
-            if done:
-                status = ["completed" if s == "running" else s for s in status]
-            metrics = evaluate()
-            late = torch.tensor([status[k] != "diverged" and not all(map(_finite, (m.error, *m.extra.values())))
-                                 for k, m in enumerate(metrics)], device=device)
-            if bool(late.any()):  # finite loss but non-finite weights by the time of the report
-                freeze(late, step)
-                metrics = [last[k] if late[k] else m for k, m in enumerate(metrics)]
-            last = metrics
-            loss_sum.zero_()
-            loss_count.zero_()
-            if reporter is not None:
-                state = checkpoint()  # taken now: the reporter may call report.checkpoint() later
-                reporter(Report(step=step, members=tuple(last), final=done, checkpoint=lambda s=state: s))
-    return last
+            polyak_update(averages, params, polyak_decay)
+        loss_sum.add_(torch.where(finite, loss.double(), 0.0))
+        loss_count.add_(finite)
+    return points
+
+
+class _WhileReporting:
+    """A report's checkpoint: taken only if the reporter asks for it, and only while it runs
+    (afterwards the run has moved on and the state would not be the report's)."""
+
+    def __init__(self, take: Callable[[], dict[str, Any]]) -> None:
+        self.take: Callable[[], dict[str, Any]] | None = take
+
+    def __call__(self) -> dict[str, Any]:
+        if self.take is None:
+            raise RuntimeError("report.checkpoint() was called after the reporter returned: call it inside the reporter")
+        return self.take()
+
+
+def _identity(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What makes two configs the same run: all but the device it runs on."""
+    return None if config is None else {k: v for k, v in config.items() if k != "device"}
+
+
+def _to_cpu(x: Any) -> Any:
+    """Tensors (in lists and dicts) as fresh CPU copies."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", copy=True)
+    if isinstance(x, dict):
+        return {k: _to_cpu(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_cpu(v) for v in x)
+    return x
 
 
 def _per_member(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """The long-range RNN problems of sec. 4 (Hochreiter & Schmidhuber 1997), as Table 5 uses them.
 
-Every problem is generated from a ``numpy.random.Generator``: the same generator state gives the
-same minibatch. Layouts follow Sutskever's 2011 HF-RNN release as summarised in
-``reference/task-definitions.md`` ("RNN problems").
+A minibatch is a pure function of a key (e.g. ``(seed, stream, index)``): the key seeds a host
+RNG for the one draw that sets a shape (the length of an addition/multiplication minibatch) and a
+``torch.Generator`` on the training device for everything else, so minibatches are made where
+they are used, without a host round trip, and a resumed run needs no RNG state. Layouts follow
+Sutskever's 2011 HF-RNN release as summarised in the task definitions ("RNN problems").
 
 Centring. Sec. 4.1: "we found centering (mean subtraction) of both the inputs and the outputs to
 be important". Every input channel and every regression target has a fixed mean subtracted. The
@@ -15,15 +17,17 @@ so they depend only on the problem and the nominal length T:
 - classification targets are class ids and are not centred; the softmax output bias carries their
   average instead (Table 4, "out-bias: average of outputs"), see ``output_bias``.
 
-Arrays are time-major: ``(T, B, ...)``.
+Arrays are time-major: ``(T, B, ...)``, torch tensors on the requested device.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Literal
+import random
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
+import torch
 
 # Sec. 4.2: "the fraction of cases where ... the error in the final output prediction exceeded 0.04".
 REGRESSION_TOLERANCE = 0.04
@@ -31,18 +35,27 @@ REGRESSION_TOLERANCE = 0.04
 
 @dataclass(frozen=True)
 class SequenceBatch:
-    """One minibatch of sequences, time-major, already centred.
+    """One minibatch of sequences, time-major, already centred (torch tensors, or numpy arrays
+    after ``.numpy()``).
 
     ``inputs``: (T, B, n_in) float32. ``targets``: (T, B, n_out) float32 for regression, (T, B)
     int64 class ids for classification. ``loss_mask``: (T, B) bool, the steps whose output enters
     the training loss. ``error_mask``: (T, B) bool, the steps whose output enters the zero-one
-    error.
+    error. Both masks are True on the last steps of the sequence only, from ``loss_from`` and
+    ``error_from`` on (known without looking at the data: no host round trip to find them).
     """
 
-    inputs: np.ndarray
-    targets: np.ndarray
-    loss_mask: np.ndarray
-    error_mask: np.ndarray
+    inputs: Any
+    targets: Any
+    loss_mask: Any
+    error_mask: Any
+    loss_from: int = 0
+    error_from: int = 0
+
+    def numpy(self) -> "SequenceBatch":
+        """The same batch as numpy arrays on the host."""
+        return SequenceBatch(*(_as_numpy(getattr(self, f.name)) for f in fields(self)[:4]),
+                             loss_from=self.loss_from, error_from=self.error_from)
 
     @property
     def length(self) -> int:
@@ -65,11 +78,40 @@ class SequenceProblem:
     # Table 4: scale of the dense input-to-hidden weights, 0.001 (add, mul) or 0.1 (memorization).
     input_scale: float
 
-    def sample(self, rng: np.random.Generator, batch: int, length: int) -> SequenceBatch:
+    def sample(
+        self,
+        key: int | Sequence[int],
+        batch: int,
+        length: int,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+    ) -> SequenceBatch:
+        """The minibatch of ``key``: the same key gives the same minibatch on the same device.
+
+        ``generator``: a ``torch.Generator`` for ``device`` to reuse (it is reseeded from the
+        key); by default a new one. The length of a marked-pair minibatch is drawn on the host.
+        """
+        _check_batch(batch)
+        host_seed, device_seed = np.random.SeedSequence(key).generate_state(2, dtype=np.uint64).tolist()
+        device = torch.device(device)
+        if generator is None:
+            # CUDA draws need a CUDA generator; the CPU's serves the CPU and the meta device.
+            generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
+        generator.manual_seed(device_seed & (2**63 - 1))
+        return self._sample(random.Random(host_seed), generator, batch, length, device)
+
+    def _sample(self, host: random.Random, g: torch.Generator, batch: int, length: int, device: torch.device) -> SequenceBatch:
+        raise NotImplementedError
+
+    def zero_one_errors(self, outputs: torch.Tensor, targets: torch.Tensor, error_mask: torch.Tensor) -> torch.Tensor:
+        """The zero-one error per leading index: outputs (..., T, B, n_out), masks (..., T, B)."""
         raise NotImplementedError
 
     def zero_one_error(self, outputs: Any, batch: SequenceBatch) -> float:
-        raise NotImplementedError
+        """The zero-one error of one batch (outputs as tensor or array, shaped like the targets)."""
+        targets = torch.as_tensor(_as_numpy(batch.targets))
+        out = torch.as_tensor(np.array(_as_numpy(outputs))).reshape(*targets.shape[:2], -1)
+        return float(self.zero_one_errors(out, targets, torch.as_tensor(_as_numpy(batch.error_mask))))
 
     def output_bias(self, length: int | None = None) -> np.ndarray:
         """Table 4's output bias, "average of outputs", in the model's (centred) units."""
@@ -121,8 +163,8 @@ class MarkedPairProblem(SequenceProblem):
     def __init__(
         self,
         name: str,
-        draw_values: Callable[[np.random.Generator, tuple[int, int]], np.ndarray],
-        combine: Callable[[np.ndarray, np.ndarray], np.ndarray],
+        draw_values: Callable[[torch.Generator, tuple[int, int], torch.device], torch.Tensor],
+        combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         value_mean: float,
         target_mean: float,
         default_length: int = 80,
@@ -163,37 +205,36 @@ class MarkedPairProblem(SequenceProblem):
         # Targets are centred with their exact mean, so the average centred output is 0.
         return np.zeros(self.n_out)
 
-    def sample(self, rng: np.random.Generator, batch: int, length: int) -> SequenceBatch:
-        _check_batch(batch)
+    def _sample(self, host: random.Random, g: torch.Generator, batch: int, length: int, device: torch.device) -> SequenceBatch:
         r = self.ranges(length)
-        steps = int(rng.integers(*r["length"]))
-        values = self._draw_values(rng, (steps, batch))
-        i = rng.integers(*r["I"], size=batch)
-        j = rng.integers(*r["J"], size=batch)
-        cols = np.arange(batch)
+        steps = host.randrange(*r["length"])  # sets the shape: drawn on the host
+        values = self._draw_values(g, (steps, batch), device)
+        i = torch.randint(*r["I"], (1, batch), generator=g, device=device)
+        j = torch.randint(*r["J"], (1, batch), generator=g, device=device)
 
-        marker = np.zeros((steps, batch))
+        marker = torch.zeros(steps, batch, dtype=torch.float64, device=device)
         marker[0] = -1.0
         marker[steps - 3] = -1.0
-        marker[i, cols] = 1.0
-        marker[j, cols] = 1.0
+        marker.scatter_(0, i, 1.0).scatter_(0, j, 1.0)
 
-        inputs = np.stack([values, marker], axis=-1) - self.input_mean(length)
-        targets = np.zeros((steps, batch, 1))
-        targets[-1, :, 0] = self._combine(values[i, cols], values[j, cols]) - self._target_mean
-        last_step = np.zeros((steps, batch), dtype=bool)
+        mean = self.input_mean(length)
+        inputs = torch.stack([values - float(mean[0]), marker - float(mean[1])], dim=-1)
+        targets = torch.zeros(steps, batch, 1, dtype=torch.float32, device=device)
+        targets[-1, :, 0] = self._combine(values.gather(0, i)[0], values.gather(0, j)[0]) - self._target_mean
+        last_step = torch.zeros(steps, batch, dtype=torch.bool, device=device)
         last_step[-1] = True
         return SequenceBatch(
-            inputs=inputs.astype(np.float32),
-            targets=targets.astype(np.float32),
+            inputs=inputs.to(torch.float32),
+            targets=targets,
             loss_mask=last_step,
-            error_mask=last_step.copy(),
+            error_mask=last_step.clone(),
+            loss_from=steps - 1,
+            error_from=steps - 1,
         )
 
-    def zero_one_error(self, outputs: Any, batch: SequenceBatch) -> float:
-        out = _as_numpy(outputs).reshape(batch.targets.shape)
-        off = np.abs(out - batch.targets).max(axis=-1) > REGRESSION_TOLERANCE
-        return float((off & batch.error_mask).any(axis=0).mean())
+    def zero_one_errors(self, outputs: torch.Tensor, targets: torch.Tensor, error_mask: torch.Tensor) -> torch.Tensor:
+        off = (outputs - targets).abs().amax(dim=-1) > REGRESSION_TOLERANCE
+        return (off & error_mask).any(dim=-2).to(torch.float64).mean(dim=-1)
 
 
 class MemorizationProblem(SequenceProblem):
@@ -256,50 +297,58 @@ class MemorizationProblem(SequenceProblem):
         # Table 4's "average of outputs" for softmax units: softmax(log p) = p.
         return np.log(self.target_distribution(length))
 
-    def sample(self, rng: np.random.Generator, batch: int, length: int) -> SequenceBatch:
-        _check_batch(batch)
+    def _sample(self, host: random.Random, g: torch.Generator, batch: int, length: int, device: torch.device) -> SequenceBatch:
         self._check_length(length)
         n = self.n_symbols
-        symbols = rng.integers(0, self.alphabet, size=(n, batch))
+        symbols = torch.randint(0, self.alphabet, (n, batch), generator=g, device=device)
 
-        channel = np.full((length, batch), self.blank)
+        channel = torch.full((length, batch), self.blank, dtype=torch.int64, device=device)
         channel[:n] = symbols
         channel[length - n - 1] = self.trigger
-        inputs = np.eye(self.n_in)[channel] - self.input_mean(length)
+        # scatter, not one_hot: one_hot checks the class range on the host on some devices.
+        inputs = torch.zeros(length, batch, self.n_in, dtype=torch.float64, device=device)
+        inputs.scatter_(-1, channel.unsqueeze(-1), 1.0)
+        for c, m in enumerate(self.input_mean(length).tolist()):  # Python numbers: no host-to-device copy
+            inputs[..., c] -= m
 
-        targets = np.full((length, batch), self.blank, dtype=np.int64)
+        targets = torch.full((length, batch), self.blank, dtype=torch.int64, device=device)
         targets[length - n :] = symbols
-        error_mask = np.zeros((length, batch), dtype=bool)
+        error_mask = torch.zeros(length, batch, dtype=torch.bool, device=device)
         error_mask[length - n :] = True
         return SequenceBatch(
-            inputs=inputs.astype(np.float32),
+            inputs=inputs.to(torch.float32),
             targets=targets,
-            loss_mask=np.ones((length, batch), dtype=bool),
+            loss_mask=torch.ones(length, batch, dtype=torch.bool, device=device),
             error_mask=error_mask,
+            loss_from=0,
+            error_from=length - n,
         )
 
-    def zero_one_error(self, outputs: Any, batch: SequenceBatch) -> float:
-        out = _as_numpy(outputs)
-        predicted = out[..., : self.alphabet].argmax(axis=-1)
-        wrong = (predicted != batch.targets) & batch.error_mask
-        return float(wrong.sum(axis=0).mean())
+    def zero_one_errors(self, outputs: torch.Tensor, targets: torch.Tensor, error_mask: torch.Tensor) -> torch.Tensor:
+        predicted = outputs[..., : self.alphabet].argmax(dim=-1)
+        wrong = (predicted != targets) & error_mask
+        return wrong.sum(dim=-2).to(torch.float64).mean(dim=-1)
 
 
-def _uniform_values(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    return rng.random(shape)
+def _uniform_values(g: torch.Generator, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
+    return torch.rand(shape, generator=g, device=device, dtype=torch.float64)
 
 
-def _binary_values(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    return rng.integers(0, 2, size=shape).astype(np.float64)
+def _binary_values(g: torch.Generator, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
+    return torch.randint(0, 2, shape, generator=g, device=device).to(torch.float64)
+
+
+def _xor(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.logical_xor(a != 0, b != 0).to(a.dtype)
 
 
 PROBLEMS: dict[str, SequenceProblem] = {
     # E[v_I + v_J] = 1 and E[v_I * v_J] = 1/4 for independent U[0,1] values (I != J always).
-    "addition": MarkedPairProblem("addition", _uniform_values, np.add, 0.5, 1.0),
-    "multiplication": MarkedPairProblem("multiplication", _uniform_values, np.multiply, 0.5, 0.25),
+    "addition": MarkedPairProblem("addition", _uniform_values, torch.add, 0.5, 1.0),
+    "multiplication": MarkedPairProblem("multiplication", _uniform_values, torch.mul, 0.5, 0.25),
     # Optional extra of the same family (task-definitions.md); not in Table 5, layout unverified:
     # fair bits instead of U[0,1] values, target v_I XOR v_J, scored like addition.
-    "xor": MarkedPairProblem("xor", _binary_values, np.logical_xor, 0.5, 0.5),
+    "xor": MarkedPairProblem("xor", _binary_values, _xor, 0.5, 0.5),
     "mem5": MemorizationProblem("mem5", n_symbols=5, alphabet=2, default_length=200),
     "mem20": MemorizationProblem("mem20", n_symbols=10, alphabet=5, default_length=80),
 }

@@ -29,7 +29,7 @@ def per_member(x: Tensor, like: Tensor) -> Tensor:
 
 
 def _as_member_vector(name: str, value: Any, k: int) -> Tensor:
-    t = torch.as_tensor(value, dtype=torch.float64)
+    t = torch.as_tensor(value).to(torch.float64)
     if t.dim() == 0:
         t = t.expand(k)
     if t.shape != (k,):
@@ -69,11 +69,16 @@ class PopulationOptimizer:
                 "member dimension K"
             )
         self.population_size = shapes[0][0]
+        device = self.params[0].device
+        if any(p.device != device for p in self.params):
+            raise ValueError(f"params on devices {sorted({str(p.device) for p in self.params})} are not allowed: one device")
+        # Validated where the values are (the host), then kept on the parameters' device: the
+        # update reads lr and mu as tensors there, never as Python numbers (no host round trip).
         lr = _as_member_vector("lr", lr, self.population_size)
-        if not bool(torch.all(torch.isfinite(lr) & (lr > 0))):
+        if lr.device.type != "meta" and not bool(torch.all(torch.isfinite(lr) & (lr > 0))):
             raise ValueError(f"lr={lr.tolist()!r} is not allowed: each must be a finite number > 0")
-        self.lr = lr
-        self.mu = torch.zeros(self.population_size, dtype=torch.float64)
+        self.lr = lr.to(device)
+        self.mu = torch.zeros(self.population_size, dtype=torch.float64, device=device)
         self.state: dict[str, list[Tensor]] = {
             n: [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
             for n in self.state_names
@@ -107,14 +112,15 @@ class PopulationOptimizer:
 
     def reset_members(self, mask: Tensor) -> None:
         """Zero all state (velocity, accumulators, step counts) of members where ``mask`` is True."""
-        mask = torch.as_tensor(mask, dtype=torch.bool)
+        mask = torch.as_tensor(mask).to(self.lr.device, torch.bool)
         if mask.shape != (self.population_size,):
             raise ValueError(
                 f"mask of shape {tuple(mask.shape)} is not allowed: must have shape ({self.population_size},)"
             )
+        # masked_fill, not t[mask] = 0: boolean indexing asks the host how many are set (a sync).
         for tensors in self.state.values():
             for t in tensors:
-                t[mask.to(t.device)] = 0
+                t.masked_fill_(mask.view(-1, *([1] * (t.dim() - 1))), 0)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything but the parameters themselves (the model saves those, as with torch.optim)."""
@@ -142,8 +148,9 @@ class PopulationOptimizer:
                 raise ValueError(f"state {n!r} has shapes that do not match the parameters")
             for t, s in zip(tensors, saved):
                 t.copy_(s)
-        self.lr = d["lr"].clone()
-        self.mu = d["mu"].clone()
+        # Saved on any device (a checkpoint may come from another machine): kept on ours.
+        self.lr = d["lr"].to(self.lr.device, torch.float64, copy=True)
+        self.mu = d["mu"].to(self.mu.device, torch.float64, copy=True)
 
     def hyperparameters(self) -> dict[str, float]:
         """The fixed (not per-member) hyperparameters, saved with the state."""

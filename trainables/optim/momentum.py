@@ -41,15 +41,19 @@ def momentum_step(
     ``lr`` and ``mu`` have shape (K,) and act along dim 0 of every tensor. ``grads`` must be
     evaluated at theta (CM) or at theta + mu*v with this same mu (NAG).
     """
+    dtype = params[0].dtype
+    mu, neg_lr = mu.to(dtype), lr.to(dtype).neg()  # once per update, not per tensor
     if lr.numel() == 1:
-        # One member: the same multi-tensor kernels torch.optim.SGD uses (foreach), no broadcast.
+        # One member: the multi-tensor kernels torch.optim.SGD uses (foreach) where they take a
+        # tensor scalar; lr and mu stay tensors on the parameters' device (no host round trip).
         velocities, params = list(velocities), list(params)
-        torch._foreach_mul_(velocities, float(mu[0]))
-        torch._foreach_add_(velocities, list(grads), alpha=-float(lr[0]))
+        torch._foreach_mul_(velocities, mu[0])
+        for v, g in zip(velocities, grads):
+            v.addcmul_(g, neg_lr[0])
         torch._foreach_add_(params, velocities)
         return
     for p, g, v in zip(params, grads, velocities):
-        v.mul_(per_member(mu, v)).addcmul_(g, per_member(-lr, g))
+        v.mul_(per_member(mu, v)).addcmul_(g, per_member(neg_lr, g))
         p.add_(v)
 
 
@@ -77,18 +81,14 @@ class NAG(CM):
     @torch.no_grad()
     def gradient_point(self, out: Sequence[Tensor] | None = None) -> list[Tensor]:
         velocities = self.state["velocity"]
+        mu = self.mu.to(velocities[0].dtype)
         if out is None:
             if self.population_size == 1:
-                return list(torch._foreach_add(self.params, velocities, alpha=float(self.mu[0])))
-            return [torch.addcmul(p, v, per_member(self.mu, v)) for p, v in zip(self.params, velocities)]
+                return list(torch._foreach_addcmul(self.params, velocities, [mu[0]] * len(velocities)))
+            return [torch.addcmul(p, v, per_member(mu, v)) for p, v in zip(self.params, velocities)]
         out = self._check_grads(out, "out")
-        if self.population_size == 1:
-            mu = float(self.mu[0])
-            for o, p, v in zip(out, self.params, velocities):  # one pass each; foreach has no out=
-                torch.add(p, v, alpha=mu, out=o)
-        else:
-            for o, p, v in zip(out, self.params, velocities):
-                torch.addcmul(p, v, per_member(self.mu, v), out=o)
+        for o, p, v in zip(out, self.params, velocities):  # one pass each; foreach has no out=
+            torch.addcmul(p, v, mu[0] if self.population_size == 1 else per_member(mu, v), out=o)
         return out
 
 

@@ -78,8 +78,13 @@ class AutoencoderWorkload:
         # resumed run needs no RNG state to see the same minibatches.
         if epoch not in self._epoch_cache:
             n = self.data.shape[0]
-            orders = [np.random.default_rng([seed, 1, epoch]).permutation(n) for seed in self.seeds]
-            self._epoch_cache = {epoch: torch.as_tensor(np.stack(orders), device=self.device)}
+            orders = np.stack([np.random.default_rng([seed, 1, epoch]).permutation(n) for seed in self.seeds])
+            if self.device.type == "cuda":
+                # From pinned memory without waiting: the update loop never waits on the host.
+                order = torch.as_tensor(orders).pin_memory().to(self.device, non_blocking=True)
+            else:
+                order = torch.as_tensor(orders, device=self.device)
+            self._epoch_cache = {epoch: order}
         return self._epoch_cache[epoch]
 
     def minibatch(self, step: int) -> torch.Tensor:

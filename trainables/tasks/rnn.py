@@ -48,6 +48,10 @@ class PaddedBatch:
     error_mask: torch.Tensor  # (K, T, B) bool
     raw: list  # the members' unpadded SequenceBatch objects
     pads: list[int]
+    # Every step where some member's loss (error) is read lies in [loss_from, T) ([error_from, T)):
+    # known from the problem's layout, so the readout is a slice, found without a host round trip.
+    loss_from: int = 0
+    error_from: int = 0
 
 
 def recurrent_init(kind: str, n: int, radius: float, g: torch.Generator) -> torch.Tensor:
@@ -77,6 +81,8 @@ class RNNWorkload:
         self.classification = self.problem.kind == "classification"
         self._eval_batches: list[PaddedBatch] | None = None
         self._workspaces: dict[str, torch.Tensor] = {}
+        # CUDA draws need a CUDA generator; the CPU's serves the CPU and the meta device.
+        self._generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
         recurrent_init(self.init, 2, 1.0, torch.Generator().manual_seed(0))  # fail early on a bad kind
 
     # -- parameters -----------------------------------------------------------------------
@@ -97,43 +103,49 @@ class RNNWorkload:
 
     # -- data -----------------------------------------------------------------------------
     def _pad(self, batches: list) -> PaddedBatch:
-        K, B = len(batches), batches[0].inputs.shape[1]
+        """The members' batches as (K, T, ...) tensors, shorter ones left-padded (on the device)."""
+        K = len(batches)
         T = max(b.inputs.shape[0] for b in batches)
         pads = [T - b.inputs.shape[0] for b in batches]
-        n_in = self.problem.n_in
-        x = np.zeros((K, T, B, n_in), dtype=np.float32)
-        lm = np.zeros((K, T, B), dtype=np.float32)
-        em = np.zeros((K, T, B), dtype=bool)
-        if self.classification:
-            y = np.zeros((K, T, B), dtype=np.int64)
-        else:
-            y = np.zeros((K, T, B, self.problem.n_out), dtype=np.float32)
-        for k, (b, p) in enumerate(zip(batches, pads)):
-            x[k, p:], y[k, p:], lm[k, p:], em[k, p:] = b.inputs, b.targets, b.loss_mask, b.error_mask
+
+        def stacked(name: str) -> torch.Tensor:
+            parts = [getattr(b, name) for b in batches]
+            if not any(pads):
+                return torch.stack(parts)
+            out = parts[0].new_zeros((K, T, *parts[0].shape[1:]))
+            for k, (part, p) in enumerate(zip(parts, pads)):
+                out[k, p:] = part
+            return out
+
         active = None
         if any(pads):
-            act = np.ones((K, T, 1, 1), dtype=np.float32)
+            active = torch.ones(K, T, 1, 1, device=self.device, dtype=self.dtype)
             for k, p in enumerate(pads):
-                act[k, :p] = 0.0
-            active = torch.as_tensor(act, device=self.device, dtype=self.dtype)
-        as_t = lambda a, dt=self.dtype: torch.as_tensor(a, device=self.device, dtype=dt)
+                if p:
+                    active[k, :p] = 0.0
+        targets = stacked("targets")
         return PaddedBatch(
-            inputs=as_t(x),
+            inputs=stacked("inputs").to(self.dtype),
             active=active,
-            targets=as_t(y, torch.long) if self.classification else as_t(y),
-            loss_mask=as_t(lm[..., None]),
-            error_mask=torch.as_tensor(em, device=self.device),
+            targets=targets if self.classification else targets.to(self.dtype),
+            loss_mask=stacked("loss_mask").to(self.dtype)[..., None],
+            error_mask=stacked("error_mask"),
             raw=batches,
             pads=pads,
+            loss_from=min(p + b.loss_from for p, b in zip(pads, batches)),
+            error_from=min(p + b.error_from for p, b in zip(pads, batches)),
         )
 
     def _sample(self, stream: int, index: int) -> PaddedBatch:
         # Stateless in the step: batch `index` of a stream is a function of (seed, stream, index),
-        # so a resumed run needs no RNG state. Members with equal seeds share one draw.
+        # so a resumed run needs no RNG state; it is drawn on the training device (a generator
+        # there, reseeded per batch). Members with equal seeds share one draw.
         cache: dict[int, object] = {}
         for seed in self.seeds:
             if seed not in cache:
-                cache[seed] = self.problem.sample(np.random.default_rng([seed, stream, index]), self.batch_size, self.length)
+                cache[seed] = self.problem.sample(
+                    (seed, stream, index), self.batch_size, self.length, self.device, self._generator
+                )
         return self._pad([cache[s] for s in self.seeds])
 
     # -- model ----------------------------------------------------------------------------
@@ -166,24 +178,20 @@ class RNNWorkload:
             h = h_t
         return hs
 
-    @staticmethod
-    def _readout_steps(mask: torch.Tensor) -> torch.Tensor:
-        """The steps at which some member reads an output (addition: only the last)."""
-        return (mask.reshape(mask.shape[0], mask.shape[1], -1) != 0).any(dim=2).any(dim=0).nonzero().flatten()
-
-    def readout(self, params: list[torch.Tensor], hs: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        """Outputs (K, S, B, n_out) at the given steps."""
+    def readout(self, params: list[torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+        """Outputs (K, S, B, n_out) of the hidden states h (K, S, B, H) at the steps read."""
         W_ho, b_o = params[3:]
-        K, _, B, H = hs.shape
-        S = len(steps)
+        K, S, B, H = h.shape
         # (W_ho^T hs^T)^T: with few outputs, BLAS is much faster this way round than hs W_ho.
-        h_t = self._at(hs, steps).reshape(K, S * B, H).transpose(1, 2)
+        h_t = h.reshape(K, S * B, H).transpose(1, 2)
         return torch.bmm(W_ho.transpose(1, 2), h_t).transpose(1, 2).add(b_o).reshape(K, S, B, -1)
 
     @staticmethod
-    def _at(hs: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        """hs at the given steps; a view (no copy) when every step is read (memorization)."""
-        return hs if len(steps) == hs.shape[1] else hs[:, steps]
+    def _from(hs: torch.Tensor, start: int) -> torch.Tensor:
+        """hs at steps start..T-1: a view when every step is read (memorization's loss), else a
+        contiguous copy, so that bmm sees the same layout for any K (a strided batch can take
+        another kernel, and a member would then round differently from its solo run)."""
+        return hs if start == 0 else hs[:, start:].contiguous()
 
     def _loss_and_dout(self, out: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-member loss, summed over the loss steps and averaged over sequences, and d loss/d out.
@@ -208,16 +216,16 @@ class RNNWorkload:
         K, T, B, _ = batch.inputs.shape
         H = W_hh.shape[-1]
         hs = self.hidden_states(params, batch, out=self._workspace("hs", (K, T, B, H)))
-        steps = self._readout_steps(batch.loss_mask)
-        out = self.readout(params, hs, steps)
-        loss, dout = self._loss_and_dout(out, batch.targets[:, steps], batch.loss_mask[:, steps])
-        S = len(steps)
+        start = batch.loss_from
+        S = T - start
+        h_read = self._from(hs, start)
+        out = self.readout(params, h_read)
+        loss, dout = self._loss_and_dout(out, batch.targets[:, start:], batch.loss_mask[:, start:])
         d_o = dout.reshape(K, S * B, -1)
-        g_W_ho = torch.bmm(d_o.transpose(1, 2), self._at(hs, steps).reshape(K, S * B, H)).transpose(1, 2).contiguous()
+        g_W_ho = torch.bmm(d_o.transpose(1, 2), h_read.reshape(K, S * B, H)).transpose(1, 2).contiguous()
         g_b_o = d_o.sum(1, keepdim=True)
         dh_out = self._workspace("dh_out", (K, S, B, H))
         torch.bmm(d_o, W_ho.transpose(1, 2), out=dh_out.view(K, S * B, H))
-        readout_at = dict(zip(steps.tolist(), range(S)))
 
         # Backward through time: one matmul per step; the weight gradients of all steps are one
         # large matmul each afterwards. da_t = dh_t * (1 - h_t^2), computed per step on a slice
@@ -226,8 +234,8 @@ class RNNWorkload:
         W_hh_T = W_hh.transpose(1, 2).contiguous()
         dh = torch.zeros_like(hs[:, 0])
         for t in range(T - 1, -1, -1):
-            if t in readout_at:
-                dh.add_(dh_out[:, readout_at[t]])
+            if t >= start:
+                dh.add_(dh_out[:, t - start])
             d_t, h_t = da[:, t], hs[:, t]
             torch.mul(h_t, h_t, out=d_t)
             torch.addcmul(dh, dh, d_t, value=-1.0, out=d_t)
@@ -257,29 +265,22 @@ class RNNWorkload:
             buf = self._workspaces[name] = torch.empty(n, device=self.device, dtype=self.dtype)
         return buf[:n].view(shape)
 
-    def forward(self, params: list[torch.Tensor], batch: PaddedBatch) -> torch.Tensor:
-        """Outputs (K, T, B, n_out) at every step where the error is read, zeros elsewhere."""
-        hs = self.hidden_states(params, batch)
-        steps = self._readout_steps(batch.error_mask)
-        out = self.readout(params, hs, steps)
-        full = torch.zeros(*batch.inputs.shape[:3], out.shape[-1], device=out.device, dtype=out.dtype)
-        full[:, steps] = out
-        return full
-
     @torch.no_grad()
     def error(self, params: list[torch.Tensor]) -> torch.Tensor:
-        """Zero-one error (sec. 4.2; units in docs/errors.md) on a fixed evaluation set per member."""
+        """Zero-one error (sec. 4.2; units in docs/trainables.md) on a fixed evaluation set per
+        member, (K,) on the device."""
         if self._eval_batches is None:
             n = -(-self.eval_cases // self.batch_size)
             self._eval_batches = [self._sample(2, i) for i in range(n)]
-        K = params[0].shape[0]
-        totals = np.zeros(K)
+        K, H = params[0].shape[0], params[1].shape[-1]
+        total = torch.zeros(K, dtype=torch.float64, device=self.device)
         for batch in self._eval_batches:
-            out = self.forward(params, batch)
-            out = out.cpu().numpy()
-            for k in range(K):
-                totals[k] += self.problem.zero_one_error(out[k, batch.pads[k]:], batch.raw[k])
-        return torch.as_tensor(totals / len(self._eval_batches), dtype=torch.float64)
+            _, T, B, _ = batch.inputs.shape
+            hs = self.hidden_states(params, batch, out=self._workspace("hs", (K, T, B, H)))
+            start = batch.error_from
+            out = self.readout(params, self._from(hs, start))
+            total += self.problem.zero_one_errors(out, batch.targets[:, start:], batch.error_mask[:, start:])
+        return total / len(self._eval_batches)
 
 
 def build(cfg: TaskConfig, device: torch.device, dtype: torch.dtype) -> RNNWorkload:

@@ -79,6 +79,7 @@ def summarize(report: Any, seeds: list[int], metric: str, mode: str) -> dict[str
 
 def run_trial(config: dict[str, Any]) -> None:
     """Tune's function trainable for every study (importable by workers from the installed package)."""
+    from study.devices import ray_trial_device
     from study.spec import StudySpec, task_config_dict
     from trainables import train
     from trainables.config import parse_config
@@ -87,6 +88,8 @@ def run_trial(config: dict[str, Any]) -> None:
     spec = StudySpec.model_validate(ctx["spec"])
     sampled = sampled_params(config)
     task_config = parse_config(task_config_dict(spec, sampled))
+    # The device Ray assigned (none for gpus: 0, even where CUDA is visible): study/devices.py.
+    task_config = task_config.model_copy(update={"device": ray_trial_device(task_config.device)})
     seeds = [int(s) for s in task_config.member_values("seed")]
     trial_id = tune.get_context().get_trial_id()
     monitor = _system_metrics(_mlflow_uri(ctx), ctx["experiment_id"], trial_id)

@@ -20,7 +20,12 @@ setup-test: setup
 	bash tests/setup_browser.sh
 	if [ -f tests/setup_postgres.sh ]; then bash tests/setup_postgres.sh; fi
 
+# The main example, on the embedded default (local Ray, studies/quick/ for SQLite and MLflow)
+# whatever the environment points at, and afresh each time: the previous quick study is deleted
+# first (`study delete` refuses while it is running). Keep one by running its spec under another name.
 run: setup
+	unset MOMENTUM_STUDY_DIR MOMENTUM_STUDY_RESULTS_DB MLFLOW_TRACKING_URI RAY_ADDRESS MOMENTUM_STUDY_STORAGE; \
+	if [ -e studies/quick ]; then $(BIN)/study delete quick --yes || exit $$?; fi; \
 	$(BIN)/study run search_spaces/quick.yaml
 
 test: setup-test

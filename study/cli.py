@@ -220,6 +220,19 @@ def _report_end(name: str, state: str, out: Console, loc) -> int:
         f"  next: study status {name} | study results {name} --format csv | study report {name} | study ui {name}",
         highlight=False, soft_wrap=True,
     )
+    if state == "completed":
+        # The best configuration and the one-line verdict (study/verdict.py); the study's outcome
+        # is recorded already, so a verdict that cannot be computed only says why.
+        from study.verdict import study_verdict
+
+        try:
+            verdict = study_verdict(name, results_db=loc.results_db)
+        except Exception as exc:  # noqa: BLE001
+            out.print(f"no verdict: {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+        else:
+            if verdict is not None:
+                out.print(verdict.best_line(), highlight=False, soft_wrap=True)
+                out.print(verdict.line(), highlight=False, soft_wrap=True)
     return 0
 
 

@@ -656,7 +656,9 @@ def cmd_ui(args: argparse.Namespace, out: Console, err: Console) -> int:
     row = _study_row(args, "mlflow_uri, mlflow_experiment_id, spec_yaml", err)
     if row is None:
         return EXIT_BAD_INPUT
-    uri = args.mlflow_uri or _study_mlflow_uri(_loc(args, args.name), row["mlflow_uri"])
+    stored = row["mlflow_uri"]
+    # A study on a tracking server: its (redacted) address is all `study ui` needs to name it.
+    uri = args.mlflow_uri or (stored if is_server(stored) else _study_mlflow_uri(_loc(args, args.name), stored))
     experiment_id = str(row["mlflow_experiment_id"])
     if is_server(uri):
         from study.locations import redact

@@ -3,23 +3,17 @@
 ``study mlflow-server`` wraps ``mlflow server`` with a database backend (PostgreSQL on a cluster)
 and a proxied artifact store, bound to 127.0.0.1 unless told otherwise; trials on every node log
 to it over HTTP. The database URL reaches the server in its environment, never on its command
-line. ``LocalPostgres`` runs a throwaway PostgreSQL server from Debian's binaries in a
-directory of its own (tests, a laptop trying the cluster setup); production uses a managed or
-containerised PostgreSQL (deploy/).
+line. Production runs PostgreSQL managed or containerised (deploy/); the tests start a throwaway
+one with tests/pg.py.
 """
 
 from __future__ import annotations
 
-import glob
 import os
-import pwd
-import shutil
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Mapping
 
 from study.locations import redact
@@ -177,95 +171,3 @@ def _stop(proc: subprocess.Popen, timeout_s: float = 30) -> None:
             proc.kill()
             proc.wait()
 
-
-# --- PostgreSQL ----------------------------------------------------------------------------------
-
-
-def postgres_bindir() -> Path | None:
-    """Where Debian's postgresql package puts initdb/pg_ctl (not on PATH): the newest version."""
-    for name in ("pg_ctl", "initdb"):
-        found = shutil.which(name)
-        if found and Path(found).resolve().with_name("postgres").exists():
-            return Path(found).resolve().parent
-    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parts[-3]))
-    return Path(versions[-1]).parent if versions else None
-
-
-@dataclass
-class LocalPostgres:
-    """A PostgreSQL server of its own in ``directory``, on 127.0.0.1 and a free port.
-
-    PostgreSQL refuses to run as root, so as root the data directory is handed to an ordinary
-    user (``postgres``, which Debian's package creates) and the server runs as that user.
-    """
-
-    directory: Path
-    port: int = field(default_factory=free_port)
-    user: str | None = None
-    bindir: Path | None = None
-
-    def __post_init__(self) -> None:
-        self.directory = Path(self.directory)
-        self.bindir = self.bindir or postgres_bindir()
-        if self.bindir is None:
-            raise FileNotFoundError("PostgreSQL server binaries not found (apt-get install postgresql)")
-        if self.user is None and os.geteuid() == 0:
-            self.user = "postgres"
-
-    @property
-    def data(self) -> Path:
-        return self.directory / "data"
-
-    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        cmd = [str(self.bindir / args[0]), *args[1:]]
-        if self.user:
-            cmd = ["runuser", "-u", self.user, "--", *cmd]
-        return subprocess.run(cmd, check=check, capture_output=True, text=True, cwd="/")
-
-    def start(self) -> "LocalPostgres":
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if self.user:
-            info = pwd.getpwnam(self.user)
-            for p in [self.directory, *self.directory.parents]:
-                if p == Path("/"):
-                    break
-                os.chmod(p, os.stat(p).st_mode | 0o011)  # traversable by the server's user
-            shutil.chown(self.directory, info.pw_uid, info.pw_gid)
-        if not (self.data / "PG_VERSION").exists():
-            # trust on the local socket only for the admin; TCP needs a password (scram).
-            self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth-local=trust",
-                      "--auth-host=scram-sha-256", "-E", "UTF8", "--no-instructions")
-        self._run(
-            "pg_ctl", "-D", str(self.data), "-l", str(self.directory / "server.log"), "-w", "-t", "60",
-            "-o", f"-h {LOCALHOST} -p {self.port} -k {self.directory}", "start",
-        )
-        return self
-
-    def stop(self) -> None:
-        if (self.data / "postmaster.pid").exists():
-            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
-
-    def psql(self, sql: str, database: str = "postgres") -> str:
-        out = self._run("psql", "-h", str(self.directory), "-p", str(self.port), "-U", "postgres",
-                        "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql)
-        return out.stdout
-
-    def create_database(self, name: str, owner: str, password: str) -> str:
-        """A role with a password owning a new database; returns its SQLAlchemy URL."""
-        quoted = password.replace("'", "''")
-        self.psql(f"CREATE ROLE \"{owner}\" LOGIN PASSWORD '{quoted}'")
-        self.psql(f'CREATE DATABASE "{name}" OWNER "{owner}"')
-        return self.url(name, owner, password)
-
-    def url(self, database: str, user: str, password: str, driver: str = "postgresql+psycopg2") -> str:
-        from sqlalchemy.engine import URL
-
-        return URL.create(driver, user, password, LOCALHOST, self.port, database).render_as_string(
-            hide_password=False
-        )
-
-    def __enter__(self) -> "LocalPostgres":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

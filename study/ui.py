@@ -15,7 +15,8 @@ import sys
 from typing import Any, Callable
 
 from study import tracking
-from study.servers import LOCALHOST, mlflow_server_env, serve
+from study.locations import redact
+from study.servers import LOCALHOST, PortBusy, mlflow_server_env, port_is_free, serve
 
 
 def mlflow_ui_command(port: int, host: str = LOCALHOST) -> list[str]:
@@ -53,11 +54,15 @@ def run_ui(name: str, uri: str, experiment_id: str, spec: dict[str, Any], port: 
            say: Callable[[str], None]) -> int:
     """Stores the runs view, starts the server, says where to look once it answers, serves until
     Ctrl+C. Raises servers.PortBusy for a busy port, RuntimeError for a server that never answers."""
-    url = tracking.runs_url(f"http://{LOCALHOST}:{port}", experiment_id)
+    from mlflow.exceptions import MlflowException
 
-    def ready() -> None:
+    if not port_is_free(LOCALHOST, port):
+        raise PortBusy(f"port {port} on {LOCALHOST} is in use; choose another with --port")
+    try:
         tracking.set_runs_view(uri, experiment_id, spec)  # a study made before the view existed gets it
-        say(where_to_look(name, url, spec))
-
+    except MlflowException as exc:
+        raise RuntimeError(f"study {name}'s MLflow experiment {experiment_id} is not in {redact(uri)} "
+                           f"({exc.message}); name its store with --mlflow-uri") from None
+    url = tracking.runs_url(f"http://{LOCALHOST}:{port}", experiment_id)
     env = {**mlflow_server_env(uri), "MLFLOW_TRACKING_URI": uri}
-    return serve(mlflow_ui_command(port), env, LOCALHOST, port, ready)
+    return serve(mlflow_ui_command(port), env, LOCALHOST, port, lambda: say(where_to_look(name, url, spec)))

@@ -30,7 +30,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import STUDY_BIN
 from faults_util import Driver, ResultsDB, assert_study_whole, driver_env, grid_spec, wait_for
-from study.servers import LocalPostgres, free_port, mlflow_server_command, postgres_bindir, wait_http
+from pg import LocalPostgres, postgres_bindir
+from study.servers import free_port, mlflow_server_command, wait_http
 
 STEPS = [10, 20, 30, 40]
 LRS = [1e-3, 2e-3, 3e-3]

@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy import create_engine, text
 
 from conftest import STUDY_BIN, quick_spec
-from study.servers import LocalPostgres, free_port, postgres_bindir, wait_http
+from pg import LocalPostgres, postgres_bindir
+from study.servers import free_port, wait_http
 
 pytestmark = pytest.mark.skipif(
     postgres_bindir() is None,
@@ -184,10 +185,11 @@ def test_local_postgres_refuses_tcp_logins_without_the_password(postgres):
 def test_mlflow_server_command_binds_to_localhost_by_default():
     from study.servers import mlflow_server_command, printable
 
-    cmd = mlflow_server_command("postgresql://u:secret@db/mlflow", "/srv/artifacts", basic_auth=True)
+    cmd = mlflow_server_command("/srv/artifacts", basic_auth=True)
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     assert ["--app-name", "basic-auth"] == cmd[cmd.index("--app-name"):cmd.index("--app-name") + 2]
-    assert "secret" not in printable(cmd) and "u:***@db" in printable(cmd)
+    assert "--backend-store-uri" not in cmd  # the database URL travels in the environment
+    assert printable(["x", "postgresql://u:secret@db/mlflow"]) == "x postgresql://u:***@db/mlflow"
     assert sys.executable == cmd[0]
 
 
@@ -198,4 +200,8 @@ def test_study_ui_points_at_the_tracking_server(postgres, mlflow_server, pg_stud
     assert r.returncode == 0, r.stderr
     shown = mlflow_server["uri"].replace("http://", "http://study:***@")  # the stored URI, redacted
     assert shown in r.stdout and "tracks to the MLflow server" in r.stdout
+    # Where to look there: the study's runs table, in the view the study stored on the server.
+    exp = MlflowClient(mlflow_server["uri"]).get_experiment_by_name("pg-test")
+    assert f"{mlflow_server['uri']}/#/experiments/{exp.experiment_id}/runs?viewStateShareKey=study-runs" in r.stdout
+    assert "mlflow.sharedViewState.study-runs" in exp.tags
     assert PASSWORD not in r.stdout + r.stderr

@@ -121,6 +121,8 @@ class Recorder(tune.Callback):
             results.report_trial(url, sid, tid, self._spec.mode, **w["values"])
         elif kind == "finish":
             results.finish_trial(url, sid, tid, w["state"], w["ended_at"], w.get("error"))
+        elif kind == "study":
+            results.set_study_state(url, self._spec.name, w["state"], state_reason=w.get("reason"))
 
     def _run_id(self, tid: str) -> str | None:
         if tid not in self._runs:

@@ -126,12 +126,9 @@ def init_ray(loc: Locations, spec: StudySpec) -> None:
         ray.init(address=loc.ray_address, runtime_env={"env_vars": env} if env else None, **kwargs)
         preflight.check_resources(spec, _node_resources())
         return
-    try:
-        from study.local_ray import start_local_ray
-    except ImportError:  # pragma: no cover - until study/local_ray.py lands
-        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
-    else:
-        start_local_ray(**kwargs)
+    from study.local_ray import start_local_ray
+
+    start_local_ray(**kwargs)
 
 
 def _node_resources() -> dict[str, dict[str, float]]:
@@ -296,8 +293,9 @@ def resume(name: str, loc: Locations, console: Any = None) -> str:
         search.use_storage(loc.results_db)  # the restored searcher re-attaches to it
         progress = Progress(spec.name, spec.trials, spec.mode, console)
         tuner = tune.Tuner.restore(path, trainable(spec), resume_unfinished=True, resume_errored=False)
-        # The pickled callbacks carry settings only; hand the restored run fresh ones. Tuner.restore
-        # has no public way to replace callbacks (test_study_resume fails if this attribute moves).
+        # The pickled callbacks carry settings only; hand the restored run fresh ones. Ray 2.60's
+        # Tuner.restore takes no run config or callbacks (ray-project/ray#41364 asks for it), so
+        # this private attribute is the way in; tests/test_study_resume.py fails if it moves.
         tuner._local_tuner._run_config.callbacks = [recorder, progress]
         tuner._local_tuner._run_config.verbose = 0
         return _fit_and_conclude(spec, loc, tuner, recorder, progress, parent_run_id)
@@ -362,16 +360,19 @@ def conclude(spec: StudySpec, loc: Locations, recorder: Any, parent_run_id: str 
         else:
             state = "interrupted"
             reason = f"stopped with {done} of {spec.trials} trials finished; `study resume {spec.name}` continues"
-    try:
-        results.set_study_state(loc.results_db, spec.name, state, state_reason=reason)
-    except Exception as exc:
-        log.warning("could not record the study's state %s: %s", state, scrub(str(exc)))
+    # The state goes through the results DB's write queue: with the database down it is journaled
+    # (and lands with `study resume`); `study status` meanwhile shows a study without a driver.
+    if not recorder.db.write({"kind": "study", "trial_id": "", "state": state, "reason": reason}):
+        log.warning("could not record the study's state %s in the results database", state)
     if parent_run_id:
         try:
-            _settle_mlflow(spec, loc, state)
             tracking.finish_study(loc.mlflow_uri, parent_run_id, state, reason)
         except Exception as exc:
             log.warning("could not record the study's state in MLflow: %s", scrub(str(exc)))
+        try:
+            _settle_mlflow(spec, loc, state)
+        except Exception as exc:
+            log.warning("could not settle the trials' MLflow runs: %s", scrub(str(exc)))
     return state
 
 
@@ -388,21 +389,37 @@ def _finish_rows(spec: StudySpec, loc: Locations, failed: bool) -> int:
         study = s.execute(select(results.StudyRow).where(results.StudyRow.name == spec.name)).scalar_one()
         done = sum(t.state in TERMINAL for t in study.trials)
         numbers = {t.optuna_trial_number for t in study.trials}
+        finished = {t.optuna_trial_number: (t.state, t.objective) for t in study.trials
+                    if t.state in TERMINAL and t.optuna_trial_number is not None}
         if done < spec.trials or failed:
             s.execute(
                 update(results.TrialRow)
                 .where(results.TrialRow.study_id == study.id, results.TrialRow.state == "running")
                 .values(state="pending")
             )
-    if done >= spec.trials and not failed:
-        import optuna
-        from optuna.trial import TrialState
-
-        ot = optuna.load_study(study_name=spec.name, storage=search.optuna_storage(loc.results_db))
-        for t in ot.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.number not in numbers:
-                search.tell(ot, t.number, state=TrialState.FAIL)
+    _settle_optuna(spec, loc, finished, numbers if done >= spec.trials and not failed else None)
     return done
+
+
+def _settle_optuna(spec: StudySpec, loc: Locations, finished: dict[int, tuple[str, float | None]],
+                   held: set | None) -> None:
+    """Optuna trials still RUNNING get the state the results DB holds for their configuration (a
+    tell that failed while the database was down, or a driver killed before it); once the study
+    is complete (``held`` given), those no configuration took over after a hard kill are failed."""
+    import optuna
+    from optuna.trial import TrialState
+
+    ot = optuna.load_study(study_name=spec.name, storage=search.optuna_storage(loc.results_db))
+    for t in ot.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number in finished:
+            state, value = finished[t.number]
+            optuna.trial.Trial(ot, t._trial_id).set_user_attr("state", state)
+            if state in ("completed", "diverged") and value is not None:
+                search.tell(ot, t.number, value)
+            else:
+                search.tell(ot, t.number, state=TrialState.PRUNED if state == "pruned" else TrialState.FAIL)
+        elif held is not None and t.number not in held:
+            search.tell(ot, t.number, state=TrialState.FAIL)
 
 
 def _settle_mlflow(spec: StudySpec, loc: Locations, state: str) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 from ray.tune.search.optuna import OptunaSearch
 
 from study import outcome
+from study.journal import scrub
 from study.trial import OPTUNA_NUMBER_KEY
 from study.spec import (
     CategoricalParam,
@@ -186,15 +187,28 @@ class StudyOptunaSearch(OptunaSearch):
             return True
         return self._ot_study._storage.get_trial(ot._trial_id).state.is_finished()
 
+    # Telling is best effort: with the storage (the results DB) down, a failed report or tell is
+    # logged and the study goes on; at its end the runner tells Optuna what the results DB holds
+    # for every configuration still RUNNING there (runner._settle_optuna).
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or self._finished(trial_id):
-            return
-        self._ot_trials[trial_id].report(result[self.metric], int(result["step"]))
+        try:
+            if trial_id in self._completed_trials or self._finished(trial_id):
+                return
+            self._ot_trials[trial_id].report(result[self.metric], int(result["step"]))
+        except Exception as exc:
+            log.warning("Optuna report for trial %s failed: %s", trial_id, scrub(str(exc))[:300])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials:
             return
         self._completed_trials.add(trial_id)
+        try:
+            self._tell(trial_id, result, error)
+        except Exception as exc:
+            log.warning("Optuna tell for trial %s failed: %s", trial_id, scrub(str(exc))[:300])
+
+    def _tell(self, trial_id: str, result: dict | None, error: bool) -> None:
         if self._finished(trial_id):
             return
         ot = self._ot_trials[trial_id]

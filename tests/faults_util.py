@@ -273,9 +273,7 @@ def assert_study_whole(name: str, results_db: str, mlflow_uri: str, lrs: list[fl
     c = MlflowClient(mlflow_uri)
     exp = c.get_experiment_by_name(name)
     runs = c.search_runs([exp.experiment_id], filter_string="tags.`momentum_study.role` = 'trial'")
-    run_lr = collections.Counter(
-        float(r.data.params["sampled.lr"]) if "sampled.lr" in r.data.params else None for r in runs
-    )
+    run_lr = collections.Counter(float(r.data.params["lr"]) if "lr" in r.data.params else None for r in runs)
     assert run_lr == collections.Counter(lrs), f"MLflow child runs per configuration: {dict(run_lr)}"
     assert {r.info.status for r in runs} == {"FINISHED"}, [(r.info.run_id, r.info.status) for r in runs]
     assert {r.data.tags.get("ray_trial_id") for r in runs} == {t.trial_id for t in trials}

@@ -199,7 +199,7 @@ def test_gpu_worker_group_requests_nvidia_gpus():
         assert "nvidia.com/gpu" not in cpu["limits"]
 
 
-@pytest.mark.parametrize("gpus, bundle", [(0.25, {"CPU": 1.0, "GPU": 0.25}), (0, {"CPU": 1.0}), (2, {"CPU": 1.0, "GPU": 2.0})])
+@pytest.mark.parametrize("gpus, bundle", [(0.25, {"CPU": 1.0, "GPU": 0.25}), (0, {"CPU": 1.0}), (1, {"CPU": 1.0, "GPU": 1.0})])
 def test_spec_resources_become_rays_placement(gpus, bundle):
     from ray.tune.execution.placement_groups import PlacementGroupFactory
 
@@ -219,6 +219,10 @@ def test_fractional_gpus_above_one_are_refused():
 
     with pytest.raises(SpecError, match="gpus=1.5 is not allowed"):
         load_spec(quick_spec("gpu-test", resources={"cpus": 1, "gpus": 1.5}))
+    # A trial trains its population on one device: more than one GPU is refused until
+    # multi-GPU populations exist.
+    with pytest.raises(SpecError, match="more than one GPU per trial"):
+        load_spec(quick_spec("gpu-test", resources={"cpus": 1, "gpus": 2}))
 
 
 def test_device_auto_picks_cpu_without_cuda():

@@ -31,7 +31,12 @@ from mlflow.tracking import MlflowClient
 from conftest import STUDY_BIN
 from faults_util import Driver, ResultsDB, assert_study_whole, driver_env, grid_spec, wait_for
 from pg import LocalPostgres, postgres_bindir
-from study.servers import free_port, mlflow_server_command, wait_http
+from study.servers import (
+    free_port,
+    mlflow_server_command,
+    mlflow_server_env,
+    wait_http,
+)
 
 STEPS = [10, 20, 30, 40]
 LRS = [1e-3, 2e-3, 3e-3]
@@ -269,13 +274,13 @@ class MlflowServer:
     def __init__(self, workdir: Path):
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
-        self.cmd = mlflow_server_command(f"sqlite:///{workdir / 'mlflow-server.db'}", str(workdir / "artifacts"),
-                                         port=self.port)
+        self.backend = f"sqlite:///{workdir / 'mlflow-server.db'}"
+        self.cmd = mlflow_server_command(str(workdir / "artifacts"), port=self.port)
         self.log = open(workdir / "mlflow-server.log", "a")
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env = mlflow_server_env(self.backend, {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")})
         self.proc = subprocess.Popen(self.cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         wait_http(f"{self.uri}/health", timeout_s=180, proc=self.proc)

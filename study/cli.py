@@ -241,7 +241,7 @@ def _table(df, title: str | None = None) -> Table:
     ending in an ellipsis, so nothing printed is cut."""
     from rich import box
 
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title_justify="left")
     for col in df.columns:
         numeric = df[col].dtype.kind in "iuf"
         table.add_column(str(col), justify="right" if numeric else "left", overflow="fold")
@@ -314,9 +314,11 @@ def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
         elif df.empty:
             out.print("no studies yet")
         else:
-            shown = df.assign(trials=[f"{f}/{n}" for f, n in zip(df["finished"], df["num_samples"])])
-            shown = shown[["name", "task", "state", "trials", "running", "best", "metric", "created_at"]]
-            out.print(_table(shown.rename(columns={"created_at": "created"}), "studies"))
+            trials = [f"{f}/{n}" + (f", {r} running" if r else "")
+                      for f, n, r in zip(df["finished"], df["num_samples"], df["running"])]
+            created = [_cell(c)[:16] for c in df["created_at"]]  # to the minute
+            shown = df.assign(finished=trials, created=created)
+            out.print(_table(shown[["name", "task", "state", "finished", "best", "metric", "created"]], "studies"))
         return 0
     df = api.trials(args.name, args.dir, args.results_db)
     s = _study_row(args, "state, state_reason, num_samples, metric", err)

@@ -135,7 +135,10 @@ def test_status_and_results_fit_an_80_column_terminal(quick_study):
         assert len(lines) > 3, shown
         assert max(len(line) for line in lines) <= 80, shown
         assert "…" not in shown, shown  # no cell cut short
-        if args != ["status"]:
+        if args == ["status"]:  # each study on one line, its creation time included
+            row = next(line for line in lines if quick_study.name in line)
+            assert re.search(r"completed\s+3/3\s.*\d{4}-\d\d-\d\d \d\d:\d\d$", row.rstrip()), shown
+        else:
             for tid in trial_ids:  # each trial id whole, on one line
                 assert re.search(rf"(^|\s){re.escape(tid)}(\s|$)", shown, re.M), (tid, shown)
     status = _in_terminal("status", quick_study.name, "--dir", root)

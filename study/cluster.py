@@ -97,6 +97,11 @@ def job_env(
     env = {k: str(v) for k, v in pairs.items() if v}
     # Multi-node trials log to MLflow themselves; their driver's logs should stay readable.
     env.setdefault("RAY_DEDUP_LOGS", "0")
+    # `study stop --job`: Ray's job supervisor (which runs with these variables) stops the driver
+    # with SIGINT, which Tune handles as a graceful stop that records every trial, and waits up to
+    # two minutes for it instead of force-killing it after 3 s.
+    env.setdefault("RAY_JOB_STOP_SIGNAL", "SIGINT")
+    env.setdefault("RAY_JOB_STOP_WAIT_TIME_S", "120")
     return env
 
 

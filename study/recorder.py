@@ -65,7 +65,7 @@ class Recorder(tune.Callback):
         values = dict(params=sampled, config=cfg, members=parsed.population_size, optuna_trial_number=number)
         self.db.write({"kind": "start", "trial_id": tid, "started_at": _now(), "values": values})
         # When the trial started and ended travel with the writes: a journaled write lands later.
-        self.mlflow.write({"kind": "run", "trial_id": tid, "optuna": number, "config": cfg, "sampled": sampled,
+        self.mlflow.write({"kind": "run", "trial_id": tid, "optuna": number, "config": _shown(cfg), "sampled": sampled,
                            "started_ms": _now_ms()})
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -176,6 +176,17 @@ def _error_text(trial: Any) -> str | None:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _shown(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config as the MLflow runs table shows it: an ``init_scale`` left to the task's default
+    (None) shown as the value training uses (the RNN problem's input scale, SI's multiplier 1)."""
+    if cfg.get("init_scale") is not None:
+        return cfg
+    from trainables.data.rnn_problems import PROBLEMS
+
+    problem = PROBLEMS.get(cfg.get("task"))
+    return {**cfg, "init_scale": problem.input_scale if problem is not None else 1.0}
 
 
 def _now() -> dt.datetime:

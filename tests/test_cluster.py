@@ -194,3 +194,35 @@ def test_jobs_address_needs_an_http_address(monkeypatch):
     assert cluster.jobs_address("head:8265") == "http://head:8265"
     monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")
     assert cluster.jobs_address(None) == "http://head:8265"
+
+
+def test_study_stop_ends_a_submitted_study_gracefully(two_nodes, tmp_path):
+    """`study stop --job`: Ray's job supervisor sends SIGINT (cluster.job_env), Tune stops the
+    trials gracefully, and the study ends interrupted with its trials recorded, ready to resume."""
+    studies = tmp_path / "studies"
+    spec = quick_spec("cluster-stop", num_samples=2, max_concurrent_trials=2)
+    spec["config"]["updates"] = 5000
+    spec["config"]["report_every"] = 50
+    spec_path = tmp_path / "stop.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    env = two_nodes["env"]
+    r = _study(["submit", str(spec_path), "--address", two_nodes["address"], "--dir", str(studies),
+                "--storage", str(tmp_path / "storage")], env)
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.strip().splitlines()[-1]
+    deadline = time.monotonic() + 300
+    points = 0
+    while time.monotonic() < deadline and points == 0:
+        q = _study(["query", "cluster-stop", "--dir", str(studies), "--format", "json",
+                    "SELECT COUNT(*) AS n FROM ms_metric_points"], env)
+        points = json.loads(q.stdout)[0]["n"] if q.returncode == 0 else 0
+        time.sleep(2)
+    assert points, "the submitted study never reported"
+    stop = _study(["stop", "--job", job_id, "--address", two_nodes["address"]], env, timeout=300)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert _wait_job(job_id, two_nodes["address"], env) == "STOPPED"
+    q = _study(["query", "cluster-stop", "--dir", str(studies), "--format", "json",
+                "SELECT state, state_reason FROM ms_studies"], env)
+    row = json.loads(q.stdout)[0]
+    assert row["state"] == "interrupted", row  # recorded by the driver itself, not left "running"
+    assert "study resume cluster-stop" in (row["state_reason"] or "")

@@ -82,7 +82,9 @@ def test_child_runs_hold_every_resolved_parameter_and_system_metrics(quick_study
         params = run.data.params
         assert set(TaskConfig.model_fields) <= set(params)
         assert params["seed"] == "[0, 1]"
-        assert "sampled.lr" in params
+        # The sampled lr is the config's lr: one parameter, not `lr` beside `sampled.lr`.
+        assert not any(k.startswith("sampled.") for k in params)
+        assert float(params["lr"]) > 0
         assert run.data.tags["mlflow.parentRunId"]
     assert any(k.startswith("system/cpu_utilization") for r in runs for k in r.data.metrics)
     parent = c.get_run(runs[0].data.tags["mlflow.parentRunId"])

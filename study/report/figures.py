@@ -123,9 +123,9 @@ def momentum_axis(ax: Any, one_minus: Sequence[float], field: str, label_ticks: 
     xs = sorted({float(x) for x in one_minus if x is not None and not pd.isna(x) and x > 0})
     if not (label_ticks and xs):
         return
-    _fixed_ticks(ax.xaxis, xs, [fmt_value(x) for x in xs])
     if len(xs) == 1:  # a single tick: keep a decade either side instead of matplotlib's +-10%
         ax.set_xlim(xs[0] / 3, min(xs[0] * 3, 1.5))
+    _fixed_ticks(ax.xaxis, xs, [fmt_value(x) for x in xs])
     top = ax.secondary_xaxis("top")
     _fixed_ticks(top.xaxis, xs, [fmt_value(1 - x, field) for x in xs])
     top.set_xlabel(field)

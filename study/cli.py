@@ -155,11 +155,19 @@ def _loc(args: argparse.Namespace, name: str):
     )
 
 
+def _local_ray_first(args: argparse.Namespace) -> None:
+    """Without a cluster address the study starts its own Ray on 127.0.0.1, which needs
+    study.local_ray imported before ray (it sets what Ray reads at import). With an address the
+    driver joins the cluster under the machine's own address, so nothing is set."""
+    if not (getattr(args, "ray_address", None) or os.environ.get("RAY_ADDRESS")):
+        import study.local_ray  # noqa: F401
+
+
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     from study.spec import load_spec
 
     spec = load_spec(args.spec)  # before Ray, MLflow or any database is touched
-    import study.local_ray  # noqa: F401  (before ray: a local Ray on 127.0.0.1 only)
+    _local_ray_first(args)
     from study import runner
 
     loc = _loc(args, spec.name)
@@ -176,7 +184,7 @@ def cmd_resume(args: argparse.Namespace, out: Console, err: Console) -> int:
     if _nothing_to_resume(args.name, loc):
         out.print(f"study {args.name} is already completed: nothing to do", highlight=False)
         return 0
-    import study.local_ray  # noqa: F401  (before ray: a local Ray on 127.0.0.1 only)
+    _local_ray_first(args)
     from study import runner
 
     state = runner.resume(args.name, loc, err)

@@ -438,6 +438,12 @@ class StudySpec(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> "StudySpec":
         fields = set(TaskConfig.model_fields)
+        device = str(self.config.get("device") or "")
+        if device.startswith("cuda") and self.resources.gpus == 0:
+            raise ValueError(
+                f"config.device={device!r} is not allowed with resources.gpus=0: Ray gives a trial a GPU only "
+                "when it asks for one; set resources.gpus (e.g. 1, or 0.25 to share a GPU between 4 trials)"
+            )
         if not self.search:
             raise ValueError(
                 "search={} is not allowed: a study searches at least one field "

@@ -61,15 +61,21 @@ def two_nodes(tmp_path_factory):
     worker_tmp = tempfile.mkdtemp(prefix="msw-", dir="/tmp")
     gcs, dash = free_port(), free_port()
     common = ["--num-cpus=1", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+
+    def agent_ports() -> list[str]:
+        # Ray's agents default to fixed ports (52365, ...) that the suite's own Ray may hold already:
+        # then the head's job agent cannot start ("No available agent to submit job").
+        return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
     try:
         subprocess.run(
             [RAY_BIN, "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-             "--resources=" + json.dumps({"head_node": 1}), f"--temp-dir={head_tmp}", *common],
+             "--resources=" + json.dumps({"head_node": 1}), f"--temp-dir={head_tmp}", *common, *agent_ports()],
             env=env, check=True, capture_output=True, text=True, timeout=180,
         )
         subprocess.run(
             [RAY_BIN, "start", f"--address=127.0.0.1:{gcs}", "--resources=" + json.dumps({"worker_node": 1}),
-             f"--temp-dir={worker_tmp}", *common],
+             f"--temp-dir={worker_tmp}", *common, *agent_ports()],
             env=env, check=True, capture_output=True, text=True, timeout=180,
         )
         yield {"address": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{gcs}", "token": token, "env": env}

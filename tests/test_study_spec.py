@@ -120,3 +120,12 @@ def test_yaml_spec_with_duplicate_keys_or_aliases_is_refused_naming_the_line(tmp
     path.write_text("name: &n dup\ndescription: *n\n")
     with pytest.raises(SpecError, match=r"line 2: the YAML alias \*n is not allowed"):
         load_spec(path)
+
+
+def test_a_cuda_device_without_a_gpu_in_resources_is_refused():
+    from conftest import quick_spec
+
+    raw = quick_spec("cuda-no-gpu")
+    raw["config"]["device"] = "cuda"
+    with pytest.raises(SpecError, match=r"config.device='cuda' is not allowed with resources.gpus=0"):
+        load_spec(raw)

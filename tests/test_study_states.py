@@ -197,31 +197,43 @@ def _env(study_env):
 
 def test_a_second_driver_on_a_running_study_is_refused(study_env, tmp_path):
     spec = quick_spec("locked", num_samples=2, max_concurrent_trials=1)
-    spec["config"]["updates"] = 2000
+    spec["config"]["updates"] = 8000
     spec["config"]["report_every"] = 100
     path = tmp_path / "locked.yaml"
     path.write_text(yaml.safe_dump(spec))
     env = _env(study_env)
-    first = subprocess.Popen([STUDY_BIN, "run", str(path)], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def start():
+        return subprocess.Popen([STUDY_BIN, "run", str(path)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    drivers = [start()]
+    time.sleep(0.3)  # two runs of one spec 0.3 s apart: one runs, the other is refused
+    drivers.append(start())
     try:
-        time.sleep(0.3)  # two runs of one spec 0.3 s apart: one runs, the other is refused
-        again = subprocess.run([STUDY_BIN, "run", str(path)], env=env, capture_output=True, text=True, timeout=120)
-        assert again.returncode == 2, again.stdout + again.stderr
-        assert "another process" in again.stderr or "already exists" in again.stderr, again.stderr
-        db = study_env / "locked" / "results.db"
-        deadline = time.time() + 120
-        while not (db.exists() and api.trials("locked").shape[0]) and time.time() < deadline and first.poll() is None:
+        deadline = time.time() + 180
+        while all(d.poll() is None for d in drivers) and time.time() < deadline:
             time.sleep(0.3)
-        assert first.poll() is None, first.stdout.read()
+        refused = [d for d in drivers if d.poll() is not None]
+        assert len(refused) == 1, "neither driver was refused"
+        out = refused[0].stdout.read()
+        assert refused[0].returncode == 2, out
+        assert "another process" in out or "already exists" in out, out
+        running = next(d for d in drivers if d is not refused[0])
+        db = study_env / "locked" / "results.db"
+        while not (db.exists() and api.trials("locked").shape[0]) and time.time() < deadline and running.poll() is None:
+            time.sleep(0.3)
+        assert running.poll() is None, running.stdout.read()
         resumed = subprocess.run([STUDY_BIN, "resume", "locked"], env=env, capture_output=True, text=True, timeout=120)
         assert resumed.returncode == 2, resumed.stdout + resumed.stderr
         assert "being run or resumed by another process" in resumed.stderr
-        assert db.exists()
+        assert running.poll() is None  # the running driver was not disturbed
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-    # The first driver's rows are untouched by the refused ones.
+        for d in drivers:
+            if d.poll() is None:
+                os.killpg(d.pid, signal.SIGKILL)
+            d.wait()
+    # The refused drivers wrote nothing of their own: one study.
     assert len(api.studies()) == 1
 
 

@@ -659,7 +659,6 @@ def cmd_query(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def cmd_ui(args: argparse.Namespace, out: Console, err: Console) -> int:
     from study import tracking
-    from study.servers import PortBusy
     from study.spec import load_spec
     from study.ui import is_server, run_ui, without_login
 
@@ -682,13 +681,20 @@ def cmd_ui(args: argparse.Namespace, out: Console, err: Console) -> int:
         out.print(text, highlight=False, soft_wrap=True)
         sys.stdout.flush()
 
+    return _serving(lambda: run_ui(args.name, uri, experiment_id, spec, args.port, say), "the MLflow UI", err)
+
+
+def _serving(start, what: str, err: Console) -> int:
+    """Runs a server until it ends: a busy port is bad input (exit 2), a server that did not start exit 1."""
+    from study.servers import PortBusy
+
     try:
-        return run_ui(args.name, uri, experiment_id, spec, args.port, say)
+        return start()
     except PortBusy as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         return EXIT_BAD_INPUT
     except RuntimeError as exc:
-        err.print(f"[bold red]error:[/] the MLflow UI did not start: {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {what} did not start: {exc}", highlight=False)
         return EXIT_FAILED
 
 
@@ -742,7 +748,7 @@ def cmd_logs(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def cmd_mlflow_server(args: argparse.Namespace, out: Console, err: Console) -> int:
     from study.locations import redact
-    from study.servers import PortBusy, mlflow_server_command, mlflow_server_env, printable, serve
+    from study.servers import mlflow_server_command, mlflow_server_env, printable, serve
 
     backend = args.backend_store_uri or os.environ.get("MLFLOW_BACKEND_STORE_URI")
     if not backend:
@@ -757,15 +763,8 @@ def cmd_mlflow_server(args: argparse.Namespace, out: Console, err: Console) -> i
         err.print(f"MLflow tracking server on http://{args.host}:{args.port} (backend {redact(backend)})",
                   highlight=False)
 
-    try:
-        # The backend's URL, password included, in the server's environment, not its argv.
-        return serve(cmd, mlflow_server_env(backend), args.host, args.port, ready)
-    except PortBusy as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        return EXIT_BAD_INPUT
-    except RuntimeError as exc:
-        err.print(f"[bold red]error:[/] the MLflow server did not start: {exc}", highlight=False)
-        return EXIT_FAILED
+    # The backend's URL, password included, in the server's environment, not its argv.
+    return _serving(lambda: serve(cmd, mlflow_server_env(backend), args.host, args.port, ready), "the MLflow server", err)
 
 
 def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:

@@ -148,6 +148,16 @@ class Driver:
         self._log.close()
 
 
+def resume_to_the_end(name: str, env: dict[str, str], log: Path, timeout: float = 240) -> None:
+    """`study resume NAME` as a user runs it, to the end; fails the test unless it exits 0."""
+    driver = Driver(["resume", name], env, log)
+    try:
+        rc = driver.wait(timeout=timeout)
+    finally:
+        driver.cleanup()
+    assert rc == 0, driver.output()
+
+
 def wait_for(what: str, condition: Callable[[], Any], driver: Driver | None, timeout: float = 180,
              db: "ResultsDB | None" = None) -> Any:
     """Polls ``condition`` until it is truthy; fails if the driver exits first or time runs out."""

@@ -29,7 +29,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import STUDY_BIN
-from faults_util import Driver, ResultsDB, assert_study_whole, driver_env, grid_spec, wait_for
+from faults_util import (
+    Driver,
+    ResultsDB,
+    assert_study_whole,
+    driver_env,
+    grid_spec,
+    resume_to_the_end,
+    wait_for,
+)
 from pg import LocalPostgres, postgres_bindir
 from study.servers import (
     free_port,
@@ -160,12 +168,7 @@ def test_driver_killed_during_run_and_during_resume_runs_every_configuration_exa
             driver.cleanup()
         assert db.scalar("SELECT state FROM ms_studies WHERE name = :n", n=name, default=None) != "completed"
 
-        driver = Driver(["resume", name], env, log)
-        try:
-            rc = driver.wait(timeout=240)
-        finally:
-            driver.cleanup()
-        assert rc == 0, driver.output()
+        resume_to_the_end(name, env, log)
         final = db.point_rows(name)
     finally:
         db.dispose()
@@ -254,12 +257,7 @@ def test_results_db_down_mid_study_ends_failed_naming_it_and_resume_completes(wo
             reason = _state_reason(db, name)
             assert reason and REASON_RESULTS_DB.search(reason), reason
 
-        driver = Driver(["resume", name], env, log)
-        try:
-            rc = driver.wait(timeout=240)
-        finally:
-            driver.cleanup()
-        assert rc == 0, driver.output()
+        resume_to_the_end(name, env, log)
         final = db.point_rows(name)
         assert all(k in final for k in kept)
     finally:
@@ -338,12 +336,7 @@ def test_mlflow_server_down_mid_study_ends_failed_naming_it_and_resume_completes
         status = subprocess.run([STUDY_BIN, "status", name], env=env, capture_output=True, text=True, timeout=120)
         assert f"{name}: {state}" in status.stdout, status.stdout
 
-        driver = Driver(["resume", name], env, log)
-        try:
-            rc = driver.wait(timeout=240)
-        finally:
-            driver.cleanup()
-        assert rc == 0, driver.output()
+        resume_to_the_end(name, env, log)
     finally:
         db.dispose()
     figures = assert_study_whole(name, db.url, mlflow_server.uri, LRS, STEPS)

@@ -81,7 +81,6 @@ def run_trial(config: dict[str, Any]) -> None:
     """Tune's function trainable for every study (importable by workers from the installed package)."""
     from study.devices import ray_trial_device
     from study.spec import StudySpec, task_config_dict
-    from trainables import train
     from trainables.config import parse_config
 
     ctx = config[CONTEXT_KEY]
@@ -113,14 +112,28 @@ def run_trial(config: dict[str, Any]) -> None:
             tune.report(result)
 
     try:
-        train(task_config, reporter, resume_from=resume_from)
-        if reports == 0 and resume_from is not None:
-            # Killed after its last checkpoint but before Tune took the final result: the work is
-            # done, so report the checkpoint's figures as the final result again.
-            reporter(_final_report(resume_from))
+        train_to_the_end(task_config, reporter, resume_from)
     finally:
         if monitor is not None:
             monitor.finish()
+
+
+def train_to_the_end(task_config: Any, reporter: Any, resume_from: dict[str, Any] | None) -> None:
+    """``train()``, and the final report once more when the checkpoint resumed from was taken at
+    the end: a trial killed after its last checkpoint but before Tune took its final result has
+    done its work, and Tune must hear that it finished (else it counts as stopped early)."""
+    from trainables import train
+
+    reports = 0
+
+    def counted(report: Any) -> None:
+        nonlocal reports
+        reports += 1
+        reporter(report)
+
+    train(task_config, counted, resume_from=resume_from)
+    if reports == 0 and resume_from is not None:
+        reporter(_final_report(resume_from))
 
 
 def _final_report(state: dict[str, Any]) -> Any:

@@ -256,3 +256,22 @@ def test_a_start_that_fails_after_its_first_writes_leaves_nothing(ray_session, s
     done = subprocess.run([STUDY_BIN, "run", str(path)], env=_env(study_env), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert MlflowClient(loc.mlflow_uri).get_experiment_by_name(spec.name) is not None
+
+
+def test_a_trial_resumed_from_its_last_checkpoint_reports_its_end_again():
+    """Killed after its final checkpoint but before Tune took the result, a trial resumed from that
+    checkpoint has nothing left to train; it must still report its end, or it is recorded as
+    stopped early (it was recorded failed or pruned although its work was done)."""
+    from study.trial import train_to_the_end
+    from trainables.config import parse_config
+
+    cfg = parse_config({"task": "addition", "updates": 20, "report_every": 10, "seq_length": 20,
+                        "eval_cases": 50, "lr": 1e-3, "seed": [0, 1], "dtype": "float64"})
+    first: list = []
+    train_to_the_end(cfg, lambda r: first.append((r, r.checkpoint())), None)
+    last, state = first[-1]
+    assert last.final and last.step == 20
+    again: list = []
+    train_to_the_end(cfg, again.append, state)
+    assert len(again) == 1 and again[0].final and again[0].step == 20
+    assert again[0].members == last.members

@@ -118,13 +118,13 @@ def _fixed_ticks(axis: Any, values: Sequence[float], labels: Sequence[str]) -> N
 
 def momentum_axis(ax: Any, one_minus: Sequence[float], field: str, label_ticks: bool = True) -> None:
     """The x axis as 1 - ``field`` on a log scale; the top axis names the same ticks as mu."""
+    xs = sorted({float(x) for x in one_minus if x is not None and not pd.isna(x) and x > 0})
+    if len(xs) == 1:  # a single value: a decade either side (set before the log scale, which
+        ax.set_xlim(xs[0] / 3, min(xs[0] * 3, 1.5))  # refuses the identical limits of one point)
     ax.set_xscale("log")
     ax.set_xlabel(f"1 - {field} (log scale)")
-    xs = sorted({float(x) for x in one_minus if x is not None and not pd.isna(x) and x > 0})
     if not (label_ticks and xs):
         return
-    if len(xs) == 1:  # a single tick: keep a decade either side instead of matplotlib's +-10%
-        ax.set_xlim(xs[0] / 3, min(xs[0] * 3, 1.5))
     _fixed_ticks(ax.xaxis, xs, [fmt_value(x) for x in xs])
     top = ax.secondary_xaxis("top")
     _fixed_ticks(top.xaxis, xs, [fmt_value(1 - x, field) for x in xs])

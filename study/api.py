@@ -251,14 +251,16 @@ def query(
 
 
 def trials(name: str, directory: str | None = None, results_db: str | None = None) -> pd.DataFrame:
-    """One row per trial: state, current and best metric, Optuna number, MLflow run, sampled params."""
+    """One row per trial (a configuration): state, current and best metric, Optuna number, MLflow
+    run, the population that trained it (Ray trial, node, worker process), sampled params."""
     target = _target(name, directory, results_db)
     _migrate(target)
     df = _read(
         target,
         """SELECT t.trial_id, t.optuna_trial_number, t.state, t.last_step, t.metric_value,
                   t.best_metric_value, t.objective, t.members, t.members_diverged,
-                  t.mlflow_run_id, t.started_at, t.ended_at, t.params, t.config
+                  t.mlflow_run_id, t.started_at, t.ended_at, t.population, t.hostname, t.node_ip,
+                  t.worker_pid, t.params, t.config
            FROM ms_trials t JOIN ms_studies s ON s.id = t.study_id
            WHERE s.name = :name ORDER BY t.optuna_trial_number, t.trial_id""",
         {"name": name},

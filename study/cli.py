@@ -629,7 +629,8 @@ def cmd_results(args: argparse.Namespace, out: Console, err: Console) -> int:
             s = _study_row(args, "metric", err)
             metric = s["metric"] if s is not None else "value"
             diverged = [f"{d}/{m}" for d, m in zip(df["members_diverged"], df["members"])]
-            df = df.drop(columns=["mlflow_run_id", "started_at", "ended_at", "objective", "members", "members_diverged"])
+            df = df.drop(columns=["mlflow_run_id", "started_at", "ended_at", "objective", "members", "members_diverged",
+                                  "population", "hostname", "node_ip", "worker_pid"])
             df.insert(6, "diverged", diverged)
             df = df.rename(columns={"trial_id": "trial", "optuna_trial_number": "optuna", "last_step": "step",
                                     "metric_value": metric, "best_metric_value": "best"})

@@ -1,6 +1,7 @@
 """Live progress of a running study on the driver, fed by a Tune callback.
 
-On a terminal: a rich Live table, one row per trial. Without one (``study run ... > log``, nohup,
+On a terminal: a rich Live table, one row per configuration (a Ray trial trains several at once:
+study/population.py; "trial" is a configuration here, as in the results database). Without one (``study run ... > log``, nohup,
 CI, a cluster job read with ``study logs -f``): plain lines, one at each trial's end and one every
 ``MOMENTUM_STUDY_PROGRESS_EVERY`` seconds (default 30), each with the finished and running
 counts, the elapsed time, an estimate of the time left and the best so far:
@@ -88,44 +89,43 @@ class Progress(tune.Callback):
             self._plain = False
 
     # --- what is known -----------------------------------------------------------------------
+    # Rows are configurations (study/population.py): a Ray trial trains several at once.
 
     def _finished_and_running(self) -> tuple[int, int]:
         # Finished: what ended in this run (Tune's callbacks), and what had ended before it (a
-        # resumed study). Tune's status alone would count the trials an interrupt stopped.
-        finished = {tid for tid, r in self._rows.items() if r.get("ended")} | self._finished_before
-        running = {t.trial_id for t in self._trials if t.status == "RUNNING"}
+        # resumed study). Tune's status alone would count the configurations an interrupt stopped.
+        finished = {cid for cid, r in self._rows.items() if r.get("ended")} | self._finished_before
+        running = {cid for t in self._trials if t.status == "RUNNING" for cid in _config_ids(t)}
         return len(finished), len(running - finished)
 
     def _best(self) -> tuple[float | None, str | None]:
-        """The study's best so far: the best of the trials' bests (a diverged trial has none)."""
+        """The study's best so far: the best of the configurations' bests (a diverged one has none)."""
         bests: dict[str, float | None] = {}
         for t in self._trials:  # trials restored by `study resume` report nothing in this run
-            last = t.last_result or {}
-            if last.get("members_diverged"):
-                bests[t.trial_id] = None
-                continue
-            analysis = (t.metric_analysis or {}).get("metric_value") or {}
-            value = analysis.get(self.mode)
-            bests[t.trial_id] = value if isinstance(value, (int, float)) and math.isfinite(value) else None
-        for tid, r in self._rows.items():
-            bests[tid] = None if r.get("diverged") else r.get("best")
+            for c in (t.last_result or {}).get("configs") or []:
+                value = c.get("metric_value")
+                ok = not c.get("members_diverged") and isinstance(value, (int, float)) and math.isfinite(value)
+                bests[c["config_id"]] = value if ok else None
+        for cid, r in self._rows.items():
+            bests[cid] = None if r.get("diverged") else r.get("best")
         best, where = None, None
-        for tid, value in bests.items():
+        for cid, value in bests.items():
             if value is not None and better(value, best, self.mode):
-                best, where = value, tid
+                best, where = value, cid
         return best, where
 
     def _work(self) -> float:
-        """Trials' worth of work done: 1 per finished trial, the fraction of its updates per running one."""
+        """Configurations' worth of work done: 1 per finished one, the fraction of its updates per
+        running one."""
         done = 0.0
         for t in self._trials:
-            if t.trial_id in self._finished_before or self._rows.get(t.trial_id, {}).get("ended"):
-                done += 1.0
-            else:
-                updates = _updates(t)
-                step = (t.last_result or {}).get("step")
-                if updates and step:
-                    done += min(float(step) / updates, 1.0)
+            updates = _updates(t)
+            last = {c["config_id"]: c for c in (t.last_result or {}).get("configs") or []}
+            for cid in _config_ids(t):
+                if cid in self._finished_before or self._rows.get(cid, {}).get("ended"):
+                    done += 1.0
+                elif updates and (last.get(cid) or {}).get("step"):
+                    done += min(float(last[cid]["step"]) / updates, 1.0)
         return done
 
     def _line(self) -> str:
@@ -156,15 +156,22 @@ class Progress(tune.Callback):
         table = Table(title=f"study {self.name}: {finished}/{self.total} trials finished", expand=False)
         for col in ("trial", "state", "step", self._metric, "best"):
             table.add_column(col, justify="right" if col in ("step", self._metric, "best") else "left")
-        for tid, r in self._rows.items():
-            table.add_row(tid, r["state"], str(r.get("step", "")), _fmt(r.get("value")), _fmt(r.get("best")))
+        for cid, r in self._rows.items():
+            table.add_row(cid, r["state"], str(r.get("step", "")), _fmt(r.get("value")), _fmt(r.get("best")))
         return table
 
-    def _update(self, trial: Any, **values: Any) -> None:
-        row = self._rows.setdefault(trial.trial_id, {"state": "running"})
+    def _update(self, cid: str, **values: Any) -> None:
+        row = self._rows.setdefault(cid, {"state": "running"})
         row.update(values)
         if self._live is not None:
             self._live.update(self._table())
+
+    def _end(self, cid: str, state: str) -> None:
+        if self._rows.get(cid, {}).get("ended"):
+            return
+        self._update(cid, state=state, ended=True)
+        if self._plain:
+            self._print_line(f"trial {cid} {state}; ")
 
     # --- Tune's callback hooks -----------------------------------------------------------------
 
@@ -173,39 +180,61 @@ class Progress(tune.Callback):
         if trials and self._metric == "metric":
             self._metric = _metric_name(trials[0]) or "metric"
         if self._work_at_start is None and trials:
-            self._finished_before = {t.trial_id for t in trials if t.status in FINISHED_STATUSES}
+            self._finished_before = {cid for t in trials for cid in _ended_before(t)}
             self._work_at_start = self._work()
         if self._plain and time.monotonic() - self._last_line >= self._every:
             self._print_line()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._trials = trials
-        self._update(trial, state="running")
+        for cid in _config_ids(trial):
+            if cid not in self._finished_before:
+                self._update(cid, state="running")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._trials = trials
-        value = result.get("metric_value")
-        row = self._rows.get(trial.trial_id, {})
-        best, diverged = row.get("best"), bool(row.get("diverged") or result.get("members_diverged"))
-        if diverged:
-            best = None  # a diverged configuration has no best (study/outcome.py)
-        elif value is not None and math.isfinite(value) and better(value, best, self.mode):
-            best = value
-        state = "diverged" if diverged else "running"
-        self._update(trial, state=state, step=result.get("step"), value=value, best=best, diverged=diverged)
+        for c in result.get("configs") or []:
+            cid = c["config_id"]
+            if cid in self._finished_before or self._rows.get(cid, {}).get("ended"):
+                continue
+            value = c.get("metric_value")
+            row = self._rows.get(cid, {})
+            best, diverged = row.get("best"), bool(row.get("diverged") or c.get("members_diverged"))
+            if diverged:
+                best = None  # a diverged configuration has no best (study/outcome.py)
+            elif value is not None and math.isfinite(value) and better(value, best, self.mode):
+                best = value
+            self._update(cid, state="diverged" if diverged else "running", step=c.get("step"), value=value,
+                         best=best, diverged=diverged)
+            if c.get("ended"):
+                self._end(cid, trial_state(c))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._trials = trials
-        state = trial_state(trial.last_result)
-        self._update(trial, state=state, ended=True)
-        if self._plain:
-            self._print_line(f"trial {trial.trial_id} {state}; ")
+        last = {c["config_id"]: c for c in (trial.last_result or {}).get("configs") or []}
+        for cid in _config_ids(trial):
+            if cid not in self._finished_before:
+                self._end(cid, trial_state(last.get(cid)))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._trials = trials
-        self._update(trial, state="failed", ended=True)
-        if self._plain:
-            self._print_line(f"trial {trial.trial_id} failed; ")
+        for cid in _config_ids(trial):
+            if cid not in self._finished_before:
+                self._end(cid, "failed")
+
+
+def _config_ids(trial: Any) -> list[str]:
+    from study.population import member_table
+
+    return [c.config_id for c in member_table(getattr(trial, "config", None) or {})]
+
+
+def _ended_before(trial: Any) -> list[str]:
+    """Configurations that had ended when this run started: a finished trial's, and those a
+    resumed population had stopped."""
+    if trial.status in FINISHED_STATUSES:
+        return _config_ids(trial)
+    return [c["config_id"] for c in (trial.last_result or {}).get("configs") or [] if c.get("ended")]
 
 
 def _every() -> float:

@@ -1,6 +1,9 @@
-"""The driver's Tune callback that records every trial in the results DB and in MLflow.
+"""The driver's Tune callback that records every configuration in the results DB and in MLflow.
 
-Every write is idempotent (keyed by study and Ray trial id) and goes through a WriteQueue per
+A Ray trial trains a population of configurations (study/population.py); what is recorded is per
+configuration: one results-DB trial row (keyed by its configuration id) with its seeds as
+members, one MLflow child run, and the population (the Ray trial) as a column and a tag on it.
+Every write is idempotent (keyed by study and configuration id) and goes through a WriteQueue per
 store (study/journal.py): a store that fails is retried, then journaled, and the study goes on;
 what a trial ends as comes from study/outcome.py, the rule the searcher and the progress display
 use too. The driver creates each trial's MLflow child run (the trial process only attaches
@@ -19,8 +22,21 @@ from ray import tune
 from study import outcome, results, search, tracking
 from study.journal import Journal, WriteQueue, scrub
 from study.locations import Locations
-from study.spec import StudySpec, task_config_dict
-from study.trial import OPTUNA_NUMBER_KEY, sampled_params
+from study.spec import StudySpec
+
+
+def _timed(method: Any) -> Any:
+    import functools
+
+    @functools.wraps(method)
+    def timed(self: "Recorder", *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.busy_s += time.perf_counter() - start
+
+    return timed
 
 
 class Recorder(tune.Callback):
@@ -40,6 +56,10 @@ class Recorder(tune.Callback):
         self._runs: dict[str, str] = {}
         self._metrics = tracking.MetricLog(loc.mlflow_uri, spec.metric, spec.mode)
         self.finished: dict[str, str] = {}
+        # The driver's bookkeeping (these callbacks, the writes in them) against the trials'
+        # compute (Tune's time_this_iter_s summed): logged on the parent run at the end.
+        self.busy_s = 0.0
+        self.trial_s = 0.0
 
     # Tune pickles its callbacks into the experiment directory: only settings without a secret
     # travel; `study resume` hands the restored run fresh recorders.
@@ -51,59 +71,81 @@ class Recorder(tune.Callback):
 
     # --- Tune's callbacks ------------------------------------------------------------------------
 
+    @_timed
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        from trainables.config import parse_config
+        from study.population import member_table, solo_config
 
-        sampled = sampled_params(trial.config)
-        parsed = parse_config(task_config_dict(self._spec, sampled))
-        cfg = parsed.model_dump(mode="json")
-        number = trial.config.get(OPTUNA_NUMBER_KEY)
-        tid = trial.trial_id
-        if number is not None:
-            self.db.write({"kind": "adopt", "trial_id": tid, "optuna": number})
-            self.mlflow.write({"kind": "adopt", "trial_id": tid, "optuna": number})
-        values = dict(params=sampled, config=cfg, members=parsed.population_size, optuna_trial_number=number)
-        self.db.write({"kind": "start", "trial_id": tid, "started_at": _now(), "values": values})
-        # When the trial started and ended travel with the writes: a journaled write lands later.
-        self.mlflow.write({"kind": "run", "trial_id": tid, "optuna": number, "config": _shown(cfg), "sampled": sampled,
-                           "started_ms": _now_ms()})
+        for c in member_table(trial.config):
+            cfg = solo_config(self._spec, c.params)
+            dumped = cfg.model_dump(mode="json")
+            cid = c.config_id
+            self.db.write({"kind": "adopt", "trial_id": cid, "optuna": c.number})
+            self.mlflow.write({"kind": "adopt", "trial_id": cid, "optuna": c.number})
+            values = dict(params=c.params, config=dumped, members=cfg.population_size, optuna_trial_number=c.number,
+                          population=trial.trial_id)
+            self.db.write({"kind": "start", "trial_id": cid, "started_at": _now(), "values": values})
+            # When the run started and ended travel with the writes: a journaled write lands later.
+            self.mlflow.write({"kind": "run", "trial_id": cid, "optuna": c.number, "config": _shown(dumped),
+                               "sampled": c.params, "population": trial.trial_id, "started_ms": _now_ms()})
 
+    def _unfinished(self, trial: Any) -> list[str]:
+        from study.population import member_table
+
+        return [c.config_id for c in member_table(trial.config) if c.config_id not in self.finished]
+
+    @_timed
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.db.write({"kind": "trial", "trial_id": trial.trial_id,
-                       "values": {"state": "running", "error_message": _error_text(trial)}})
+        for cid in self._unfinished(trial):
+            self.db.write({"kind": "trial", "trial_id": cid,
+                           "values": {"state": "running", "error_message": _error_text(trial)}})
 
+    @_timed
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        tid, step = trial.trial_id, int(result["step"])
-        self.db.write({"kind": "points", "trial_id": tid, "step": step, "members": result.get("members", [])})
-        values = dict(
-            last_step=step,
-            metric_value=result.get("metric_value"),
-            objective=result.get("objective"),
-            members_diverged=int(result.get("members_diverged", 0)),
-            # Where the trial ran: Tune fills in hostname and node_ip; ray_node_id comes from trial.py.
-            hostname=result.get("hostname"),
-            node_ip=result.get("node_ip"),
-            ray_node_id=result.get("ray_node_id"),
-        )
-        self.db.write({"kind": "report", "trial_id": tid, "values": values})
+        self.trial_s += float(result.get("time_this_iter_s") or 0.0)
         stamp = int(result.get("timestamp", time.time()) * 1000)
-        self.mlflow.write({"kind": "metrics", "trial_id": tid, "step": step,
-                           "metrics": tracking.metrics_at_step(result, self._spec.metric), "timestamp": stamp})
+        for c in result.get("configs") or []:
+            cid, step = c["config_id"], int(c["step"])
+            if cid in self.finished:
+                continue  # ended at an earlier report: its figures are frozen there
+            self.db.write({"kind": "points", "trial_id": cid, "step": step, "members": c.get("members", [])})
+            values = dict(
+                last_step=step,
+                metric_value=c.get("metric_value"),
+                objective=c.get("objective"),
+                members_diverged=int(c.get("members_diverged", 0)),
+                # Where the population ran: Tune fills in hostname, node_ip and pid; ray_node_id
+                # comes from trial.py.
+                hostname=result.get("hostname"),
+                node_ip=result.get("node_ip"),
+                ray_node_id=result.get("ray_node_id"),
+                worker_pid=result.get("pid"),
+            )
+            self.db.write({"kind": "report", "trial_id": cid, "values": values})
+            self.mlflow.write({"kind": "metrics", "trial_id": cid, "step": step,
+                               "metrics": tracking.metrics_at_step(c, self._spec.metric), "timestamp": stamp})
+            if c.get("ended"):
+                self._finish(cid, outcome.trial_state(c), c)
 
+    @_timed
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, outcome.trial_state(trial.last_result))
+        last = {c["config_id"]: c for c in (trial.last_result or {}).get("configs") or []}
+        for cid in self._unfinished(trial):
+            self._finish(cid, outcome.trial_state(last.get(cid)), last.get(cid))
 
+    @_timed
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, "failed", _error_text(trial))
+        error = _error_text(trial)
+        last = {c["config_id"]: c for c in (trial.last_result or {}).get("configs") or []}
+        for cid in self._unfinished(trial):
+            self._finish(cid, "failed", last.get(cid), error)
 
-    def _finish(self, trial: Any, state: str, error: str | None = None) -> None:
-        tid = trial.trial_id
-        self.finished[tid] = state
-        self.db.write({"kind": "finish", "trial_id": tid, "state": state, "ended_at": _now(), "error": error})
-        tags = {"objective": str((trial.last_result or {}).get("objective"))}
+    def _finish(self, cid: str, state: str, last: dict | None, error: str | None = None) -> None:
+        self.finished[cid] = state
+        self.db.write({"kind": "finish", "trial_id": cid, "state": state, "ended_at": _now(), "error": error})
+        tags = {"objective": str((last or {}).get("objective"))}
         if error:
             tags["error"] = error[-5000:]
-        self.mlflow.write({"kind": "finish", "trial_id": tid, "state": state, "tags": tags, "ended_ms": _now_ms()})
+        self.mlflow.write({"kind": "finish", "trial_id": cid, "state": state, "tags": tags, "ended_ms": _now_ms()})
 
     # --- the writes ------------------------------------------------------------------------------
 
@@ -139,7 +181,7 @@ class Recorder(tune.Callback):
         elif kind == "run":
             self._runs[tid] = tracking.ensure_trial_run(
                 uri, self.experiment_id, self.parent_run_id, self._spec.name, tid, w["optuna"], w["config"], w["sampled"],
-                w.get("started_ms"),
+                w.get("started_ms"), w.get("population"),
             )
             search.note_mlflow_run(tid, self._runs[tid])  # the Optuna trial's user attribute
             self.db.write({"kind": "trial", "trial_id": tid, "values": {"mlflow_run_id": self._runs[tid]}})

@@ -36,7 +36,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 TRIAL_STATES = ("pending", "running", "completed", "diverged", "failed", "pruned")
 STUDY_STATES = ("running", "interrupted", "completed", "failed")
-MEMBER_STATES = ("running", "completed", "diverged")
+MEMBER_STATES = ("running", "completed", "diverged", "pruned")
 TERMINAL_TRIAL_STATES = ("completed", "diverged", "failed", "pruned")
 VERSION_TABLE = "ms_alembic_version"
 
@@ -119,6 +119,9 @@ class TrialRow(Base):
     hostname: Mapped[str | None] = mapped_column(String(255))
     node_ip: Mapped[str | None] = mapped_column(String(64))
     ray_node_id: Mapped[str | None] = mapped_column(String(64))
+    # The population that trained it (migration 0004): the Ray trial id, and its worker's process.
+    population: Mapped[str | None] = mapped_column(String(64))
+    worker_pid: Mapped[int | None] = mapped_column(Integer)
 
     study: Mapped[StudyRow] = relationship(back_populates="trials")
     points: Mapped[list["MetricPointRow"]] = relationship(back_populates="trial", cascade="all, delete-orphan")

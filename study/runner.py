@@ -53,7 +53,9 @@ def trial_dirname(trial: Any) -> str:
 
 
 def scheduler(spec: StudySpec, reports: int) -> Any:
-    if spec.scheduler.type == "asha":
+    """Ray Tune's ASHA for ``fuse: off`` (a trial is one configuration); a fused study stops
+    configurations inside their population instead (study/population.py, MemberRungs)."""
+    if spec.scheduler.type == "asha" and spec.fuse == "off":
         from ray.tune.schedulers import ASHAScheduler
 
         return ASHAScheduler(
@@ -94,6 +96,22 @@ def prepare(spec: StudySpec, loc: Locations) -> int:
     search.sampler(spec)
     check_scheduler(spec, cfg.report_every, cfg.momentum_schedule or DEFAULT_SCHEDULE[family(cfg.task)])
     return math.ceil(cfg.updates / cfg.report_every)
+
+
+def configs_per_trial(spec: StudySpec) -> int:
+    """How many configurations a Ray trial trains (study/population.py), for the Ray just started:
+    the trials that can run at once are ``max_concurrent_trials``, else what its resources hold."""
+    import ray
+
+    from study.population import configs_per_trial as per_trial
+
+    slots = spec.max_concurrent_trials
+    if slots is None:
+        have = ray.cluster_resources()
+        slots = int(have.get("CPU", 1) // spec.resources.cpus)
+        if spec.resources.gpus:
+            slots = min(slots, int(have.get("GPU", 0) // spec.resources.gpus))
+    return per_trial(spec, check_configs(spec), max(1, slots))
 
 
 def _refuse_existing(spec: StudySpec, loc: Locations) -> None:
@@ -223,10 +241,15 @@ def _start(spec: StudySpec, loc: Locations, reports: int, console: Any, undo: li
         trainable(spec),
         param_space={CONTEXT_KEY: context},
         tune_config=tune.TuneConfig(
-            search_alg=search.searcher(spec, loc.results_db),
+            search_alg=search.searcher(spec, loc.results_db, configs_per_trial(spec)),
             scheduler=scheduler(spec, reports),
+            # An upper bound (a trial trains at least one configuration): the searcher says when
+            # every configuration has been handed out.
             num_samples=spec.trials,
             max_concurrent_trials=spec.max_concurrent_trials,
+            # A worker process trains one population after another: no new process, imports or
+            # MLflow client per trial (docs/benchmarks.md, "Study throughput").
+            reuse_actors=True,
             trial_dirname_creator=trial_dirname,
         ),
         run_config=run_config(spec, loc, [recorder, progress]),
@@ -366,7 +389,10 @@ def conclude(spec: StudySpec, loc: Locations, recorder: Any, parent_run_id: str 
         log.warning("could not record the study's state %s in the results database", state)
     if parent_run_id:
         try:
-            tracking.finish_study(loc.mlflow_uri, parent_run_id, state, reason)
+            # This run's driver bookkeeping against its trials' compute (docs/benchmarks.md).
+            cost = {"driver_bookkeeping_s": getattr(recorder, "busy_s", 0.0),
+                    "trial_compute_s": getattr(recorder, "trial_s", 0.0)}
+            tracking.finish_study(loc.mlflow_uri, parent_run_id, state, reason, cost)
         except Exception as exc:
             log.warning("could not record the study's state in MLflow: %s", scrub(str(exc)))
         try:

@@ -1,20 +1,26 @@
-"""The search: Optuna distributions and sampler from a spec, and the Ray Tune searcher that drives
-them with the Optuna study stored in the results database.
+"""The search: Optuna distributions and sampler from a spec, and the Ray Tune searcher that hands
+each Ray trial a population of configurations, with the Optuna study stored in the results database.
 
-``StudyOptunaSearch`` is Ray's ``OptunaSearch`` with what a resumable, recorded study needs and
-Ray's class does not do (each is a method override, documented where it is):
+``PopulationSearch`` is a Ray Tune ``Searcher`` written for this service rather than Ray's
+``OptunaSearch``, which asks Optuna for one configuration per Ray trial and tells one value back;
+a fused study needs a member table per trial (study/population.py) and a value per configuration:
 
-- Optuna is told the state the study's own rule gives (study/outcome.py): a trial ASHA stopped is
-  PRUNED with its last intermediate value, a diverged one COMPLETE with +-inf and a ``state`` user
-  attribute, a crashed one FAIL. Ray tells every stopped trial COMPLETE with its partial value.
-- Nothing secret is pickled: Tune writes the searcher into its experiment directory (tuner.pkl,
-  searcher state), so the storage (whose URL may hold a password) is dropped on pickling and
-  re-attached from ``use_storage()`` by the process that restores it.
-- After a hard kill, Tune's saved state can be older than Optuna's: Optuna trials asked but never
-  known to Tune stay RUNNING ("orphans"), and trials Optuna already finished are resumed by Tune.
-  On restore, orphans are handed to the next Tune trials that ask (so every configuration runs
-  once, and a grid point is never handed out twice), and results for trials Optuna already
-  finished are not told again (Optuna would raise UpdateFinishedTrialError).
+- Asking: a population's configurations are asked one after the other (Optuna's ask-and-tell;
+  the sampler settings for batches are in ``sampler``). A grid is walked by the searcher in an
+  order that keeps one shape together, each point an enqueued Optuna trial; a suggestion of
+  another shape than the population being filled waits for the next one.
+- Telling: every configuration is told its own state by the study's rule (study/outcome.py): a
+  configuration stopped early is PRUNED with its last intermediate value, a diverged one
+  COMPLETE with +-inf and a ``state`` user attribute, a failed one FAIL. A configuration that
+  ends before its population (stopped at a rung) is told at once.
+- Nothing secret is pickled: Tune writes the searcher into its experiment directory, so the
+  storage (whose URL may hold a password) is dropped on pickling and re-attached from
+  ``use_storage()`` by the process that restores it.
+- After a hard kill, Tune's saved state can be older than Optuna's: Optuna trials asked but in no
+  population Tune knows stay RUNNING ("orphans"), and some may even have finished. On restore,
+  orphans are handed to the next populations (a grid point's orphan when the walk reaches that
+  point, so no point is trained twice), finished ones count as done, and configurations Optuna
+  already finished are not told again (Optuna would raise UpdateFinishedTrialError).
 """
 
 from __future__ import annotations
@@ -22,11 +28,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
-from study import outcome
+from study import outcome, population
 from study.journal import scrub
-from study.trial import OPTUNA_NUMBER_KEY
 from study.spec import (
     CategoricalParam,
     FloatParam,
@@ -34,6 +39,7 @@ from study.spec import (
     IntParam,
     SpecError,
     StudySpec,
+    grid_points,
     optuna_sampler,
     param_name,
 )
@@ -73,14 +79,23 @@ def distributions(spec: StudySpec) -> dict[str, Any]:
     return out
 
 
-def sampler(spec: StudySpec) -> Any:
-    """The spec's Optuna sampler (validated there: a bad option is a SpecError naming it)."""
+def sampler(spec: StudySpec, per_trial: int = 1) -> Any:
+    """The spec's Optuna sampler (validated there: a bad option is a SpecError naming it).
+
+    Asked for ``per_trial`` configurations at once, TPE gets ``constant_liar`` (running trials count
+    as bad, so one batch spreads out instead of repeating one point) and CMA-ES a ``popsize`` of the
+    batch, unless the spec's sampler options set them."""
     if spec.sampler.type == "cmaes":
         try:
             import cmaes  # noqa: F401
         except ImportError:
             raise SpecError("sampler.type='cmaes' needs the 'cmaes' package: pip install cmaes") from None
-    return optuna_sampler(spec)
+    extra: dict[str, Any] = {}
+    if per_trial > 1 and spec.sampler.type == "tpe" and "constant_liar" not in spec.sampler.options:
+        extra["constant_liar"] = True
+    if per_trial > 1 and spec.sampler.type == "cmaes" and "popsize" not in spec.sampler.options:
+        extra["popsize"] = max(per_trial, 2)
+    return optuna_sampler(spec, extra)
 
 
 def optuna_storage(url: str) -> Any:
@@ -90,16 +105,11 @@ def optuna_storage(url: str) -> Any:
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
-def searcher(spec: StudySpec, results_db: str) -> "StudyOptunaSearch":
+def searcher(spec: StudySpec, results_db: str, per_trial: int) -> "PopulationSearch":
+    """The study's searcher, its Optuna study created in the results database."""
     use_storage(results_db)
-    found = StudyOptunaSearch(
-        space=distributions(spec),
-        metric="objective",
-        mode=spec.mode,
-        sampler=sampler(spec),
-        study_name=spec.name,
-        storage=optuna_storage(results_db),
-    )
+    found = PopulationSearch(spec, per_trial, sampler(spec, per_trial))
+    found.open(results_db)
     # The objective's name in optuna-dashboard: the study's metric, not "Objective 0"
     # (experimental in Optuna since 3.2, and warns so).
     import warnings
@@ -112,25 +122,49 @@ def searcher(spec: StudySpec, results_db: str) -> "StudyOptunaSearch":
     return found
 
 
-class StudyOptunaSearch(OptunaSearch):
-    """OptunaSearch for recorded, resumable studies (module docstring)."""
+class PopulationSearch(Searcher):
+    """The searcher of every study: hands each Ray trial a member table (module docstring)."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._orphans: list[int] = []  # Optuna trial ids to hand to the next trials that ask
+    def __init__(self, spec: StudySpec, per_trial: int, optuna_sampler_: Any) -> None:
+        super().__init__(metric="objective", mode=spec.mode)
+        self._spec_dict = spec.model_dump(mode="json")
+        self._study_name = spec.name
+        self._space = distributions(spec)
+        self._sampler = optuna_sampler_
+        self._per_trial = per_trial
+        self._total = spec.trials
+        # A grid is walked in an order that keeps configurations of one shape together.
+        self._grid: list[dict[str, Any]] | None = None
+        if spec.sampler.type == "grid":
+            points = [{param_name(f, spec.search[f]): v for f, v in p.items()} for p in grid_points(spec)]
+            order = sorted(range(len(points)), key=lambda i: population.shape_key(spec, points[i]))
+            self._grid = [points[i] for i in order]
+        self._next_grid = 0
+        self._handed = 0  # configurations taken from Optuna (asked, or orphans taken over)
+        self._populations: dict[str, list[dict[str, Any]]] = {}  # Ray trial id -> member table
+        self._ids: dict[str, int] = {}  # configuration id -> Optuna trial id (storage's)
+        self._held: list[int] = []  # asked, but of another shape than the population being filled
+        self._lost: set[int] = set()  # finished Optuna trials no saved population knows, counted once
+        self._told: set[str] = set()
+        self._orphans: list[int] = []
+        self._grid_orphans: dict[str, int] = {}
+        self._grid_done: set[str] = set()
+        self._storage: Any = None
+        self._ot_study: Any = None
+        self._spec: StudySpec | None = spec
 
-    # --- pickling: no storage, trials by id ----------------------------------------------------
+    def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
+        return True  # the space, metric and mode come from the study spec
+
+    # --- pickling: no storage ------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_storage"] = None
-        state["_ot_study"] = None
-        state["_ot_trials"] = {tid: t._trial_id for tid, t in self._ot_trials.items()}
+        state["_storage"] = state["_ot_study"] = state["_spec"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.__dict__.setdefault("_orphans", [])
         if _storage_url is not None:
             self._attach(_storage_url)
 
@@ -146,96 +180,199 @@ class StudyOptunaSearch(OptunaSearch):
         with open(checkpoint_path, "rb") as f:
             self.__setstate__(pickle.load(f))
 
-    def _attach(self, url: str) -> None:
-        """Re-opens the Optuna study and its trials; finds the orphans (module docstring)."""
+    def _study_spec(self) -> StudySpec:
+        if self._spec is None:
+            self._spec = StudySpec.model_validate(self._spec_dict)
+        return self._spec
+
+    def open(self, url: str) -> None:
+        """Creates (or opens) the Optuna study in the results database."""
         import optuna
-        from optuna.trial import Trial, TrialState
+
+        self._storage = optuna_storage(url)
+        self._ot_study = optuna.create_study(study_name=self._study_name, storage=self._storage,
+                                            sampler=self._sampler, direction="minimize" if self._mode == "min" else "maximize",
+                                            load_if_exists=True)
+
+    def _attach(self, url: str) -> None:
+        """Re-opens the Optuna study after a restore, and sorts out what Tune's saved state (older
+        than Optuna's after a hard kill) does not know (module docstring)."""
+        import optuna
+        from optuna.trial import TrialState
 
         self._storage = optuna_storage(url)
         self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler,
                                            pruner=optuna.pruners.NopPruner())
-        ids = {tid: (t if isinstance(t, int) else t._trial_id) for tid, t in self._ot_trials.items()}
-        self._ot_trials = {tid: Trial(self._ot_study, i) for tid, i in ids.items()}
-        held = set(ids.values())
-        running = self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        self._orphans = [t._trial_id for t in sorted(running, key=lambda t: t.number) if t._trial_id not in held]
-        if self._orphans:
-            log.info("re-attaching %d Optuna trial(s) that Tune's saved state did not know", len(self._orphans))
+        study = self._ot_study
+        # A grid point enqueued but never asked (WAITING) is asked when the walk reaches it (_ask_point).
+        known = set(self._ids.values()) | set(self._held)
+        self._orphans, self._grid_orphans = [], {}
+        for t in study.get_trials(deepcopy=False):
+            if t._trial_id in known or t.user_attrs.get("abandoned"):
+                continue
+            complete = set(t.params) == set(self._space)
+            if t.state == TrialState.RUNNING and not complete and self._grid is not None and "fixed_params" in t.system_attrs:
+                # A grid point's trial whose values were being written when the driver died:
+                # they are known (the enqueued point), so it is finished being asked.
+                trial = optuna.trial.Trial(study, t._trial_id)
+                for name, dist in self._space.items():
+                    trial.suggest_categorical(name, dist.choices)
+                t, complete = _frozen(study, t._trial_id), True
+            if t.state == TrialState.RUNNING:
+                if not complete:  # killed in the middle of sampling: nothing of it ran
+                    optuna.trial.Trial(study, t._trial_id).set_user_attr("abandoned", True)
+                    tell(study, t.number, state=TrialState.FAIL)
+                elif self._grid is not None:
+                    self._grid_orphans[_key(t.params)] = t._trial_id
+                else:
+                    self._orphans.append(t._trial_id)
+            elif t.state in (TrialState.COMPLETE, TrialState.PRUNED) and complete:
+                # Trained in a population Tune's saved state lost: done, not trained again.
+                if self._grid is not None:
+                    self._grid_done.add(_key(t.params))
+                elif t._trial_id not in self._lost:
+                    self._lost.add(t._trial_id)
+                    self._handed += 1
+        if self._orphans or self._grid_orphans:
+            log.info("re-attaching %d Optuna trial(s) that Tune's saved state did not know",
+                     len(self._orphans) + len(self._grid_orphans))
 
     # --- asking ----------------------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict | None:
-        if trial_id not in self._ot_trials and self._orphans:
-            from optuna.trial import Trial
+        if trial_id in self._populations:
+            return {population.POPULATION_KEY: self._populations[trial_id]}
+        spec = self._study_spec()
+        table: list[dict[str, Any]] = []
+        shape = None
+        while len(table) < self._per_trial:
+            t = self._take()
+            if t is None:
+                break
+            key = population.shape_key(spec, t.params)
+            if shape is not None and key != shape:
+                self._held.insert(0, t._trial_id)  # the first of the next population
+                break
+            shape = key
+            cid = population.config_id(trial_id, len(table))
+            self._ids[cid] = t._trial_id
+            table.append(population.Configuration(cid, t.number, dict(t.params)).to_dict())
+        if not table:
+            return Searcher.FINISHED
+        self._populations[trial_id] = table
+        return {population.POPULATION_KEY: table}
 
-            orphan = Trial(self._ot_study, self._orphans.pop(0))
-            if set(orphan.params) == set(self._space):
-                self._ot_trials[trial_id] = orphan
-            else:  # killed in the middle of sampling: nothing of it ran
-                tell(self._ot_study, orphan, state=_state("FAIL"))
-        params = super().suggest(trial_id)
-        if params is not None and trial_id in self._ot_trials:
-            params[OPTUNA_NUMBER_KEY] = self._ot_trials[trial_id].number
-        return params
+    def _take(self) -> Any:
+        """The next configuration's Optuna trial, or None when every configuration was handed out."""
+        study = self._ot_study
+        if self._held:
+            return _frozen(study, self._held.pop(0))
+        if self._grid is not None:
+            while self._next_grid < len(self._grid):
+                point = self._grid[self._next_grid]
+                self._next_grid += 1
+                key = _key(point)
+                if key in self._grid_done:
+                    continue
+                if key in self._grid_orphans:
+                    return _frozen(study, self._grid_orphans.pop(key))
+                return self._ask_point(point, key)
+            return None
+        if self._orphans:
+            self._handed += 1
+            return _frozen(study, self._orphans.pop(0))
+        if self._handed >= self._total:
+            return None
+        self._handed += 1
+        trial = study.ask(fixed_distributions=self._space)
+        return _frozen(study, trial._trial_id)
+
+    def _ask_point(self, point: dict[str, Any], key: str) -> Any:
+        """The grid point's Optuna trial: enqueued, then asked. ``ask`` takes the oldest enqueued
+        trial; one that a killed driver enqueued for a later point (the walk restarts from Tune's
+        older saved state) becomes that point's orphan, and the point's own is asked for again."""
+        from optuna.trial import TrialState
+
+        study = self._ot_study
+        waiting = [t.system_attrs.get("fixed_params") for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+        if not any(w is not None and _key(w) == key for w in waiting):
+            study.enqueue_trial(point)
+        while True:
+            trial = study.ask(fixed_distributions=self._space)
+            got = _key(trial.params)
+            if got == key:
+                return _frozen(study, trial._trial_id)
+            self._grid_orphans[got] = trial._trial_id
 
     # --- telling ---------------------------------------------------------------------------------
 
-    def _finished(self, trial_id: str) -> bool:
-        """Whether Optuna already holds a final state for this Tune trial's Optuna trial."""
-        ot = self._ot_trials.get(trial_id)
-        if ot is None:
-            return True
-        return self._ot_study._storage.get_trial(ot._trial_id).state.is_finished()
+    def _finished(self, cid: str) -> bool:
+        """Whether Optuna already holds a final state for this configuration."""
+        ot = self._ids.get(cid)
+        return ot is None or self._ot_study._storage.get_trial(ot).state.is_finished()
 
     # Telling is best effort: with the storage (the results DB) down, a failed report or tell is
     # logged and the study goes on; at its end the runner tells Optuna what the results DB holds
     # for every configuration still RUNNING there (runner._settle_optuna).
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        try:
-            if trial_id in self._completed_trials or self._finished(trial_id):
-                return
-            self._ot_trials[trial_id].report(result[self.metric], int(result["step"]))
-        except Exception as exc:
-            log.warning("Optuna report for trial %s failed: %s", trial_id, scrub(str(exc))[:300])
+        for c in result.get("configs") or []:
+            cid = c["config_id"]
+            try:
+                if cid in self._told or self._finished(cid):
+                    continue
+                if c.get("ended"):
+                    self._told.add(cid)
+                    self._tell(trial_id, cid, c, False)
+                else:
+                    self._trial(cid).report(c["objective"], int(c["step"]))
+            except Exception as exc:
+                log.warning("Optuna report for configuration %s failed: %s", cid, scrub(str(exc))[:300])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials:
-            return
-        self._completed_trials.add(trial_id)
-        try:
-            self._tell(trial_id, result, error)
-        except Exception as exc:
-            log.warning("Optuna tell for trial %s failed: %s", trial_id, scrub(str(exc))[:300])
+        last = {c["config_id"]: c for c in (result or {}).get("configs") or []}
+        for entry in self._populations.get(trial_id, []):
+            cid = entry["config_id"]
+            if cid in self._told:
+                continue
+            self._told.add(cid)
+            try:
+                if not self._finished(cid):
+                    self._tell(trial_id, cid, last.get(cid), error)
+            except Exception as exc:
+                log.warning("Optuna tell for configuration %s failed: %s", cid, scrub(str(exc))[:300])
 
-    def _tell(self, trial_id: str, result: dict | None, error: bool) -> None:
-        if self._finished(trial_id):
-            return
-        ot = self._ot_trials[trial_id]
+    def _trial(self, cid: str) -> Any:
+        from optuna.trial import Trial
+
+        return Trial(self._ot_study, self._ids[cid])
+
+    def _tell(self, trial_id: str, cid: str, result: dict | None, error: bool) -> None:
+        ot = self._trial(cid)
         state = outcome.trial_state(result, error)
         ot.set_user_attr("state", state)
         ot.set_user_attr("ray_trial_id", trial_id)
-        if trial_id in _mlflow_runs:
-            ot.set_user_attr("mlflow_run_id", _mlflow_runs[trial_id])
+        ot.set_user_attr("trial_id", cid)
+        if cid in _mlflow_runs:
+            ot.set_user_attr("mlflow_run_id", _mlflow_runs[cid])
         reported = self._ot_study._storage.get_trial(ot._trial_id).intermediate_values
         if state == "pruned" and result is not None and int(result["step"]) not in reported:
-            # Tune tells the result that made the scheduler stop the trial to on_trial_complete
-            # alone: report it, so PRUNED takes it as the trial's value (Optuna's rule).
-            ot.report(result[self.metric], int(result["step"]))
+            # The value at which the configuration stopped: PRUNED takes it as the trial's value.
+            ot.report(result["objective"], int(result["step"]))
         if state in ("completed", "diverged") and result is not None:
-            tell(self._ot_study, ot, float(result[self.metric]))
+            tell(self._ot_study, ot, float(result["objective"]))
         else:
             tell(self._ot_study, ot, state=_state("PRUNED" if state == "pruned" else "FAIL"))
 
-    def fail_orphans(self) -> int:
-        """Fails the orphans no trial took (a finished study must leave nothing RUNNING)."""
-        from optuna.trial import Trial
 
-        n = 0
-        while self._orphans:
-            tell(self._ot_study, Trial(self._ot_study, self._orphans.pop(0)), state=_state("FAIL"))
-            n += 1
-        return n
+def _key(params: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def _frozen(study: Any, trial_id: int) -> Any:
+    return study._storage.get_trial(trial_id)
 
 
 def tell(study: Any, trial: Any, value: float | None = None, state: Any = None) -> None:

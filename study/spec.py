@@ -32,6 +32,7 @@ MAX_SPEC_BYTES = 1 << 20
 MAX_DEPTH = 20
 MAX_TRIALS = 100_000
 MAX_REPEATS = 1024
+MAX_MEMBERS = 4096
 MAX_UPDATES = 10_000_000
 MAX_INT = 2**63 - 1
 # Credentials come from the environment or a secret store, never from a spec (docs/cluster.md):
@@ -378,6 +379,12 @@ class StudySpec(_Strict):
     num_samples: int | None = Field(None, ge=1, le=MAX_TRIALS)
     # N > 1 makes every trial a fused population over seeds seed0, seed0+1, ..., seed0+N-1.
     repeats: int = Field(1, ge=1, le=MAX_REPEATS)
+    # "auto": configurations that share the shape of the computation train together as one
+    # population per Ray trial (docs/study-specs.md, "Fused studies"); "off": one per trial.
+    fuse: Literal["auto", "off"] = "auto"
+    # The most members (configurations x repeats) one Ray trial trains; None: from a memory
+    # estimate of the model (study/population.py).
+    max_members: int | None = Field(None, ge=1, le=MAX_MEMBERS)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     max_concurrent_trials: int | None = Field(None, ge=1, le=MAX_TRIALS)
@@ -486,6 +493,11 @@ class StudySpec(_Strict):
                 f"repeats={self.repeats!r} is not allowed with a searched or list-valued seed: "
                 "repeats sets each trial's seeds to seed, seed+1, ..., seed+repeats-1"
             )
+        if self.fuse == "off" and self.max_members is not None:
+            raise ValueError(
+                f"max_members={self.max_members!r} is not allowed with fuse: 'off': every Ray trial trains one "
+                "configuration; leave max_members out or use fuse: auto"
+            )
         seed = self.config.get("seed", 0)
         if self.repeats > 1 and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"config.seed={seed!r} is not allowed with repeats: need an integer first seed")
@@ -579,13 +591,14 @@ SAMPLERS = {"tpe": "TPESampler", "cmaes": "CmaEsSampler", "gp": "GPSampler", "ra
             "qmc": "QMCSampler", "grid": "GridSampler"}
 
 
-def optuna_sampler(spec: StudySpec) -> Any:
+def optuna_sampler(spec: StudySpec, extra: dict[str, Any] | None = None) -> Any:
     """The spec's Optuna sampler, built with ``seed`` and ``options``; a misspelt or bad option is a
     SpecError naming ``sampler.options.<key>`` (so it is found at validation, not in the driver)."""
     import optuna.samplers
 
     kind, seed, opts = spec.sampler.type, spec.sampler.seed, dict(spec.sampler.options)
     cls = getattr(optuna.samplers, SAMPLERS[kind])
+    extra = extra or {}
     allowed = [p for p in inspect.signature(cls).parameters if p not in ("seed", "search_space")]
     for key in opts:
         if key in ("seed", "search_space"):
@@ -604,7 +617,7 @@ def optuna_sampler(spec: StudySpec) -> Any:
             if kind == "grid":
                 grid = {param_name(f, p): list(p.values) for f, p in spec.search.items()}  # type: ignore[union-attr]
                 return cls(grid, seed=seed, **opts)
-            return cls(seed=seed, **opts)
+            return cls(seed=seed, **opts, **extra)
     except (TypeError, ValueError, AttributeError) as exc:
         raise SpecError(
             f"sampler={{type: {kind}, seed: {seed!r}, options: {opts!r}}} is not allowed: {cls.__name__}: {exc}"

@@ -30,7 +30,9 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
 ROLE_TAG = "momentum_study.role"
-TRIAL_TAG = "ray_trial_id"
+# The Ray trial whose population trained the configuration (study/population.py).
+POPULATION_TAG = "population"
+TRIAL_TAG = "trial_id"  # the configuration id: ms_trials.trial_id
 OPTUNA_TAG = "optuna_trial_number"
 STATE_TAG = "state"
 PARENT_TAG = "mlflow.parentRunId"
@@ -154,8 +156,10 @@ def ensure_trial_run(
     config: dict[str, Any],
     sampled: dict[str, Any],
     start_time_ms: int | None = None,
+    population: str | None = None,
 ) -> str:
-    """The trial's child run, created with every resolved parameter on first call.
+    """A configuration's child run, created with every resolved parameter on first call;
+    ``population`` (the Ray trial that trains it) is a tag.
 
     Sampled values go in under their own names only where the sampler's name differs from the
     config's (``sampled.one_minus_mu_max``), so ``lr`` is one param, not ``lr`` and ``sampled.lr``.
@@ -183,6 +187,8 @@ def ensure_trial_run(
     }
     if optuna_number is not None:
         tags[OPTUNA_TAG] = str(optuna_number)
+    if population is not None:
+        tags[POPULATION_TAG] = population
     run = c.create_run(experiment_id, start_time=start_time_ms, run_name=f"{study}-{trial_id}", tags=tags)
     params: dict[str, str] = {}
     _flat("", config, params)
@@ -293,13 +299,15 @@ def study_summary(uri: str, parent_run_id: str) -> dict[str, float]:
     return out
 
 
-def finish_study(uri: str, parent_run_id: str, state: str, reason: str | None = None) -> None:
-    """The parent's state, its summary metrics (``study_summary``) and its end."""
+def finish_study(uri: str, parent_run_id: str, state: str, reason: str | None = None,
+                 extra: dict[str, float] | None = None) -> None:
+    """The parent's state, its summary metrics (``study_summary``, and ``extra``) and its end."""
     c = client(uri)
     c.set_tag(parent_run_id, STATE_TAG, state)
     c.set_tag(parent_run_id, "state_reason", reason or "")
     stamp = int(time.time() * 1000)
-    c.log_batch(parent_run_id, metrics=[Metric(k, v, stamp, 0) for k, v in study_summary(uri, parent_run_id).items()])
+    metrics = {**study_summary(uri, parent_run_id), **(extra or {})}
+    c.log_batch(parent_run_id, metrics=[Metric(k, v, stamp, 0) for k, v in metrics.items()])
     c.set_terminated(parent_run_id, status={"completed": "FINISHED", "interrupted": "KILLED"}.get(state, "FAILED"))
 
 

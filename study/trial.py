@@ -1,14 +1,16 @@
 """What runs inside a Ray Tune trial: the adapter from trainables' reporter to ``tune.report``.
 
-One trial trains one fused population: with ``repeats: N`` the training config carries
-``seed: [s0, ..., s0+N-1]`` and the members train as one batched computation. The trial reports
-the mean over members as its metric; the per-member figures travel in ``members``.
+One trial trains one fused population: the configurations of its member table
+(study/population.py), each with its ``repeats`` seeds, as one batched computation. Every report
+carries a summary per configuration (``configs``: the mean over its seeds as its metric, its
+objective, its members' figures); the recorder and the searcher read those.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +21,16 @@ from ray import tune
 from study.outcome import objectives
 
 CONTEXT_KEY = "study"
-OPTUNA_NUMBER_KEY = "_optuna_trial_number"
 CHECKPOINT_FILE = "train_state.pt"
 # The MLflow tracking URI with its password, in the workers' environment (never in a config).
 MLFLOW_URI_ENV = "MOMENTUM_STUDY_MLFLOW_URI"
-
-
-def sampled_params(config: dict[str, Any]) -> dict[str, Any]:
-    """The values the searcher chose, without the study context Tune merges into every config."""
-    return {k: v for k, v in config.items() if k not in (CONTEXT_KEY, OPTUNA_NUMBER_KEY)}
+# When the previous trial in this worker process ended (Ray Tune reuses the process: reuse_actors).
+_previous_end: float | None = None
 
 
 def summarize(report: Any, seeds: list[int], metric: str, mode: str) -> dict[str, Any]:
-    """One report as a Tune result: means, the searcher's objective and every member's figures."""
+    """One configuration's figures at one report (its members are its seeds, numbered from 0):
+    means, the searcher's objective and every member's figures."""
     members = []
     for m in report.members:
         members.append(
@@ -77,45 +76,141 @@ def summarize(report: Any, seeds: list[int], metric: str, mode: str) -> dict[str
     }
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    """Tune's function trainable for every study (importable by workers from the installed package)."""
-    from study.devices import ray_trial_device
-    from study.spec import StudySpec, task_config_dict
-    from trainables.config import parse_config
+class PopulationReporter:
+    """trainables' reporter for a population: one result per report for Ray Tune, with a
+    summary per configuration (``configs``), and the configurations that stop at this report.
 
+    A configuration has ended when none of its members runs: its figures are then frozen at the
+    report where that happened (``step``, ``final`` as they were), and ``ended`` is set."""
+
+    def __init__(self, spec: Any, table: list, seeds: list[int], rungs: Any = None):
+        self.spec, self.table, self.seeds, self.rungs = spec, table, seeds, rungs
+        self.repeats = len(seeds) // len(table)
+        self.reports = 0
+        self.ended: dict[int, dict[str, Any]] = {}
+
+    def configs(self, report: Any) -> list[dict[str, Any]]:
+        from dataclasses import replace
+
+        from trainables.api import Report
+
+        R = self.repeats
+        out = []
+        for j, c in enumerate(self.table):
+            if j in self.ended:
+                out.append(self.ended[j])
+                continue
+            mine = tuple(replace(m, member=m.member - j * R) for m in report.members[j * R:(j + 1) * R])
+            sub = Report(step=report.step, members=mine, final=report.final, checkpoint=report.checkpoint)
+            summary = summarize(sub, self.seeds[j * R:(j + 1) * R], self.spec.metric, self.spec.mode)
+            summary.update(config_id=c.config_id, optuna_number=c.number,
+                           ended=all(m.status != "running" for m in mine))
+            if summary["ended"]:
+                self.ended[j] = summary
+            out.append(summary)
+        return out
+
+    def result(self, report: Any) -> tuple[dict[str, Any], list[int]]:
+        """The Tune result of a report, and the members to stop (member-level rungs)."""
+        self.reports += 1
+        configs = self.configs(report)
+        stop: list[int] = []
+        if self.rungs is not None:
+            running = {j: c["scheduler_objective"] for j, c in enumerate(configs) if not c["ended"]}
+            for j in self.rungs.stop(self.reports, running):
+                stop += range(j * self.repeats, (j + 1) * self.repeats)
+                pruned = dict(configs[j], ended=True, final=False)
+                pruned["members"] = [dict(m, status="pruned") for m in pruned["members"]]
+                self.ended[j] = configs[j] = pruned
+        if len(configs) == 1:
+            result = dict(configs[0])  # fuse: off: the configuration is the trial (Tune's ASHA reads it)
+        else:
+            best = min(configs, key=lambda c: c["objective"] if self.spec.mode == "min" else -c["objective"])
+            result = {k: best[k] for k in ("error", "loss", "mu", "lr", "metric_value", "objective",
+                                           "scheduler_objective")}
+            result.update(step=report.step, final=bool(report.final),
+                          members_diverged=sum(c["members_diverged"] for c in configs))
+        result["configs"] = configs
+        return result, stop
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune's function trainable for every study (importable by workers from the installed package):
+    trains the member table's configurations as one population."""
+    from study.devices import ray_trial_device
+    from study.population import MemberRungs, member_table, training_config
+    from study.spec import StudySpec
+
+    global _previous_end
+    entered = time.time()
     ctx = config[CONTEXT_KEY]
     spec = StudySpec.model_validate(ctx["spec"])
-    sampled = sampled_params(config)
-    task_config = parse_config(task_config_dict(spec, sampled))
+    table = member_table(config)
+    task_config = training_config(spec, table)
     # The device Ray assigned (none for gpus: 0, even where CUDA is visible): study/devices.py.
     task_config = task_config.model_copy(update={"device": ray_trial_device(task_config.device)})
     seeds = [int(s) for s in task_config.member_values("seed")]
     trial_id = tune.get_context().get_trial_id()
-    monitor = _system_metrics(_mlflow_uri(ctx), ctx["experiment_id"], trial_id)
+    monitor = _system_metrics(_mlflow_uri(ctx), ctx["experiment_id"], [c.config_id for c in table])
 
     checkpoint = tune.get_checkpoint()
     resume_from = _load_checkpoint(checkpoint) if checkpoint is not None else None
 
-    reports = 0
+    rungs = None
+    if spec.scheduler.type == "asha" and len(table) > 1:
+        reports_total = -(-task_config.updates // task_config.report_every)
+        rungs = MemberRungs(spec.scheduler.grace_period, spec.scheduler.reduction_factor,
+                            spec.scheduler.max_t or reports_total, spec.mode)
+    population = PopulationReporter(spec, table, seeds, rungs)
+    if resume_from is not None:
+        population.reports = int(resume_from.get("reports", 0))
+        population.ended = {int(j): c for j, c in (resume_from.get("ended_configs") or {}).items()}
     node_id = ray.get_runtime_context().get_node_id()
+    overhead = _Overhead(entered, _previous_end)
 
-    def reporter(report: Any) -> None:
-        nonlocal reports
-        reports += 1
-        result = summarize(report, seeds, spec.metric, spec.mode)
+    def reporter(report: Any) -> list[int]:
+        result, stop = population.result(report)
         result["ray_node_id"] = node_id
-        if report.final or reports % spec.checkpoint_every == 0:
+        result["population"] = trial_id
+        result.update(overhead.at_report())
+        if report.final or population.reports % spec.checkpoint_every == 0:
             with tempfile.TemporaryDirectory() as tmp:
-                torch.save(report.checkpoint(), Path(tmp) / CHECKPOINT_FILE)
+                state = report.checkpoint()
+                state["reports"] = population.reports
+                state["ended_configs"] = dict(population.ended)
+                torch.save(state, Path(tmp) / CHECKPOINT_FILE)
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
         else:
             tune.report(result)
+        return stop
 
     try:
         train_to_the_end(task_config, reporter, resume_from)
     finally:
         if monitor is not None:
             monitor.finish()
+        _previous_end = time.time()
+
+
+class _Overhead:
+    """What a trial costs before its first update, in its results (benchmarks/study_throughput.py
+    reads them): ``since_previous_s``, from the end of the previous trial in this worker process
+    to this one's start (None for a worker's first trial), and ``setup_s``, from its start to its
+    first update: the time to the first report less one report interval's compute (the intervals
+    between reports hold the same updates and one evaluation each), on the second report."""
+
+    def __init__(self, entered: float, previous_end: float | None):
+        self.entered, self.previous_end = entered, previous_end
+        self.reports: list[float] = []
+
+    def at_report(self) -> dict[str, float]:
+        self.reports.append(time.time())
+        if len(self.reports) == 1 and self.previous_end is not None:
+            return {"since_previous_s": self.entered - self.previous_end}
+        if len(self.reports) == 2:
+            first, interval = self.reports[0] - self.entered, self.reports[1] - self.reports[0]
+            return {"setup_s": max(first - interval, 0.0)}
+        return {}
 
 
 def train_to_the_end(task_config: Any, reporter: Any, resume_from: dict[str, Any] | None) -> None:
@@ -126,10 +221,10 @@ def train_to_the_end(task_config: Any, reporter: Any, resume_from: dict[str, Any
 
     reports = 0
 
-    def counted(report: Any) -> None:
+    def counted(report: Any) -> Any:
         nonlocal reports
         reports += 1
-        reporter(report)
+        return reporter(report)
 
     train(task_config, counted, resume_from=resume_from)
     if reports == 0 and resume_from is not None:
@@ -173,13 +268,14 @@ def _mlflow_uri(ctx: dict[str, Any]) -> str:
     return os.environ.get(MLFLOW_URI_ENV) or ctx["mlflow_uri"]
 
 
-def _system_metrics(uri: str, experiment_id: str, trial_id: str) -> Any:
-    """MLflow's psutil-based monitor (CPU, memory, disk, network; GPU where present) on the trial's
-    run, which the driver created before the trial started."""
+def _system_metrics(uri: str, experiment_id: str, config_ids: list[str]) -> Any:
+    """MLflow's psutil-based monitor (CPU, memory, disk, network; GPU where present) on the run of
+    the population's first configuration (the process is the population's: one monitor, not one
+    per configuration), which the driver created before the trial started."""
     try:
         from study.tracking import TrialSystemMetrics, find_trial_run
 
-        run_id = find_trial_run(uri, experiment_id, trial_id)
+        run_id = find_trial_run(uri, experiment_id, config_ids[0])
         if run_id is None:
             return None
         interval = float(os.environ.get("MOMENTUM_STUDY_SYSTEM_METRICS_INTERVAL", "2"))

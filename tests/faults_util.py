@@ -33,7 +33,8 @@ FAULT_CONFIG = {
 
 
 def grid_spec(path: Path, name: str, lrs: list[float], **overrides: Any) -> Path:
-    """A grid study over ``lrs`` (so its configurations are known in advance), one trial at a time."""
+    """A grid study over ``lrs`` (so its configurations are known in advance), one trial at a time,
+    each a fused population of two configurations."""
     spec = {
         "name": name,
         "task": "addition",
@@ -41,6 +42,7 @@ def grid_spec(path: Path, name: str, lrs: list[float], **overrides: Any) -> Path
         "search": {"lr": {"type": "grid", "values": list(lrs)}},
         "sampler": {"type": "grid", "seed": 0},
         "max_concurrent_trials": 1,
+        "max_members": 2,
         "checkpoint_every": 1,
     }
     config = overrides.pop("config", {})
@@ -286,7 +288,7 @@ def assert_study_whole(name: str, results_db: str, mlflow_uri: str, lrs: list[fl
     run_lr = collections.Counter(float(r.data.params["lr"]) if "lr" in r.data.params else None for r in runs)
     assert run_lr == collections.Counter(lrs), f"MLflow child runs per configuration: {dict(run_lr)}"
     assert {r.info.status for r in runs} == {"FINISHED"}, [(r.info.run_id, r.info.status) for r in runs]
-    assert {r.data.tags.get("ray_trial_id") for r in runs} == {t.trial_id for t in trials}
+    assert {r.data.tags.get("trial_id") for r in runs} == {t.trial_id for t in trials}
     for r in runs:
         history = sorted(m.step for m in c.get_metric_history(r.info.run_id, "error"))
         assert history == steps, f"MLflow 'error' steps of run {r.info.run_id}: {history}"

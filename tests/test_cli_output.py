@@ -184,7 +184,7 @@ def test_csv_and_json_keep_every_digit_and_tables_round(quick_study):
 
 def test_stop_interrupts_a_running_study_and_a_moved_copy_resumes(ray_session, study_env, tmp_path):
     name = "stoppable"
-    spec = quick_spec(name, num_samples=3, max_concurrent_trials=1, checkpoint_every=1)
+    spec = quick_spec(name, num_samples=3, max_concurrent_trials=1, checkpoint_every=1, fuse="off")
     spec["config"]["updates"] = 150
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))

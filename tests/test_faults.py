@@ -199,7 +199,8 @@ def _assert_nothing_lost(db: ResultsDB, name: str, kept: dict, finished: dict[st
     lost = sorted(k for k in kept if k not in now)
     assert not lost, f"{len(lost)} metric points recorded before the failure were lost: {lost[:5]}"
     states = db.trial_states(name)
-    changed = {t: (s, states.get(t)) for t, s in finished.items() if states.get(t) != s}
+    changed = {t: (s, states.get(t)) for t, s in finished.items()
+               if s in ("completed", "diverged", "failed", "pruned") and states.get(t) != s}
     assert not changed, f"trials finished before the failure changed state (before, after): {changed}"
 
 

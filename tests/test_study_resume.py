@@ -30,7 +30,8 @@ def _finished(db: str) -> int:
 
 
 def test_interrupted_study_resumes_without_duplicates_or_gaps(ray_session, study_env, tmp_path):
-    spec = quick_spec("resumable", num_samples=4, max_concurrent_trials=1, checkpoint_every=1)
+    # Fused: two populations of two configurations (TPE asks two at a time), one at a time.
+    spec = quick_spec("resumable", num_samples=4, max_concurrent_trials=1, checkpoint_every=1, max_members=2)
     spec["config"]["updates"] = 60
     path = tmp_path / "resumable.yaml"
     path.write_text(yaml.safe_dump(spec))

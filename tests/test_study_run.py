@@ -39,7 +39,7 @@ def test_quick_study_records_num_samples_trials_everywhere(quick_study):
 
     _, runs = _child_runs(loc)
     assert len(runs) == 3
-    assert {r.data.tags["ray_trial_id"] for r in runs} == set(trials["trial_id"])
+    assert {r.data.tags["trial_id"] for r in runs} == set(trials["trial_id"])
     assert {r.data.tags["state"] for r in runs} == {"completed"}
     assert all(r.info.status == "FINISHED" for r in runs)
 
@@ -60,7 +60,7 @@ def test_mlflow_histories_match_the_database(quick_study):
     trials = api.trials(loc.name, results_db=loc.results_db)
     c, runs = _child_runs(loc)
     for run in runs:
-        tid = run.data.tags["ray_trial_id"]
+        tid = run.data.tags["trial_id"]
         mine = points[points["trial_id"] == tid]
         for seed in (0, 1):
             history = c.get_metric_history(run.info.run_id, f"error/seed_{seed}")

@@ -50,7 +50,7 @@ def test_asha_still_stops_trials_after_a_rung_of_diverged_trials():
 
     from study.trial import summarize
 
-    spec = _spec(scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3})
+    spec = _spec(scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3}, fuse="off")
     asha = runner.scheduler(spec, reports=4)
     trials = [Trial("run_trial", stub=True, trial_id=f"t{i}") for i in range(4)]
     for t in trials:

@@ -121,7 +121,7 @@ def test_study_ui_opens_on_the_runs_table_sorted_by_error_with_the_paper_columns
         for run in runs:
             browser.get(f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}")
             WebDriverWait(browser, 60).until(
-                lambda d: run.data.tags["ray_trial_id"] in d.find_element(By.TAG_NAME, "body").text
+                lambda d: run.data.tags["trial_id"] in d.find_element(By.TAG_NAME, "body").text
             )
     finally:
         os.killpg(proc.pid, 15)
@@ -268,7 +268,8 @@ def test_optuna_names_the_objective_and_links_each_trial_to_its_runs(quick_study
     assert study.metric_names == ["error"]
     for t in study.trials:
         run = c.get_run(t.user_attrs["mlflow_run_id"])
-        assert run.data.tags["ray_trial_id"] == t.user_attrs["ray_trial_id"]
+        assert run.data.tags["trial_id"] == t.user_attrs["trial_id"]
+        assert run.data.tags["population"] == t.user_attrs["ray_trial_id"]
         assert run.data.tags["optuna_trial_number"] == str(t.number)
 
 

@@ -1,0 +1,160 @@
+"""The population a Ray trial trains: its member table, and the training config built from it once.
+
+A study's unit of record is the *configuration* (one set of sampled values, with its ``repeats``
+seeds); a Ray trial trains a *population* of configurations that share the shape of the
+computation, as one batched computation (docs/study-specs.md, "Fused studies"). The searcher
+(study/search.py) builds each population's member table; the trial, the recorder and the searcher
+read it, and nothing rebuilds a configuration's config in another way.
+
+Member ``m`` of the training population is seed ``r`` of configuration ``j`` with
+``m = j * repeats + r``: a configuration's seeds are adjacent and never split between trials.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from study.spec import StudySpec, task_config_dict
+from trainables.config import POPULATION_FIELDS, TaskConfig, parse_config
+
+# The trial config's key for the member table (a list of Configuration dicts).
+POPULATION_KEY = "population"
+# Without ``max_members``: members per trial at most this many, and no more than fit MEMORY_BUDGET
+# by the estimate below. 16 is where a population stops paying on two CPU cores (docs/benchmarks.md).
+DEFAULT_MAX_MEMBERS = 16
+MEMORY_BUDGET = 2 << 30
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One row of a member table: a configuration and what it is known by everywhere."""
+
+    config_id: str  # the results-DB trial id and the MLflow run's trial tag: "<ray trial id>-<j>"
+    number: int  # its Optuna trial number
+    params: dict[str, Any]  # the sampled values, under the sampler's names (one_minus_mu_max, ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Configuration":
+        return cls(str(d["config_id"]), int(d["number"]), dict(d["params"]))
+
+
+def member_table(config: dict[str, Any]) -> list[Configuration]:
+    """The member table of a Ray trial's config."""
+    return [Configuration.from_dict(d) for d in config.get(POPULATION_KEY) or []]
+
+
+def config_id(trial_id: str, j: int) -> str:
+    return f"{trial_id}-{j}"
+
+
+def solo_config(spec: StudySpec, params: dict[str, Any]) -> TaskConfig:
+    """A configuration's own training config (its repeats' seeds as a population of its own)."""
+    return parse_config(task_config_dict(spec, params))
+
+
+def shape_key(spec: StudySpec, params: dict[str, Any]) -> str:
+    """What must be equal for configurations to train together: every config field that is not a
+    population field (task, architecture, batch size, updates, sequence length, dtype, device...)."""
+    raw = task_config_dict(spec, params)
+    return json.dumps({k: v for k, v in raw.items() if k not in POPULATION_FIELDS}, sort_keys=True, default=str)
+
+
+def training_config(spec: StudySpec, configs: list[Configuration]) -> TaskConfig:
+    """The population's training config: every population field as a list over the members
+    (configuration-major, seeds adjacent); one configuration keeps its own config unchanged."""
+    if len(configs) == 1:
+        return solo_config(spec, configs[0].params)
+    raws = [task_config_dict(spec, c.params) for c in configs]
+    shapes = {json.dumps({k: v for k, v in r.items() if k not in POPULATION_FIELDS}, sort_keys=True, default=str)
+              for r in raws}
+    if len(shapes) != 1:
+        raise ValueError("configurations of different shapes cannot train as one population: " + "; ".join(sorted(shapes)))
+    merged = {k: v for k, v in raws[0].items() if k not in POPULATION_FIELDS}
+    repeats = spec.repeats
+    for field in POPULATION_FIELDS:
+        if not any(field in r for r in raws):
+            continue  # the task's default for every member
+        default = TaskConfig.model_fields[field].default
+        values: list[Any] = []
+        for r in raws:
+            v = r.get(field, default)
+            values += list(v) if isinstance(v, list) else [v] * repeats
+        merged[field] = values
+    if "seed" not in merged:
+        merged["seed"] = [0] * (len(configs) * repeats)
+    return parse_config(merged)
+
+
+def member_bytes(cfg: TaskConfig) -> int:
+    """A rough upper estimate of one member's memory in training: its weights about six times
+    (theta, velocity, gradient, gradient point, optimizer state, a checkpoint copy) plus the
+    activations of a minibatch, which BPTT keeps for every time step three times over."""
+    from trainables.tasks import family
+
+    size = 8 if cfg.dtype == "float64" else 4
+    if family(cfg.task) == "autoencoder":
+        from trainables.tasks.autoencoder import PAPER_BATCH_SIZE, layer_sizes
+
+        sizes = layer_sizes(cfg.task)
+        weights = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+        activations = 3 * sum(sizes) * (cfg.batch_size or PAPER_BATCH_SIZE)
+    else:
+        from trainables.data.rnn_problems import PROBLEMS
+        from trainables.tasks.rnn import HIDDEN_UNITS, PAPER_BATCH_SIZE
+
+        problem = PROBLEMS[cfg.task]
+        H = HIDDEN_UNITS
+        weights = problem.n_in * H + H * H + H + H * problem.n_out + problem.n_out
+        length = cfg.seq_length or problem.default_length
+        activations = 3 * length * (cfg.batch_size or PAPER_BATCH_SIZE) * H
+    return size * (6 * weights + activations)
+
+
+def default_max_members(cfg: TaskConfig) -> int:
+    return max(1, min(DEFAULT_MAX_MEMBERS, MEMORY_BUDGET // member_bytes(cfg)))
+
+
+def configs_per_trial(spec: StudySpec, cfg: TaskConfig, slots: int) -> int:
+    """How many configurations one Ray trial trains: 1 with ``fuse: off``; else as many as
+    ``max_members`` allows (a configuration's repeats never split), but no fewer trials than
+    ``slots`` (trials that can run at once) while there are configurations enough to fill them."""
+    if spec.fuse == "off":
+        return 1
+    cap = spec.max_members or default_max_members(cfg)
+    per_trial = max(1, cap // spec.repeats)
+    spread = math.ceil(spec.trials / max(1, slots))
+    return max(1, min(per_trial, spread))
+
+
+class MemberRungs:
+    """Early stopping inside a population, ASHA's rule applied to its configurations: at each rung
+    (``grace_period * reduction_factor**k`` reports) the configurations still running keep the best
+    ``ceil(n / reduction_factor)`` by the scheduler objective; the others stop, and the trial drops
+    their slices from the batched computation (trainables: a reporter returns the members to stop).
+
+    Rungs compare the configurations of one population (ASHA compares a rung's arrivals across
+    trials); with ``fuse: off`` every population holds one configuration and Ray Tune's
+    ASHAScheduler does the stopping instead."""
+
+    def __init__(self, grace_period: int, reduction_factor: float, max_t: int, mode: str):
+        self.rungs = set()
+        r = float(grace_period)
+        while r < max_t:
+            self.rungs.add(int(round(r)))
+            r *= reduction_factor
+        self.reduction_factor, self.mode = reduction_factor, mode
+
+    def stop(self, report: int, values: dict[int, float]) -> list[int]:
+        """The configurations (keys of ``values``: those still running, with their scheduler
+        objective) that stop at report number ``report``."""
+        if report not in self.rungs or len(values) < 2:
+            return []
+        keep = math.ceil(len(values) / self.reduction_factor)
+        ranked = sorted(values, key=lambda j: values[j], reverse=self.mode == "max")
+        return sorted(ranked[keep:])

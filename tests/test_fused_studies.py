@@ -1,0 +1,210 @@
+"""Fused studies: configurations that share a computation's shape train as one population per Ray
+trial, and every record stays per configuration (docs/study-specs.md, "Fused studies").
+
+Real Ray, MLflow and SQLite with tiny float64 budgets. The reference for a fused configuration is
+the same configuration run with ``fuse: off`` (one configuration per Ray trial): the per-step
+metrics must agree to float64 rounding (a population of another size may take another kernel path,
+so bit equality across sizes is not promised; see tests/test_training.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from conftest import QUICK_ADDITION
+from study import api, population, runner
+from study.locations import resolve
+from study.spec import load_spec
+
+LRS = [1e-3, 3e-3, 1e-2, 1e8]  # the last one diverges at updates 16 and 17 (seeds 0 and 1)
+BAD = LRS[-1]
+STEPS = [10, 20, 30, 40, 50, 60]
+CONFIG = {k: v for k, v in QUICK_ADDITION.items() if k not in ("task", "lr")} | {
+    "dtype": "float64", "batch_size": 20, "updates": 60}
+
+
+def _grid(name: str, **overrides):
+    spec = {
+        "name": name,
+        "task": "addition",
+        "config": dict(CONFIG),
+        "search": {"lr": {"type": "grid", "values": LRS}},
+        "sampler": {"type": "grid", "seed": 0},
+        "repeats": 2,
+        "max_concurrent_trials": 1,
+    }
+    spec.update(overrides)
+    return load_spec(spec)
+
+
+def _run(spec, root):
+    loc = resolve(spec.name, root, None, None, None)
+    assert runner.run(spec, loc) == "completed"
+    return loc
+
+
+@pytest.fixture(scope="module")
+def grid_runs(ray_session, tmp_path_factory):
+    """The same grid fused (FIFO), with fuse: off, and fused with member-level ASHA rungs."""
+    root = tmp_path_factory.mktemp("fused")
+    fused = _run(_grid("grid-fused"), root)
+    solo = _run(_grid("grid-solo", fuse="off"), root)
+    asha = _run(_grid("grid-asha", scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 2}), root)
+    return root, fused, solo, asha
+
+
+def _points(loc):
+    m = api.metrics(loc.name, results_db=loc.results_db)
+    t = api.trials(loc.name, results_db=loc.results_db)[["trial_id", "lr"]].rename(columns={"lr": "config_lr"})
+    return m.merge(t, on="trial_id").set_index(["config_lr", "step", "member"]).sort_index()
+
+
+def test_a_fused_grid_trains_its_configurations_in_one_trial_and_records_each_as_if_alone(grid_runs):
+    root, fused, solo, _ = grid_runs
+    f = api.trials(fused.name, results_db=fused.results_db).set_index("lr").sort_index()
+    s = api.trials(solo.name, results_db=solo.results_db).set_index("lr").sort_index()
+    # One population of four configurations (two seeds each) against four trials of one.
+    assert f["population"].nunique() == 1 and s["population"].nunique() == 4
+    assert set(f["members"]) == set(s["members"]) == {2}
+    assert list(f["state"]) == list(s["state"]) == ["completed"] * 3 + ["diverged"]
+    assert all(tid.startswith(pop) for tid, pop in zip(f["trial_id"], f["population"]))
+    assert f["worker_pid"].nunique() == 1 and f["hostname"].notna().all()
+    np.testing.assert_allclose(f["metric_value"], s["metric_value"], rtol=1e-12)
+    assert math.isinf(f.loc[BAD, "objective"]) and math.isinf(s.loc[BAD, "objective"])
+
+    pf, ps = _points(fused), _points(solo)
+    assert list(pf.index) == list(ps.index)  # the same configurations, steps and members
+    for col in ("error", "loss", "mu", "lr", "seed"):
+        np.testing.assert_allclose(pf[col].astype(float), ps[col].astype(float), rtol=1e-12)
+    assert list(pf["status"]) == list(ps["status"])
+
+    for loc in (fused, solo):
+        ot = optuna.load_study(study_name=loc.name, storage=loc.results_db)
+        by_lr = {t.params["lr"]: t for t in ot.trials}
+        assert sorted(by_lr) == sorted(LRS) and len(ot.trials) == 4
+        assert all(by_lr[lr].state == optuna.trial.TrialState.COMPLETE for lr in LRS)
+        assert math.isinf(by_lr[BAD].value) and by_lr[BAD].user_attrs["state"] == "diverged"
+        trials = api.trials(loc.name, results_db=loc.results_db).set_index("lr")
+        for lr, t in by_lr.items():
+            assert t.user_attrs["trial_id"] == trials.loc[lr, "trial_id"]
+            assert t.user_attrs["ray_trial_id"] == trials.loc[lr, "population"]
+            assert t.number == trials.loc[lr, "optuna_trial_number"]
+            if lr != BAD:
+                assert t.value == pytest.approx(trials.loc[lr, "metric_value"], rel=1e-12)
+
+        c = MlflowClient(loc.mlflow_uri)
+        exp = c.get_experiment_by_name(loc.name)
+        runs = c.search_runs([exp.experiment_id], filter_string="tags.`momentum_study.role` = 'trial'")
+        assert sorted(float(r.data.params["lr"]) for r in runs) == sorted(LRS)
+        for r in runs:
+            row = trials[trials["trial_id"] == r.data.tags["trial_id"]].iloc[0]
+            assert r.data.tags["population"] == row["population"]
+            assert r.data.tags["state"] == row["state"]
+            steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "error"))
+            assert steps == (STEPS[:2] if row.name == BAD else STEPS)
+
+
+def test_member_rungs_prune_inside_the_population_and_the_survivors_run_on_unchanged(grid_runs):
+    _, _, solo, asha = grid_runs
+    a = api.trials(asha.name, results_db=asha.results_db).set_index("lr").sort_index()
+    assert a["population"].nunique() == 1
+    # Rungs at reports 2 and 4: at report 2 the diverged configuration has ended and the three
+    # running keep ceil(3/2) = 2; at report 4 one of the two is kept.
+    assert a.loc[BAD, "state"] == "diverged"
+    assert sorted(a["state"]) == ["completed", "diverged", "pruned", "pruned"]
+    pruned = a[a["state"] == "pruned"]
+    assert sorted(pruned["last_step"]) == [20, 40]
+    survivor = a[a["state"] == "completed"].index[0]
+    assert a.loc[survivor, "last_step"] == 60
+
+    # What each configuration recorded up to where it stopped equals its run alone (fuse: off, FIFO).
+    pa, ps = _points(asha), _points(solo)
+    ps = ps.loc[pa.index]
+    np.testing.assert_allclose(pa["error"], ps["error"], rtol=1e-12)
+    np.testing.assert_allclose(pa["loss"], ps["loss"], rtol=1e-12)
+    last = pa.groupby(level=0)["status"].last()
+    assert set(last[pruned.index]) == {"pruned"}
+
+    ot = optuna.load_study(study_name=asha.name, storage=asha.results_db)
+    for t in ot.trials:
+        lr = t.params["lr"]
+        want = {"completed": "COMPLETE", "diverged": "COMPLETE", "pruned": "PRUNED"}[a.loc[lr, "state"]]
+        assert t.state.name == want and t.user_attrs["state"] == a.loc[lr, "state"]
+        if want == "PRUNED":  # Optuna's value of a pruned trial: its last intermediate value
+            assert t.value is None or t.value == pytest.approx(a.loc[lr, "metric_value"])
+            assert max(t.intermediate_values) == a.loc[lr, "last_step"]
+    assert api.trials(asha.name, results_db=asha.results_db)["state"].isin(["pruned"]).sum() == 2
+
+
+def test_a_tpe_study_asks_in_batches_and_records_what_unfused_records(ray_session, tmp_path):
+    """TPE's first suggestions are its seeded random start-up draws, so fused (batches of two,
+    constant liar) and unfused studies try the same configurations."""
+    base = {
+        "task": "addition",
+        "config": dict(CONFIG),
+        "search": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        "sampler": {"type": "tpe", "seed": 3},
+        "num_samples": 4,
+        "max_concurrent_trials": 2,
+        "repeats": 2,
+    }
+    fused = _run(load_spec({**base, "name": "tpe-fused"}), tmp_path)
+    solo = _run(load_spec({**base, "name": "tpe-solo", "fuse": "off"}), tmp_path)
+    f = api.trials(fused.name, results_db=fused.results_db).set_index("lr").sort_index()
+    s = api.trials(solo.name, results_db=solo.results_db).set_index("lr").sort_index()
+    assert f["population"].nunique() == 2 and s["population"].nunique() == 4
+    np.testing.assert_allclose(f.index, s.index, rtol=1e-15)
+    np.testing.assert_allclose(f["metric_value"], s["metric_value"], rtol=1e-12)
+    pf, ps = _points(fused), _points(solo)
+    np.testing.assert_allclose(pf["error"], ps["error"].values, rtol=1e-12)
+    ot = optuna.load_study(study_name=fused.name, storage=fused.results_db)
+    assert sorted(t.number for t in ot.trials) == sorted(f["optuna_trial_number"]) == [0, 1, 2, 3]
+    assert {t.state.name for t in ot.trials} == {"COMPLETE"}
+
+
+def test_configurations_of_different_shapes_never_share_a_population(ray_session, tmp_path):
+    spec = load_spec({
+        "name": "shapes",
+        "task": "addition",
+        "config": {k: v for k, v in CONFIG.items() if k != "batch_size"},
+        "search": {"batch_size": {"type": "grid", "values": [10, 20]}, "lr": {"type": "grid", "values": [1e-3, 1e-2]},
+                   "task": {"type": "grid", "values": ["addition", "mem5"]}},
+        "sampler": "grid",
+        "max_concurrent_trials": 1,
+    })
+    loc = _run(spec, tmp_path)
+    t = api.trials(spec.name, results_db=loc.results_db)
+    assert len(t) == 8
+    shapes = t.groupby("population").apply(lambda g: g[["task", "batch_size"]].drop_duplicates().shape[0])
+    assert set(shapes) == {1}  # one shape per population
+    assert t["population"].nunique() == 4  # each shape's two learning rates together
+
+
+def test_members_per_trial_follow_max_members_repeats_and_the_trials_that_can_run_at_once():
+    spec = _grid("count", max_members=4)
+    cfg = runner.check_configs(spec)
+    assert population.configs_per_trial(spec, cfg, slots=1) == 2  # 4 members / 2 seeds
+    assert population.configs_per_trial(spec, cfg, slots=4) == 1  # four configurations, four slots
+    assert population.configs_per_trial(_grid("off", fuse="off"), cfg, slots=1) == 1
+    big = _grid("big", repeats=1)
+    assert population.configs_per_trial(big, cfg, slots=1) == 4  # the whole grid: below the default cap
+    # The memory estimate bounds the default: a member of mem5 (T = 200) with minibatches of 1000
+    # in float64 keeps 3 x 200 x 1000 x 100 x 8 bytes = 480 MB of BPTT activations: 4 fit 2 GiB.
+    heavy = runner.check_configs(load_spec({**_grid("heavy").model_dump(mode="json"), "task": "mem5",
+                                            "config": {"dtype": "float64", "batch_size": 1000}}))
+    assert 480e6 < population.member_bytes(heavy) < 490e6
+    assert population.default_max_members(heavy) == 4
+
+
+def test_member_rungs_keep_the_best_fraction_at_each_rung():
+    rungs = population.MemberRungs(grace_period=1, reduction_factor=3, max_t=10, mode="min")
+    assert rungs.rungs == {1, 3, 9}
+    assert rungs.stop(1, {0: 0.5, 1: 0.1, 2: 0.9, 3: 0.3}) == [0, 2]  # keeps ceil(4/3) = 2
+    assert rungs.stop(2, {0: 0.5, 1: 0.1}) == []  # not a rung
+    assert rungs.stop(3, {1: 0.1}) == []  # one left: nothing to compare
+    assert population.MemberRungs(1, 2, 10, "max").stop(1, {0: 0.5, 1: 0.1}) == [1]

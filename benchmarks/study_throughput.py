@@ -153,6 +153,28 @@ def run_study(root: Path, name: str, spec_dict: dict) -> tuple[float, str]:
     return time.perf_counter() - t0, state
 
 
+def overheads(root: Path, name: str) -> str:
+    """The study's own overhead figures, which the runner logs on its MLflow parent run: the
+    driver's bookkeeping against the trials' compute, a trial's set-up before its first update,
+    and the gap between two trials in one worker process (study/trial.py, study/recorder.py)."""
+    from mlflow import MlflowClient
+
+    from study import api
+
+    uri = f"sqlite:///{root / name / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(name)
+    parent = c.search_runs([exp.experiment_id], filter_string="tags.`momentum_study.role` = 'parent'")[0]
+    m = parent.data.metrics
+    book, compute = m.get("driver_bookkeeping_s", float("nan")), m.get("trial_compute_s", float("nan"))
+    trials = api.trials(name, directory=str(root))
+    return (f"{trials['population'].nunique()} Ray trials; driver bookkeeping {book:.2f} s = "
+            f"{100 * book / compute:.1f}% of {compute:.1f} s trial compute; trial set-up before its first update "
+            f"mean {m.get('trial_setup_s_mean', float('nan')):.2f} s, max {m.get('trial_setup_s_max', float('nan')):.2f} s; "
+            f"gap after the previous trial in the same worker mean {m.get('trial_gap_s_mean', float('nan')):.2f} s, "
+            f"max {m.get('trial_gap_s_max', float('nan')):.2f} s")
+
+
 def final_errors(root: Path, name: str) -> dict[tuple, float]:
     """(optimizer, mu_max, lr) -> the configuration's final error (its metric_value: the mean over
     its seeds), from the study's results database."""
@@ -376,6 +398,7 @@ def main() -> int:
                     wall, state = run_study(root, name, spec)
                     if state != "completed":
                         print(f"  ({way}) the study ended {state!r}, not completed: its figure is not a full run")
+                    print(f"  ({way}) {overheads(root, name)}")
                 else:
                     wall, results = run_plain(root, name, grid, updates, report_every)
                     summarize_plain(results, runs)

@@ -60,6 +60,10 @@ class Recorder(tune.Callback):
         # compute (Tune's time_this_iter_s summed): logged on the parent run at the end.
         self.busy_s = 0.0
         self.trial_s = 0.0
+        # Per trial: its set-up before the first update, and the gap since the previous trial in
+        # the same worker process (study/trial.py, _Overhead).
+        self.setup_s: list[float] = []
+        self.gap_s: list[float] = []
 
     # Tune pickles its callbacks into the experiment directory: only settings without a secret
     # travel; `study resume` hands the restored run fresh recorders.
@@ -102,6 +106,9 @@ class Recorder(tune.Callback):
     @_timed
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.trial_s += float(result.get("time_this_iter_s") or 0.0)
+        for key, into in (("setup_s", self.setup_s), ("since_previous_s", self.gap_s)):
+            if result.get(key) is not None:
+                into.append(float(result[key]))
         stamp = int(result.get("timestamp", time.time()) * 1000)
         for c in result.get("configs") or []:
             cid, step = c["config_id"], int(c["step"])
@@ -193,6 +200,15 @@ class Recorder(tune.Callback):
                 self._metrics.log(run_id, w["step"], w["metrics"], w["timestamp"])
             else:
                 tracking.finish_trial(uri, run_id, w["state"], w["tags"], w.get("ended_ms"))
+
+    def cost(self) -> dict[str, float]:
+        """This run's overheads, for the parent run (docs/benchmarks.md, "Study throughput")."""
+        out = {"driver_bookkeeping_s": self.busy_s, "trial_compute_s": self.trial_s}
+        if self.setup_s:
+            out.update(trial_setup_s_mean=sum(self.setup_s) / len(self.setup_s), trial_setup_s_max=max(self.setup_s))
+        if self.gap_s:
+            out.update(trial_gap_s_mean=sum(self.gap_s) / len(self.gap_s), trial_gap_s_max=max(self.gap_s))
+        return out
 
     # --- the end ---------------------------------------------------------------------------------
 

@@ -390,9 +390,7 @@ def conclude(spec: StudySpec, loc: Locations, recorder: Any, parent_run_id: str 
     if parent_run_id:
         try:
             # This run's driver bookkeeping against its trials' compute (docs/benchmarks.md).
-            cost = {"driver_bookkeeping_s": getattr(recorder, "busy_s", 0.0),
-                    "trial_compute_s": getattr(recorder, "trial_s", 0.0)}
-            tracking.finish_study(loc.mlflow_uri, parent_run_id, state, reason, cost)
+            tracking.finish_study(loc.mlflow_uri, parent_run_id, state, reason, recorder.cost())
         except Exception as exc:
             log.warning("could not record the study's state in MLflow: %s", scrub(str(exc)))
         try:

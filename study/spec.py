@@ -417,6 +417,12 @@ class StudySpec(_Strict):
             raise ValueError(f"{info.field_name}={v!r} is not allowed: at most {limit:,}")
         return v
 
+    @field_validator("fuse", mode="before")
+    @classmethod
+    def _fuse_words(cls, v: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads the bare words off/on/no/yes as false/true: `fuse: off` is False.
+        return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
+
     @field_validator("sampler", mode="before")
     @classmethod
     def _sampler_shorthand(cls, v: Any) -> Any:

@@ -228,10 +228,14 @@ class ResultsDB:
             n=name,
         )
 
-    def point_rows(self, name: str) -> dict[tuple[str, int, int], tuple]:
-        """(trial id, step, member) -> (error, loss, recorded_at) of every metric point."""
+    def point_rows(self, name: str) -> dict[tuple[int, int, int], tuple]:
+        """(Optuna trial number, step, member) -> (error, loss, recorded_at) of every metric point.
+
+        Keyed by the configuration's Optuna number, not its trial id: a configuration whose
+        population Tune's saved state lost (a driver killed right after asking for it) is trained by
+        a new population, and its row, points included, is re-keyed to the new id (adopted)."""
         rows = self.rows(
-            "SELECT t.trial_id, p.step, p.member, p.error, p.loss, p.recorded_at FROM ms_metric_points p "
+            "SELECT t.optuna_trial_number, p.step, p.member, p.error, p.loss, p.recorded_at FROM ms_metric_points p "
             "JOIN ms_trials t ON t.id = p.trial_pk JOIN ms_studies s ON s.id = t.study_id WHERE s.name = :n",
             n=name,
         )

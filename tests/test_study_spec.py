@@ -129,3 +129,11 @@ def test_a_cuda_device_without_a_gpu_in_resources_is_refused():
     raw["config"]["device"] = "cuda"
     with pytest.raises(SpecError, match=r"config.device='cuda' is not allowed with resources.gpus=0"):
         load_spec(raw)
+
+
+def test_fuse_off_written_bare_in_yaml_means_off():
+    """PyYAML reads `fuse: off` as false; the spec takes it as the word it was."""
+    text = "name: f\ntask: addition\nsearch: {lr: {type: grid, values: [0.001]}}\nsampler: grid\nfuse: off\n"
+    assert load_spec(text).fuse == "off"
+    assert load_spec(text.replace("fuse: off", "fuse: on")).fuse == "auto"
+    assert load_spec(text.replace("fuse: off\n", "")).fuse == "auto"

@@ -28,8 +28,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def make_study(root: Path, name: str, task: str, spec: dict, trials: list[dict], mlflow: bool = False) -> str:
     """Writes a study into <root>/<name>/results.db through the results API.
 
-    Each trial: {"id", "state", "config" (raw training config; lists make a population),
-    "params", "points": {step: [(error, status), ...one per member]}}.
+    Each trial (a configuration): {"id", "state", "config" (raw training config; lists make a
+    population), "params", "points": {step: [(error, status), ...one per member]}, and optionally
+    "population" (the Ray trial of a fused study that trained it)}.
     """
     study_dir = root / name
     url = results.sqlite_url(study_dir / "results.db")
@@ -51,7 +52,7 @@ def make_study(root: Path, name: str, task: str, spec: dict, trials: list[dict],
         seeds = cfg.member_values("seed")
         pk = results.upsert_trial(
             url, study_id, t["id"], state=t["state"], params=t.get("params", {}), config=cfg.model_dump(mode="json"),
-            members=cfg.population_size, optuna_trial_number=i,
+            members=cfg.population_size, optuna_trial_number=i, population=t.get("population"),
         )
         for step, members in sorted(t.get("points", {}).items()):
             rows = []
@@ -131,7 +132,9 @@ def test_table1_picks_the_best_clean_lr_per_mu_max_and_momentum_type(curves_stud
     root, _ = curves_study
     t1 = tables.table1(load_study("ae", root).members, "curves").set_index(["optimizer", "mu_max"])
     nag90 = t1.loc[("nag", 0.9)]
-    assert nag90.best_lr == 0.05 and nag90.error == pytest.approx(0.23) and nag90["std"] == pytest.approx(0.03)
+    # the sample sd over the two seeds 0.20 and 0.26 (n - 1 in the denominator)
+    assert nag90.best_lr == 0.05 and nag90.error == pytest.approx(0.23)
+    assert nag90["std"] == pytest.approx(0.03 * 2 ** 0.5)
     assert nag90.seeds == 2 and nag90.n_diverged == 0 and nag90.paper == 0.16
     # lr 0.05 reached 0.01 on one seed but diverged on the other: a failure, so 0.01 is best
     nag99 = t1.loc[("nag", 0.99)]
@@ -143,7 +146,8 @@ def test_table1_picks_the_best_clean_lr_per_mu_max_and_momentum_type(curves_stud
     assert cm99.result == "diverged" and cm99.n_diverged == 4 and cm99.n_members == 4 and math.isnan(cm99.error)
     shown = tables.display(t1.reset_index()).set_index(["optimizer", "mu_max"])
     assert shown.loc[("cm", 0.99), "result_cell"] == "diverged (4/4)"
-    assert shown.loc[("nag", 0.9), "result_cell"] == "0.23 ± 0.03"
+    # mean ± the half-width of the 95% t interval: 12.71 (t, 1 degree of freedom) x 0.0424 / sqrt(2)
+    assert shown.loc[("nag", 0.9), "result_cell"] == "0.23 ± 0.38"
 
 
 def test_table2_reads_the_error_before_the_final_phase_from_the_history(curves_study):
@@ -173,13 +177,14 @@ def test_table3_per_si_scale_with_the_paper_beside(tmp_path):
     assert t3.loc[2.0].result == "failed" and t3.loc[2.0].n_failed == 2 and t3.loc[2.0].paper == 0.083
 
 
-def rnn_trial(tid: str, optimizer: str, mu_0: float, seeds, finals: list, lr: float = 0.001) -> dict:
+def rnn_trial(tid: str, optimizer: str, mu_0: float, seeds, finals: list, lr: float = 0.001, **config) -> dict:
+    """An RNN trial (a configuration; a list of seeds makes its members); ``config``: other fields."""
     final_row = [(f, "completed") if f is not None else (0.9, "diverged") for f in finals]
     return {
         "id": tid,
         "state": "diverged" if None in finals else "completed",
         "config": {"optimizer": optimizer, "mu_0": mu_0, "lr": lr, "seed": seeds, "updates": 2000,
-                   "report_every": 1000, "seq_length": 20},
+                   "report_every": 1000, "seq_length": 20, **config},
         "points": {1000: [(0.8, "running")] * len(finals), 2000: final_row},
     }
 
@@ -208,7 +213,7 @@ def test_table5_averages_over_member_and_trial_seeds_with_spread(addition_study)
     nag = t5.loc[("nag", 0.9)]
     assert nag.best_lr == 0.001 and nag.seeds == 3
     assert nag.error == pytest.approx(0.2) and nag["min"] == pytest.approx(0.1) and nag["max"] == pytest.approx(0.3)
-    assert nag["std"] == pytest.approx(math.sqrt(((0.1 - 0.2) ** 2 + 0 + (0.3 - 0.2) ** 2) / 3))
+    assert nag["std"] == pytest.approx(math.sqrt(((0.1 - 0.2) ** 2 + 0 + (0.3 - 0.2) ** 2) / 2))
     assert nag.paper == 0.02 and nag.n_members == 5
     cm = t5.loc[("cm", 0.9)]
     assert cm.result == "diverged" and cm.n_diverged == 1 and cm.paper == 0.43
@@ -222,6 +227,207 @@ def test_published_values_are_data():
     assert published_value("table1", "faces", "cm", mu_max=0.999) == 9.3
     assert published_value("table1", "mnist", "nag", mu_max=0.0) == 2.1
     assert published_value("table3", "curves", "nag", init_scale=2.0) == 0.083
+
+
+# --- grouping: every varied field splits a table (issue #12) -------------------------------------
+
+
+@pytest.fixture
+def multitask_study(tmp_path):
+    """Table 5 over two problems, as search_spaces/table5-rnn.yaml varies the task. The best lr
+    differs by problem: lr 1e-3 for addition, 1e-4 for mem5; pooled over both problems (mean of
+    0.1 and 2.4 against 0.3 and 1.0) 1e-4 would win for both."""
+    trials = []
+    finals = {("addition", 1e-3): 0.10, ("addition", 1e-4): 0.30, ("mem5", 1e-3): 2.40, ("mem5", 1e-4): 1.00}
+    for (task, lr), f in finals.items():
+        for opt, extra in (("nag", 0.0), ("cm", 0.05)):
+            trials.append(rnn_trial(f"{task}-{opt}-{lr:g}", opt, 0.9, [0, 1], [f + extra, f + extra + 0.02], lr=lr,
+                                    task=task))
+    spec = {"config": {"updates": 2000, "seq_length": 20},
+            "search": {"task": {"type": "grid", "values": ["addition", "mem5"]},
+                       "mu_0": {"type": "grid", "values": [0.9]},
+                       "optimizer": {"type": "grid", "values": ["nag", "cm"]},
+                       "lr": {"type": "grid", "values": [1e-3, 1e-4]}},
+            "sampler": "grid", "repeats": 2}
+    make_study(tmp_path / "studies", "multi", "addition", spec, trials)
+    return tmp_path / "studies"
+
+
+def _blocks(md: str, title: str) -> dict[str, str]:
+    """The '### <task>' blocks of one '## <title>' section of a report."""
+    section = md.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+    return {part.split("\n", 1)[0].strip(): part for part in section.split("\n### ")[1:]}
+
+
+def test_a_study_over_several_problems_gets_one_table5_block_per_problem(multitask_study, tmp_path):
+    rep = build_report("multi", multitask_study, out_dir=tmp_path / "out")
+    t5 = rep.tables["table5"].set_index(["task", "optimizer", "mu_0"])
+    assert len(t5) == 4  # (task, optimizer, mu_0): never pooled over problems
+    # the best lr per (task, optimizer, mu_0), each with its own problem's published value
+    assert t5.loc[("addition", "nag", 0.9)].best_lr == 1e-3 and t5.loc[("addition", "nag", 0.9)].paper == 0.02
+    assert t5.loc[("addition", "cm", 0.9)].best_lr == 1e-3 and t5.loc[("addition", "cm", 0.9)].paper == 0.43
+    assert t5.loc[("mem5", "nag", 0.9)].best_lr == 1e-4 and t5.loc[("mem5", "nag", 0.9)].paper == 1.02
+    assert t5.loc[("mem5", "cm", 0.9)].best_lr == 1e-4 and t5.loc[("mem5", "cm", 0.9)].paper == 1.12
+    assert t5.loc[("addition", "nag", 0.9)].error == pytest.approx(0.11)
+    assert t5.loc[("mem5", "nag", 0.9)].error == pytest.approx(1.01)
+    assert set(pd.read_csv(tmp_path / "out" / "table5.csv").task) == {"addition", "mem5"}
+    # the Markdown: one block per problem, each with that problem's values only
+    blocks = _blocks(rep.markdown, "Table 5")
+    assert set(blocks) == {"addition", "mem5"}
+    assert "| 0.02 |" in blocks["addition"] and "| 1.02 |" not in blocks["addition"]
+    assert "| 1.02 |" in blocks["mem5"] and "| 0.02 |" not in blocks["mem5"]
+    assert "bias-only error: 0.82" in blocks["addition"] and "bias-only error: 2.5" in blocks["mem5"]
+    # one figure per problem, each with its own problem's published points
+    assert _paper_points(rep.figures["table5_addition"].axes[0], "NAG (paper)") == [(0.1, 0.02)]
+    assert _paper_points(rep.figures["table5_mem5"].axes[0], "NAG (paper)") == [(0.1, 1.02)]
+    assert (tmp_path / "out" / "table5_mem5.png").is_file() and not (tmp_path / "out" / "table5.png").exists()
+    # sensitivity per problem, with the problem's published best of NAG and CM at mu_0 = 0.9
+    sens = rep.tables["sensitivity_mu_0"].set_index("task")
+    assert sens.loc["addition"].paper == 0.02 and sens.loc["mem5"].paper == 1.02
+    assert _paper_points(rep.figures["sensitivity_mu_0_mem5"].axes[0], "paper") == [(0.1, 1.02)]
+    # learning curves per problem, each with its own bias-only levels
+    assert _axhlines(rep.figures["curves_addition"].axes[0])["bias-only, paper Table 5: 0.82"] == 0.82
+    assert _axhlines(rep.figures["curves_mem5"].axes[0])["bias-only, paper Table 5: 2.5"] == 2.5
+
+
+def test_a_varied_field_that_is_no_table_axis_splits_the_table_and_is_named(tmp_path):
+    # seq_length differs between configurations: its settings are kept apart, never averaged
+    trials = [rnn_trial("t20", "nag", 0.9, [0, 1], [0.1, 0.1], seq_length=20),
+              rnn_trial("t40", "nag", 0.9, [0, 1], [0.5, 0.5], seq_length=40),
+              rnn_trial("t40lr", "nag", 0.9, [0, 1], [0.3, 0.3], lr=1e-4, seq_length=40),
+              # seeds and the device are not settings: these two configurations are one setting
+              rnn_trial("t20b", "nag", 0.0, [0, 1], [0.2, 0.2], device="cpu"),
+              rnn_trial("t20c", "nag", 0.0, [2, 3], [0.4, 0.4], device="cuda:0")]
+    spec = {"search": {"seq_length": {"type": "grid", "values": [20, 40]},
+                       "lr": {"type": "grid", "values": [1e-3, 1e-4]}}, "sampler": "grid"}
+    make_study(tmp_path, "len", "addition", spec, trials)
+    m = load_study("len", tmp_path).members
+    assert tables.other_varied(m, ["optimizer", "mu_0"]) == ["seq_length"]
+    t5 = tables.table5(m, "addition").set_index(["mu_0", "seq_length"])
+    assert t5.loc[(0.9, 20)].error == pytest.approx(0.1) and t5.loc[(0.9, 20)].best_lr == 1e-3
+    assert t5.loc[(0.9, 40)].error == pytest.approx(0.3) and t5.loc[(0.9, 40)].best_lr == 1e-4
+    assert t5.loc[(0.0, 20)].seeds == 4 and t5.loc[(0.0, 20)].error == pytest.approx(0.3)
+    rep = build_report("len", tmp_path, out_dir=tmp_path / "out")
+    md = rep.markdown.split("## Table 5", 1)[1].split("\n## ", 1)[0]
+    assert "Rows are also split by `seq_length`" in md and "| seq_length |" in md
+    # the sensitivity to the lr says what it is the best and median over
+    assert "over every other parameter the study varied: mu_0, seq_length." in rep.markdown
+
+
+
+def test_reports_read_configurations_whether_fused_or_not(tmp_path):
+    # a fused study records each configuration as its own row, with the Ray trial that trained it
+    # in ms_trials.population: the same configurations give the same table either way
+    def trials(prefix: str) -> list[dict]:
+        return [rnn_trial(f"{prefix}-0", "nag", 0.9, [0, 1], [0.1, 0.2]),
+                rnn_trial(f"{prefix}-1", "nag", 0.9, [0, 1], [0.3, 0.2], lr=1e-4),
+                rnn_trial(f"{prefix}-2", "cm", 0.9, [0, 1], [0.4, None])]
+
+    spec = {"search": {"lr": {"type": "grid", "values": [1e-3, 1e-4]}}, "sampler": "grid", "repeats": 2}
+    make_study(tmp_path, "solo", "addition", spec, trials("solo"))
+    make_study(tmp_path, "fused", "addition", spec, [{**t, "population": "ray1"} for t in trials("ray1")])
+    solo = tables.table5(load_study("solo", tmp_path).members, "addition")
+    fused = tables.table5(load_study("fused", tmp_path).members, "addition")
+    pd.testing.assert_frame_equal(solo, fused)
+
+# --- 95% intervals over seeds ---------------------------------------------------------------------
+
+
+def test_cells_show_the_mean_and_its_95_percent_t_interval_over_seeds(addition_study, tmp_path):
+    import numpy as np
+    from scipy import stats as st
+
+    from study.report.stats import mean_interval, t_quantile
+
+    assert t_quantile(3) == pytest.approx(4.302652729911275)  # t_{0.975} with 2 degrees of freedom
+    t5 = tables.table5(load_study("add", addition_study).members, "addition").set_index(["optimizer", "mu_0"])
+    nag = t5.loc[("nag", 0.9)]  # seeds 0.1, 0.2, 0.3
+    x = np.array([0.1, 0.2, 0.3])
+    half = st.t.ppf(0.975, df=2) * x.std(ddof=1) / np.sqrt(3)
+    assert nag.error_ci_low == pytest.approx(0.2 - half) and nag.error_ci_high == pytest.approx(0.2 + half)
+    assert half == pytest.approx(0.248414, abs=1e-6)
+    assert tables.display(t5.reset_index()).set_index(["optimizer", "mu_0"]).loc[("nag", 0.9), "result_cell"] \
+        == "0.2 ± 0.25"
+    # one seed: no interval
+    mean, sd, low, high = mean_interval([0.4])
+    assert mean == 0.4 and math.isnan(sd) and math.isnan(low) and math.isnan(high)
+    assert tables.interval_cell(0.4, high) == "0.4 ± n/a"
+    # the CSV holds the interval's ends beside the mean; the Markdown the same numbers
+    rep = build_report("add", addition_study, out_dir=tmp_path / "out")
+    csv = pd.read_csv(tmp_path / "out" / "table5.csv").set_index(["optimizer", "mu_0"])
+    assert {"error", "error_ci_low", "error_ci_high"} <= set(csv.columns)
+    assert csv.loc[("nag", 0.9)].error_ci_high == pytest.approx(0.2 + half)
+    assert "| 0.2 ± 0.25 |" in rep.markdown and "error: mean ± 95% CI over seeds" in rep.markdown
+
+
+def test_table2_before_and_after_carry_intervals(curves_study):
+    import numpy as np
+    from scipy import stats as st
+
+    root, _ = curves_study
+    t2 = tables.table2(load_study("ae", root).members, "curves").set_index("mu_max")
+    row = t2.loc[0.9]  # before 0.5 and 0.7, after 0.20 and 0.26
+    for value, xs in (("before", [0.5, 0.7]), ("after", [0.20, 0.26])):
+        half = st.t.ppf(0.975, df=1) * np.std(xs, ddof=1) / np.sqrt(2)
+        assert row[f"{value}_ci_low"] == pytest.approx(np.mean(xs) - half)
+        assert row[f"{value}_ci_high"] == pytest.approx(np.mean(xs) + half)
+    shown = tables.display(t2.reset_index()).set_index("mu_max")
+    assert shown.loc[0.9, "before_cell"] == "0.6 ± 1.3" and shown.loc[0.9, "after_cell"] == "0.23 ± 0.38"
+
+
+# --- Table 3 at the paper's settings, best lr per SI scale ------------------------------------------
+
+
+def test_table3_specs_use_the_papers_settings_and_search_table1s_lr_grid():
+    from study.report import load_published
+    from study.spec import load_spec
+
+    published = load_published()
+    scales = [r["init_scale"] for r in published["table3"]]
+    for name in ("table3-curves", "table3-curves-quick"):
+        spec = load_spec(Path(__file__).resolve().parents[1] / "search_spaces" / f"{name}.yaml")
+        assert spec.task == "curves" and spec.config["optimizer"] == "nag"
+        assert spec.config["mu_max"] == published["table3_setting"]["mu_max"] == 0.999
+        assert "lr" not in spec.config
+        assert spec.search["lr"].values == published["scale"]["autoencoder"]["lr_grid"]
+        assert spec.search["init_scale"].values == scales
+    # the inference behind mu_max 0.999: Table 3 at scale 1 is Table 1's NAG mu_max = 0.999 entry
+    assert published_value("table3", "curves", "nag", init_scale=1.0) == published_value(
+        "table1", "curves", "nag", mu_max=0.999)
+
+
+def test_table3_report_picks_the_best_lr_per_si_scale_and_says_which(tmp_path):
+    trials = [
+        ae_trial("a", "nag", 0.999, 0.01, [16.5, 16.7], init_scale=0.25),
+        ae_trial("b", "nag", 0.999, 0.001, [16.9, 16.9], init_scale=0.25),
+        ae_trial("c", "nag", 0.999, 0.01, [0.9, 0.9], init_scale=1.0),
+        ae_trial("d", "nag", 0.999, 0.001, [0.2, 0.3], init_scale=1.0),
+        ae_trial("e", "nag", 0.999, 0.01, [None, 0.1], init_scale=4.0),  # diverged once: not eligible
+        ae_trial("f", "nag", 0.999, 0.001, [0.5, 0.5], init_scale=4.0),
+    ]
+    spec = {"config": {"optimizer": "nag", "mu_max": 0.999},
+            "search": {"init_scale": {"type": "grid", "values": [0.25, 1.0, 4.0]},
+                       "lr": {"type": "grid", "values": [0.01, 0.001]}}, "sampler": "grid", "repeats": 2}
+    make_study(tmp_path, "t3", "curves", spec, trials)
+    rep = build_report("t3", tmp_path, out_dir=tmp_path / "out")
+    t3 = rep.tables["table3"].set_index("init_scale")
+    assert list(t3.best_lr) == [0.01, 0.001, 0.001]
+    assert t3.loc[1.0].error == pytest.approx(0.25) and t3.loc[1.0].paper == 0.074
+    assert t3.loc[4.0].n_diverged == 1 and t3.loc[4.0].error == pytest.approx(0.5)
+    assert "table1" not in rep.tables  # one optimizer and one mu_max: Table 3 alone
+    md = rep.markdown.split("## Table 3", 1)[1].split("\n## ", 1)[0]
+    assert "scale 0.25 -> lr 0.01, scale 1 -> lr 0.001, scale 4 -> lr 0.001" in md
+    assert "| best lr |" in md and "mu_max differs" not in md and "Only one lr" not in md
+    # the sensitivity to the SI scale carries the paper's Table 3 values
+    assert _paper_points(rep.figures["sensitivity_init_scale"].axes[0], "paper") == [(0.25, 16.0), (1.0, 0.074),
+                                                                                    (4.0, 0.35)]
+    # at another mu_max, with a single lr, the report says so
+    make_study(tmp_path, "t3b", "curves", {"search": {"init_scale": {"type": "grid", "values": [0.25, 1.0]}},
+                                           "sampler": "grid", "repeats": 2},
+               [ae_trial("g", "nag", 0.99, 0.01, [1, 1], init_scale=0.25),
+                ae_trial("h", "nag", 0.99, 0.01, [1, 1], init_scale=1.0)])
+    md = build_report("t3b", tmp_path, out_dir=tmp_path / "out-b").markdown
+    assert "**mu_max differs from the paper's**: 0.99 here vs 0.999" in md and "**Only one lr was run**" in md
 
 
 # --- sensitivity and importances ----------------------------------------------------------------

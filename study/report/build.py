@@ -20,11 +20,12 @@ import pandas as pd
 from study.locations import resolve
 from study.report import figures, tables
 from study.report.bias_only import bias_only_error
-from study.report.data import StudyData, load_study, rnn_warmup_updates
+from study.report.data import StudyData, family, load_study, rnn_warmup_updates
 from study.report.published import load_published, scale_differences, study_scale
+from study.report.sections import Section, paper_tables
 
 REPORT_ARTIFACT_PATH = "report"
-REPORT_FILES = ("report.md", "members.csv", "table[0-9].csv", "table[0-9].png", "sensitivity_*.csv",
+REPORT_FILES = ("report.md", "members.csv", "table[0-9].csv", "table[0-9].png", "table[0-9]_*.png", "sensitivity_*.csv",
                 "sensitivity_*.png", "importances.csv", "importances.png", "optuna_slice.png", "curves.png",
                 "curves_*.png")
 
@@ -41,45 +42,40 @@ class Report:
     mlflow_run_id: str | None = None
 
 
+@dataclass
+class Block:
+    """One problem's part of a table (``task`` None: a table that is not per problem)."""
+
+    task: str | None
+    table: pd.DataFrame
+    note: str
+    figure: Any = None
+
+
 def default_out_dir(name: str, directory: str | None = None) -> Path:
     """The study directory's report/ folder (studies/<name>/report)."""
     return resolve(name, directory).study_dir / "report"
 
 
-def _scale_lines(data: StudyData) -> list[str]:
-    configs = [c for c in data.trials["config"] if isinstance(c, dict) and c]
-    seeds = data.members.groupby([c for c in ("optimizer", "lr", "mu_max", "mu_0", "init_scale", "spectral_radius")
-                                  if data.members[c].notna().any()], dropna=False).size()
-    n_seeds = int(seeds.max()) if len(seeds) else 0
-    finals = sorted(set(data.members["final_phase_updates"].dropna().astype(int)))
-    scale = study_scale(data.family, data.task, configs, n_seeds, finals[0] if len(finals) == 1 else finals or None)
-    return scale_differences(data.family, data.task, scale)
+def _scale_lines(data: StudyData, task: str) -> list[str]:
+    m = data.members[data.members["task"] == task] if "task" in data.members else data.members
+    configs = [c for c in data.trials["config"] if isinstance(c, dict) and c and c.get("task", task) == task]
+    keys = [c for c in ("optimizer", "lr", *tables.other_varied(m, ["optimizer"])) if m[c].notna().any()]
+    seeds = m.groupby(keys, dropna=False).size() if keys else pd.Series([len(m)])
+    n_seeds = int(seeds.max()) if len(seeds) and len(m) else 0
+    finals = sorted(set(m["final_phase_updates"].dropna().astype(int)))
+    fam = family(task)
+    scale = study_scale(fam, task, configs, n_seeds, finals[0] if len(finals) == 1 else finals or None)
+    return scale_differences(fam, task, scale)
 
 
-def _scale_block(data: StudyData) -> str:
-    diffs = _scale_lines(data)
+def _scale_block(data: StudyData, tasks: list[str]) -> str:
+    """Every way the study's scale differs from the paper's, per problem where it ran several."""
+    diffs = [(t, d) for t in tasks for d in _scale_lines(data, t)]
     if not diffs:
         return "Scale: as in the paper.\n"
     return ("**Scale differs from the paper** (the published numbers were obtained at the paper's scale):\n"
-            + "\n".join(f"- {d}" for d in diffs) + "\n")
-
-
-def _warmup_note(members: pd.DataFrame) -> str:
-    """The RNN schedule holds mu = 0.9 for 1000 updates before mu_0 applies (sec. 4.2)."""
-    updates = members["updates"].dropna()
-    if updates.empty:
-        return ""
-    n = int(updates.max())
-    warm = rnn_warmup_updates()
-    if n <= warm:
-        return f" **mu_0 never took effect**: runs of {n} updates end inside the {warm}-update warm-up at mu = 0.9."
-    return f" mu_0 applied for the last {n - warm:,} of {n:,} updates (after the {warm}-update warm-up at mu = 0.9)."
-
-
-def _paper_best_mu_max(task: str) -> float | None:
-    """The mu_max of the paper's best NAG entry in Table 1: Table 2's row was taken there."""
-    rows = [r for r in load_published().get("table1", []) if r["task"] == task and r["optimizer"] == "nag"]
-    return float(min(rows, key=lambda r: r["error"])["mu_max"]) if rows else None
+            + "\n".join(f"- {t + ': ' if len(tasks) > 1 else ''}{d}" for t, d in diffs) + "\n")
 
 
 def curve_marks(members: pd.DataFrame, task: str) -> tuple[list[tuple[float, str]], list[tuple[float, str, str]],
@@ -130,14 +126,6 @@ def curve_marks(members: pd.DataFrame, task: str) -> tuple[list[tuple[float, str
     return phases, levels, notes, caption
 
 
-def _keys(table: pd.DataFrame, members: pd.DataFrame, own: list[str]) -> dict[str, str]:
-    return {k: k for k in tables.other_varied(members, own) if k in table}
-
-
-def _varied(members: pd.DataFrame, col: str) -> bool:
-    return members[col].dropna().nunique() > 1
-
-
 def _outcome_summary(members: pd.DataFrame) -> str:
     counts = members["outcome"].value_counts().to_dict()
     return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
@@ -160,29 +148,27 @@ def build_report(
     rep = Report(study=data, out_dir=out)
     m = data.members
     task = data.task
+    # One block per problem wherever a study ran several: tables, sensitivity, learning curves.
+    tasks = sorted(set(m["task"].dropna())) or [task]
+    by_task = {t: m[m["task"] == t] for t in tasks} if m["task"].notna().any() else {task: m}
     md: list[str] = [
         f"# Study report: {name}",
         "",
-        f"Task **{task}**, study state **{data.state}**, {len(data.trials)} trial(s), {len(m)} member run(s) "
+        f"Task{'s' if len(tasks) > 1 else ''} **{', '.join(tasks)}**, study state **{data.state}**, "
+        f"{len(data.trials)} configuration(s), {len(m)} member run(s) "
         f"({_outcome_summary(m) if len(m) else 'none'}). Metric: final training {data.metric} "
-        f"(mean over seeds at the best learning rate, as in the paper).",
+        f"(mean over seeds at the best learning rate, as in the paper, with its 95% interval over seeds).",
         "",
         f"Published values: {load_published()['source']}.",
         "",
-        _scale_block(data),
+        _scale_block(data, tasks),
         "Failures are shown, never dropped: a learning rate where any seed diverged is not eligible "
         "as \"best\"; `diverged`/`failed` count every member of the setting over all learning rates.",
         "",
+        "Cells read \"mean ± h\": the mean over seeds and the half-width h of its 95% interval (Student t, "
+        "n - 1 degrees of freedom; \"n/a\" for a single seed); the CSVs hold the interval's ends.",
+        "",
     ]
-
-    def add_table(key: str, df: pd.DataFrame, title: str, columns: dict[str, str], note: str = "",
-                  level: str = "##") -> None:
-        rep.tables[key] = df
-        path = out / f"{key}.csv"
-        df.to_csv(path, index=False)
-        rep.files.append(path)
-        md.extend([f"{level} {title}", "", note, "", tables.markdown(tables.display(df), columns), "",
-                   f"CSV: `{path.name}`", ""])
 
     def add_figure(key: str, fig: Any, caption: str) -> None:
         rep.figures[key] = fig
@@ -190,65 +176,50 @@ def build_report(
         rep.files.append(path)
         md.extend([f"![{caption}]({path.name})", ""])
 
-    best_cols = {"result_cell": "error (mean ± sd over seeds)", "best_lr": "best lr", "seeds": "seeds",
-                 "n_diverged": "diverged", "n_failed": "failed or unfinished", "n_members": "runs", "lr_tried": "lr tried",
-                 "paper": "paper"}
-    if data.family == "autoencoder" and len(m):
-        # A study of the SI scale alone (Table 3) would only repeat Table 3 as Table 1.
-        show_table1 = _varied(m, "optimizer") or _varied(m, "mu_max") or not _varied(m, "init_scale")
-    if data.family == "autoencoder" and len(m) and show_table1:
-        t1 = tables.table1(m, task)
-        add_table("table1", t1, "Table 1: best-lr error per mu_max and momentum type",
-                  {"optimizer": "optimizer", "mu_max": "mu_max", **_keys(t1, m, ["optimizer", "mu_max"]), **best_cols},
-                  "The paper's Table 1 at mu_max = 0 is one column for NAG and CM (plain SGD).")
-        add_figure("table1", figures.table1_figure(t1, data.family, list(_keys(t1, m, ["optimizer", "mu_max"]))),
-                   "Table 1")
-    if data.family == "autoencoder" and len(m):
-        if ((m["optimizer"] == "nag") & (m["final_phase_updates"] > 0)).any():
-            t2 = tables.table2(m, task)
-            add_table("table2", t2, "Table 2: NAG before and after the final low-momentum phase",
-                      {"mu_max": "mu_max", **_keys(t2, m, ["optimizer", "mu_max"]), "best_lr": "best lr",
-                       "final_phase_updates": "final-phase updates",
-                       "before_step": "before: at update", "before": "before", "after": "after", "seeds": "seeds",
-                       "n_diverged": "diverged", "result": "result", "paper_before": "paper before",
-                       "paper_after": "paper after"},
-                      "Before: the error at the last report before the final phase (mu <= 0.9) begins; "
-                      "after: the final error. The paper's row is at its best mu_max and lr.")
-            if (t2["result"] == "ok").any():
-                add_figure("table2", figures.table2_figure(t2, list(_keys(t2, m, ["optimizer", "mu_max"])),
-                                                           _paper_best_mu_max(task)), "Table 2")
-        if _varied(m, "init_scale"):
-            t3 = tables.table3(m, task)
-            add_table("table3", t3, "Table 3: error against the SI scale multiplier",
-                      {"optimizer": "optimizer", "init_scale": "SI scale", **_keys(t3, m, ["optimizer", "init_scale"]),
-                       **best_cols},
-                      "The paper: Curves, NAG, 750,000 updates.")
-            add_figure("table3", figures.table3_figure(t3, list(_keys(t3, m, ["optimizer", "init_scale"]))),
-                       "Table 3")
-    elif len(m):
-        t5 = tables.table5(m, task)
-        tasks = sorted(set(m["task"].dropna())) or [task]
-        biases = {r["task"]: r["error"] for r in load_published().get("table5_biases", [])}
-        bias = "; ".join(f"{t}: {biases.get(t)}" for t in tasks)
-        add_table("table5", t5, f"Table 5: zero-one error per mu_0 and momentum type ({', '.join(tasks)})",
-                  {"optimizer": "optimizer", "mu_0": "mu_0", **_keys(t5, m, ["optimizer", "mu_0"]), **best_cols,
-                   "min": "min", "max": "max"},
-                  "Mean over seeds (population members and/or trials with different seeds) at the best lr; "
-                  f"sd, min and max over those seeds. The paper's bias-only error ({bias})."
-                  + _warmup_note(m))
-        add_figure("table5", figures.table5_figure(t5, ", ".join(tasks), list(_keys(t5, m, ["optimizer", "mu_0"]))),
-                   "Table 5")
+    def add_table(key: str, title: str, columns: dict[str, str], blocks: list[Block], level: str = "##") -> None:
+        """One CSV for the table; in the Markdown one block per problem where there are several."""
+        frames = [b.table if b.task is None or "task" in b.table else b.table.assign(task=b.task)[
+            ["task", *b.table.columns]] for b in blocks]
+        df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        df.attrs.update(blocks[0].table.attrs)
+        rep.tables[key] = df
+        path = out / f"{key}.csv"
+        df.to_csv(path, index=False)
+        rep.files.append(path)
+        several = len(blocks) > 1
+        md.extend([f"{level} {title}" + (f" ({blocks[0].task})" if not several and blocks[0].task else ""), ""])
+        if several:
+            md.extend([f"One block per problem ({', '.join(str(b.task) for b in blocks)}), each with its own "
+                       "published values" + ("; the best lr is chosen within a problem" if key.startswith("table")
+                                             else "; never pooled over problems") + f". CSV: `{path.name}`.", ""])
+        for b in blocks:
+            if several:
+                md.extend([f"{level}# {b.task}", ""])
+            md.extend([b.note, "", tables.markdown(tables.display(b.table), columns), ""])
+            if not several:
+                md.extend([f"CSV: `{path.name}`", ""])
+            if b.figure is not None:
+                add_figure(f"{key}_{b.task}" if several else key, b.figure,
+                           f"{title} ({b.task})" if b.task else title)
+
+    sections: dict[str, list[Block]] = {}
+    heads: dict[str, Section] = {}
+    for t, tm in by_task.items():
+        for sec in paper_tables(tm, t):
+            heads.setdefault(sec.key, sec)
+            sections.setdefault(sec.key, []).append(Block(t, sec.table, sec.note, sec.figure))
+    for key, blocks in sections.items():
+        add_table(key, heads[key].title, heads[key].columns, blocks)
 
     # Learning curves, grouped by what the study varied (learning rate excluded: too many lines),
     # one figure per task where a study searched over tasks.
     if len(data.points):
-        keys = [c for c in ("optimizer", "mu_max", "mu_0", "init_scale", "spectral_radius") if _varied(m, c)] or ["optimizer"]
-        by_task = list(m.groupby(m["task"].fillna(task), sort=True))
-        for task_name, tm in by_task:
+        for task_name, tm in by_task.items():
+            keys = tables.other_varied(tm, []) or ["optimizer"]
             phases, levels, notes, caption = curve_marks(tm, str(task_name))
             key = "curves" if len(by_task) == 1 else f"curves_{task_name}"
             fig = figures.curves_figure(data.points[data.points["trial_id"].isin(tm["trial_id"])], tm, keys,
-                                        data.family, phases, levels, f"Learning curves ({task_name})", notes)
+                                        family(task_name), phases, levels, f"Learning curves ({task_name})", notes)
             md.extend([caption, ""])
             add_figure(key, fig, f"Learning curves ({task_name})")
 
@@ -260,17 +231,22 @@ def build_report(
         if field_name not in m or m[field_name].dropna().empty:
             md.extend([f"`{field_name}`: no values recorded.", ""])
             continue
-        # The paper's values only where one task was run: a curve over several tasks has none.
-        one_task = m["task"].dropna().nunique() <= 1
-        s = tables.sensitivity(m, field_name, param, task=task if data.metric == "error" and one_task else None)
-        key = f"sensitivity_{field_name}"
-        add_table(key, s.rename(columns={"x": s.attrs["label"]}), f"Sensitivity to {field_name}",
-                  {s.attrs["label"]: s.attrs["label"], "best": "best", "median": "median", "n": "runs",
-                   "n_completed": "completed", "n_diverged": "diverged", "n_failed": "failed",
-                   **({"paper": "paper (best of NAG, CM)"} if s["paper"].notna().any() else {})},
-                  "Best and median final error over every other parameter"
-                  + (" (log x axis)." if s.attrs["log"] else "."), level="###")
-        add_figure(key, figures.sensitivity_figure(s, data.family, data.metric), f"Sensitivity to {field_name}")
+        # Per problem (with its published values), unless the task is the field itself.
+        groups = {None: m} if field_name == "task" else by_task
+        blocks = []
+        for t, tm in groups.items():
+            s = tables.sensitivity(tm, field_name, param, task=t if data.metric == "error" else None)
+            over = tables.other_varied(tm, [field_name], select="")
+            note = ("Best and median final error over every other parameter the study varied"
+                    + (f": {', '.join(over)}." if over else ".") + (" Log x axis." if s.attrs["log"] else ""))
+            fig = figures.sensitivity_figure(s, family(t or task), data.metric)
+            blocks.append(Block(t, s.rename(columns={"x": s.attrs["label"]}), note, fig))
+        label = blocks[0].table.attrs["label"]
+        has_paper = any(b.table["paper"].notna().any() for b in blocks)
+        add_table(f"sensitivity_{field_name}", f"Sensitivity to {field_name}",
+                  {label: label, "best": "best", "median": "median", "n": "runs", "n_completed": "completed",
+                   "n_diverged": "diverged", "n_failed": "failed",
+                   **({"paper": "paper (best of NAG, CM)"} if has_paper else {})}, blocks, level="###")
 
     md.extend(["## Parameter importances (Optuna)", ""])
     imp, why = tables.importances(name, data.results_db, data.spec)
@@ -279,11 +255,10 @@ def build_report(
         md.extend([f"Importances {why}.", ""])
     else:
         finite, _ = tables.finite_optuna_study(name, data.results_db, data.spec)
-        add_table("importances", imp, "Importances", {"parameter": "parameter", "importance": "importance"},
-                  "optuna.importance.get_param_importances (fANOVA, seed 0) over completed trials with a finite "
-                  "objective; the figure is Optuna's plot_param_importances on the same trials.",
-                  level="###")
-        add_figure("importances", figures.importance_figure(finite, tables.importance_evaluator()), "Importances")
+        add_table("importances", "Importances", {"parameter": "parameter", "importance": "importance"},
+                  [Block(None, imp, "optuna.importance.get_param_importances (fANOVA, seed 0) over completed trials "
+                         "with a finite objective; the figure is Optuna's plot_param_importances on the same trials.",
+                         figures.importance_figure(finite, tables.importance_evaluator()))], level="###")
         md.extend(["### Slice plot (Optuna)", "",
                    "optuna.visualization.matplotlib.plot_slice: each finite trial's objective (the mean over its "
                    "members) against each sampled parameter, under the sampler's names.", ""])

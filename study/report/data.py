@@ -1,9 +1,11 @@
 """A study read from the results database as the two frames every table is built from.
 
-``members``: one row per (trial, population member) with the member's own hyperparameters (from
-the trial's resolved config, population lists unpacked), its outcome and its final error, plus
-the error at the last report before the final low-momentum phase (Table 2).
-``points``: every metric point (trial, step, member).
+``members``: one row per (configuration, member) with every field of the member's own training
+config (from the configuration's resolved config, population lists unpacked: a member is one
+seed), its outcome and its final error, plus the error at the last report before the final
+low-momentum phase (Table 2). A configuration is a results-DB trial row (``ms_trials``), whether
+its Ray trial trained it alone or fused with others (``ms_trials.population``, never read here).
+``points``: every metric point (configuration, step, member).
 
 Outcome of a member: "completed", "diverged" (NaN/inf loss; it keeps its last good error, which
 the tables never use as a result), or the trial's state where the member never finished
@@ -22,11 +24,17 @@ from sqlalchemy import select
 
 from study import results
 from study.locations import resolve
-from trainables.config import POPULATION_FIELDS, parse_config
+from trainables.config import POPULATION_FIELDS, TaskConfig, parse_config
 
 AUTOENCODER_TASKS = ("curves", "mnist", "faces")
 # The fields a report can group by, in the paper's words.
 HYPERPARAMETERS = ("optimizer", "lr", "mu_max", "mu_0", "init_scale", "spectral_radius")
+# Every field of the training config, each a column of the member table.
+CONFIG_FIELDS = tuple(TaskConfig.model_fields)
+# Config fields that do not make a setting: the seed is what the members of a setting differ in
+# (its repeats, fused as one population or run as separate trials), the device only where it ran.
+# Every other field that a study varied keeps settings apart in every table (tables.other_varied).
+NOT_SETTINGS = ("seed", "device")
 # Momentum coefficients: near 1 what matters is 1 - mu (0.99 vs 0.999 is a factor of 10), so
 # every axis of one of these is 1 - mu on a log scale.
 MOMENTUM_FIELDS = ("mu_max", "mu_0", "final_momentum")
@@ -92,6 +100,9 @@ class StudyData:
         return dict(self.spec.get("search") or {})
 
 
+_DEFAULTS = {name: f.default for name, f in TaskConfig.model_fields.items() if name != "task"}
+
+
 def _member_value(config: dict[str, Any], key: str, k: int) -> Any:
     v = config.get(key)
     return v[k] if isinstance(v, list) else v
@@ -154,6 +165,8 @@ def load_study(name: str, directory: str | None = None, results_db: str | None =
     points = pd.DataFrame(point_rows, columns=["trial_id", "step", "member", "seed", "error", "loss", "mu", "lr",
                                                "status", "diverged_at", "extra"])
     members = member_table(trials, points, info["metric"])
+    # Failures are results: a member without a recorded task counts under the study's task.
+    members["task"] = members["task"].fillna(info["task"])
     return StudyData(results_db=url, trials=trials, members=members, points=points, **info)
 
 
@@ -170,11 +183,13 @@ def member_table(trials: pd.DataFrame, points: pd.DataFrame, metric: str = "erro
         pts = by_trial.get(t.trial_id)
         for k in range(k_members):
             row: dict[str, Any] = {"trial_id": t.trial_id, "member": k, "trial_state": t.state}
-            for key in HYPERPARAMETERS + ("seed",):
-                row[key] = _member_value(config, key, k)
-            for key in ("task", "updates", "batch_size", "train_cases", "eval_cases", "seq_length", "dataset",
-                        "data_dir"):
-                row[key] = config.get(key)
+            for key in CONFIG_FIELDS:
+                # A key an older trainer did not store had today's default.
+                row[key] = _member_value(config, key, k) if key in config else _DEFAULTS.get(key)
+            # A configuration recorded before its config (a crash at start): its sampled task, if any.
+            params = getattr(t, "params", None)
+            params = params if isinstance(params, dict) else {}
+            row["task"] = row["task"] or params.get("task")
             row["final_phase_updates"] = final_n
             row["momentum_schedule"] = schedule
             mine = pts[pts["member"] == k] if pts is not None else None
@@ -212,12 +227,13 @@ def member_table(trials: pd.DataFrame, points: pd.DataFrame, metric: str = "erro
             row["before_final_phase_step"] = int(before["step"]) if before is not None else None
             row["error_before_final_phase"] = float(before["error"]) if before is not None else None
             rows.append(row)
-    columns = ["trial_id", "member", "trial_state", *HYPERPARAMETERS, "seed", "task", "updates", "batch_size",
-               "train_cases", "eval_cases", "seq_length", "dataset", "data_dir", "final_phase_updates",
-               "momentum_schedule", "outcome", "last_step", "diverged_at", "final_error",
-               "last_good_error", "before_final_phase_step", "error_before_final_phase"]
+    first = ["trial_id", "member", "trial_state", *HYPERPARAMETERS, "seed", "task", "updates", "batch_size",
+             "train_cases", "eval_cases", "seq_length", "dataset", "data_dir", "final_phase_updates",
+             "momentum_schedule"]
+    columns = [*first, *(f for f in CONFIG_FIELDS if f not in first), "outcome", "last_step", "diverged_at",
+               "final_error", "last_good_error", "before_final_phase_step", "error_before_final_phase"]
     return pd.DataFrame(rows, columns=columns)
 
 
-__all__ = ["MOMENTUM_FIELDS", "StudyData", "load_study", "member_table", "family", "final_phase_updates",
-           "momentum_schedule", "rnn_warmup_updates", "POPULATION_FIELDS"]
+__all__ = ["CONFIG_FIELDS", "MOMENTUM_FIELDS", "NOT_SETTINGS", "StudyData", "load_study", "member_table", "family",
+           "final_phase_updates", "momentum_schedule", "rnn_warmup_updates", "POPULATION_FIELDS"]

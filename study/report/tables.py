@@ -6,6 +6,10 @@ the fixed learning rate that gave the best performance"). Failures are never dro
 rate where any seed diverged (or failed) is not a candidate for "best", and every table counts the
 diverged and failed members of each setting; a setting where no learning rate finished cleanly
 shows "diverged" (or "failed") instead of a number.
+
+Beyond the paper, every mean over seeds comes with its 95% interval over those seeds (Student t,
+n - 1 degrees of freedom; study.report.stats): columns ``<value>_ci_low`` / ``<value>_ci_high``
+in the CSVs, "mean ± half-width" in the Markdown, "n/a" for a single seed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from study.report.published import published_row, published_value
+from study.report.stats import mean_interval
 
 FAILED_OUTCOMES = ("failed", "pruned", "running", "pending")
 
@@ -34,7 +39,8 @@ def _key_value(v: Any) -> Any:
 
 
 def lr_candidates(group: pd.DataFrame, select: str = "lr") -> pd.DataFrame:
-    """Per learning rate: seeds, outcome counts and the mean/std/min/max final error over seeds.
+    """Per learning rate: seeds, outcome counts and the mean, sample sd (n - 1), 95% interval,
+    min and max of the final error over seeds.
 
     ``clean`` is True where every member completed: only those rates can be "best".
     """
@@ -45,6 +51,7 @@ def lr_candidates(group: pd.DataFrame, select: str = "lr") -> pd.DataFrame:
         n_div = int((g["outcome"] == "diverged").sum())
         n_fail = int(g["outcome"].isin(FAILED_OUTCOMES).sum())
         clean = n_div == 0 and n_fail == 0 and len(done) == n and n > 0
+        mean, sd, low, high = mean_interval(done) if clean else (math.nan,) * 4
         rows.append(
             {
                 select: _key_value(value),
@@ -52,8 +59,10 @@ def lr_candidates(group: pd.DataFrame, select: str = "lr") -> pd.DataFrame:
                 "n_diverged": n_div,
                 "n_failed": n_fail,
                 "clean": clean,
-                "mean": float(done.mean()) if clean else math.nan,
-                "std": float(done.std(ddof=0)) if clean else math.nan,
+                "mean": mean,
+                "std": sd,
+                "ci_low": low,
+                "ci_high": high,
                 "min": float(done.min()) if clean else math.nan,
                 "max": float(done.max()) if clean else math.nan,
             }
@@ -63,11 +72,14 @@ def lr_candidates(group: pd.DataFrame, select: str = "lr") -> pd.DataFrame:
 
 def best_over(members: pd.DataFrame, keys: Sequence[str], select: str = "lr") -> pd.DataFrame:
     """For each combination of ``keys``: the ``select`` value (the lr) with the lowest mean final
-    error over seeds, that mean and its spread, and the failure counts over every lr tried."""
+    error over seeds, that mean, its 95% interval and spread, and the failure counts over every lr
+    tried. ``keys`` must hold every field that keeps settings apart (``other_varied``): the best lr
+    is chosen within each combination, never across them."""
     rows = []
     if members.empty:
-        return pd.DataFrame(columns=[*keys, f"best_{select}", "error", "std", "min", "max", "seeds", "n_diverged",
-                                     "n_failed", "n_members", f"{select}_tried", "result"])
+        return pd.DataFrame(columns=[*keys, f"best_{select}", "error", "error_ci_low", "error_ci_high", "std", "min",
+                                     "max", "seeds", "n_diverged", "n_failed", "n_members", f"{select}_tried",
+                                     "result"])
     for key, g in members.groupby(list(keys), dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         cands = lr_candidates(g, select)
@@ -81,6 +93,8 @@ def best_over(members: pd.DataFrame, keys: Sequence[str], select: str = "lr") ->
                 {
                     f"best_{select}": best[select],
                     "error": best["mean"],
+                    "error_ci_low": best["ci_low"],
+                    "error_ci_high": best["ci_high"],
                     "std": best["std"],
                     "min": best["min"],
                     "max": best["max"],
@@ -90,8 +104,9 @@ def best_over(members: pd.DataFrame, keys: Sequence[str], select: str = "lr") ->
             )
         else:
             row.update(
-                {f"best_{select}": None, "error": math.nan, "std": math.nan, "min": math.nan, "max": math.nan,
-                 "seeds": 0, "result": "diverged" if n_div else _unfinished(g)}
+                {f"best_{select}": None, "error": math.nan, "error_ci_low": math.nan, "error_ci_high": math.nan,
+                 "std": math.nan, "min": math.nan, "max": math.nan, "seeds": 0,
+                 "result": "diverged" if n_div else _unfinished(g)}
             )
         row.update(
             {
@@ -112,15 +127,21 @@ def _unfinished(g: pd.DataFrame) -> str:
     return "failed" if g["outcome"].isin(FAILED_OUTCOMES).any() else "no result"
 
 
-def _cell(row: pd.Series, spread: bool = True) -> str:
-    """'0.0123 ± 0.001 (2 seeds)' or 'diverged (3/3)'."""
+def interval_cell(mean: Any, high: Any) -> str:
+    """'0.0123 ± 0.0041': the mean over seeds (4 significant digits) ± the half-width of its 95%
+    interval (2 digits); '0.0123 ± n/a' for a single seed; '' for no value."""
+    if mean is None or pd.isna(mean):
+        return ""
+    half = "n/a" if high is None or pd.isna(high) else fmt(float(high) - float(mean), 2)
+    return f"{fmt(float(mean))} ± {half}"
+
+
+def _cell(row: pd.Series) -> str:
+    """'0.0123 ± 0.0041' (mean ± 95% interval over seeds) or 'diverged (3/3)'."""
     if row["result"] != "ok":
         bad = row["n_diverged"] if row["result"] == "diverged" else row["n_failed"]
         return f"{row['result']} ({bad}/{row['n_members']})"
-    text = fmt(row["error"])
-    if spread and row["seeds"] > 1:
-        text += f" ± {fmt(row['std'], 2)}"
-    return text
+    return interval_cell(row["error"], row["error_ci_high"])
 
 
 def _with_paper(df: pd.DataFrame, table: str, task: str, key: str) -> pd.DataFrame:
@@ -134,14 +155,20 @@ def _with_paper(df: pd.DataFrame, table: str, task: str, key: str) -> pd.DataFra
     return df
 
 
-def other_varied(members: pd.DataFrame, own: Sequence[str]) -> list[str]:
-    """Hyperparameters besides ``own`` and the lr that the study varied: a table keeps them as
-    keys, so settings are never pooled across, say, SI scales (the paper's tables hold all else
-    at its defaults)."""
-    from study.report.data import HYPERPARAMETERS
+def other_varied(members: pd.DataFrame, own: Sequence[str], select: str = "lr") -> list[str]:
+    """Every config field besides ``own`` (the table's axes) and ``select`` (the lr it takes the
+    best of) that differs between the members: the task, a hyperparameter, or any other field a
+    study searched or set per trial (seq_length, batch_size, updates, init, ...). A table keeps
+    them as keys, so settings are never pooled across, say, problems or SI scales (the paper's
+    tables hold all else at its defaults). Not settings: the seed (what a setting's members differ
+    in) and the device (data.NOT_SETTINGS). A value left to the default (None) differs from any
+    explicit one."""
+    from study.report.data import CONFIG_FIELDS, HYPERPARAMETERS, NOT_SETTINGS
 
-    return [c for c in ("task", *HYPERPARAMETERS)
-            if c not in own and c != "lr" and c in members and members[c].dropna().nunique() > 1]
+    fields = dict.fromkeys(("task", *HYPERPARAMETERS, *CONFIG_FIELDS))
+    return [c for c in fields
+            if c not in own and c != select and c not in NOT_SETTINGS and c in members
+            and members[c].nunique(dropna=False) > 1]
 
 
 # --- Table 1 ------------------------------------------------------------------------------------
@@ -160,27 +187,33 @@ def table2(members: pd.DataFrame, task: str) -> pd.DataFrame:
     """NAG before/after the final low-momentum phase, at each mu_max's best lr (Table 2).
 
     "Before" is the error at the last report at or before the update where the final phase begins
-    (updates - final_momentum_updates); "after" the final error. Members without a final phase or
-    with no report before it are left out of "before" and counted in ``n_without_before``.
+    (updates - final_momentum_updates); "after" the final error; both are means over seeds with
+    their 95% intervals. Members without a final phase or with no report before it are left out of
+    "before" and counted in ``n_without_before``. The paper's pair is the row's own task's.
     """
     nag = members[(members["optimizer"] == "nag") & (members["final_phase_updates"] > 0)]
     others = other_varied(nag, ["optimizer", "mu_max"])
     best = best_over(nag, ["mu_max", *others])
     rows = []
-    paper = published_row("table2", task) or {}
     for _, b in best.iterrows():
         row: dict[str, Any] = {"optimizer": "nag", "mu_max": b["mu_max"], **{k: b[k] for k in others},
                                "best_lr": b["best_lr"]}
         sel = nag[(nag["mu_max"] == b["mu_max"]) & (nag["lr"] == b["best_lr"])]
         for k in others:
-            sel = sel[sel[k] == b[k]]
+            sel = sel[sel[k].isna()] if b[k] is None else sel[sel[k] == b[k]]
         before = sel["error_before_final_phase"].dropna().astype(float)
+        mean, _, low, high = mean_interval(before)
+        paper = published_row("table2", b["task"] if "task" in others else task) or {}
         row.update(
             {
                 "final_phase_updates": int(sel["final_phase_updates"].iloc[0]) if len(sel) else None,
                 "before_step": int(sel["before_final_phase_step"].dropna().iloc[0]) if before.size else None,
-                "before": float(before.mean()) if before.size else math.nan,
+                "before": mean,
+                "before_ci_low": low,
+                "before_ci_high": high,
                 "after": b["error"],
+                "after_ci_low": b["error_ci_low"],
+                "after_ci_high": b["error_ci_high"],
                 "seeds": b["seeds"],
                 "n_without_before": int(len(sel) - before.size),
                 "n_diverged": b["n_diverged"],
@@ -192,7 +225,8 @@ def table2(members: pd.DataFrame, task: str) -> pd.DataFrame:
         )
         rows.append(row)
     return pd.DataFrame(rows, columns=["optimizer", "mu_max", *others, "best_lr", "final_phase_updates", "before_step",
-                                       "before", "after", "seeds", "n_without_before", "n_diverged", "n_failed",
+                                       "before", "before_ci_low", "before_ci_high", "after", "after_ci_low",
+                                       "after_ci_high", "seeds", "n_without_before", "n_diverged", "n_failed",
                                        "result", "paper_before", "paper_after"])
 
 
@@ -376,10 +410,12 @@ def markdown(df: pd.DataFrame, columns: dict[str, str] | None = None) -> str:
 
 
 def display(df: pd.DataFrame) -> pd.DataFrame:
-    """The best-over table with one readable result cell ('0.07 ± 0.01' or 'diverged (2/2)')."""
+    """The table with readable cells: ``result_cell`` ('0.07 ± 0.01', the mean ± its 95% interval
+    over seeds, or 'diverged (2/2)'); Table 2's ``before_cell`` and ``after_cell`` alike."""
     out = df.copy()
-    if {"result", "error"} <= set(out.columns) and len(out):
-        out["result_cell"] = [_cell(r) for _, r in out.iterrows()]
-    elif {"result", "error"} <= set(out.columns):
-        out["result_cell"] = []
+    if {"result", "error"} <= set(out.columns):
+        out["result_cell"] = [_cell(r) for _, r in out.iterrows()] if len(out) else []
+    for value in ("before", "after"):
+        if {value, f"{value}_ci_high"} <= set(out.columns):
+            out[f"{value}_cell"] = [interval_cell(r[value], r[f"{value}_ci_high"]) for _, r in out.iterrows()]
     return out

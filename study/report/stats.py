@@ -1,0 +1,38 @@
+"""The 95% interval over seeds that every table cell carries (beyond the paper, which prints means).
+
+For n seeds with mean m and sample standard deviation s (n - 1 in the denominator), the interval is
+m ± t * s / sqrt(n), with t the 0.975 quantile of Student's t with n - 1 degrees of freedom
+(scipy.stats.t). One seed has no interval: NaN here, "n/a" in the tables.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import numpy as np
+from scipy import stats
+
+LEVEL = 0.95
+
+
+def t_quantile(n: int, level: float = LEVEL) -> float:
+    """The two-sided ``level`` quantile of Student's t with n - 1 degrees of freedom (n >= 2)."""
+    return float(stats.t.ppf(0.5 + level / 2, n - 1))
+
+
+def mean_interval(values: Iterable[float], level: float = LEVEL) -> tuple[float, float, float, float]:
+    """(mean, sample sd, low, high) of ``values``; sd, low and high are NaN for fewer than 2 values
+    (and mean too for none)."""
+    x = np.asarray([float(v) for v in values], dtype=float)
+    if x.size == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, math.nan, math.nan, math.nan
+    sd = float(x.std(ddof=1))
+    half = t_quantile(x.size, level) * sd / math.sqrt(x.size)
+    return mean, sd, mean - half, mean + half
+
+
+__all__ = ["LEVEL", "mean_interval", "t_quantile"]

@@ -11,6 +11,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from trainables.optim import (
     OPTIMIZERS,
+    MixedMomentum,
     make_optimizer,
     momentum_step,
     polyak_init,
@@ -411,3 +412,110 @@ def test_gradient_point_into_out_equals_a_fresh_point_and_reuses_the_tensors(nam
             assert torch.equal(f, w)
     with pytest.raises(ValueError, match="out with shapes"):
         opt.gradient_point(out[:-1])
+
+
+# --- a population of SGD, CM and NAG members (MixedMomentum) ------------------------------
+
+MIXED = ["sgd", "cm", "nag"]
+
+
+def test_mixed_population_matches_torch_sgd_member_by_member() -> None:
+    # Constant lr and mu. torch's iterate is theta for SGD (momentum 0) and CM, and the look-ahead
+    # point theta + mu*v for Nesterov: what our gradient_point() is for each kind of member.
+    params = _init_params(len(LRS))
+    opt = make_optimizer(MIXED, params, torch.tensor(LRS, dtype=DTYPE))
+    assert isinstance(opt, MixedMomentum)
+    opt.mu = torch.tensor(MUS, dtype=DTYPE)
+    points = []
+    for _ in range(STEPS):
+        opt.step(_grad(opt.gradient_point()))
+        points.append(opt.gradient_point())
+    for k, (name, lr, mu) in enumerate(zip(MIXED, LRS, MUS)):
+        theirs = _run_torch(lambda ps: torch.optim.SGD(
+            ps, lr=lr, momentum=0.0 if name == "sgd" else mu, dampening=0, nesterov=name == "nag"), k)
+        _assert_member_matches(points, theirs, k)
+    # SGD and CM members' gradient point is theta itself
+    for p, q in zip(params, points[-1]):
+        assert torch.equal(p[:2], q[:2])
+
+
+def test_mixed_member_equals_its_own_optimizer_run_alone() -> None:
+    # With changing mu and lr, which torch's form does not follow: member k against the class of
+    # its own name on its slice (within float64 rounding: another K may take another kernel path).
+    params = _init_params(len(MIXED))
+    opt = make_optimizer(MIXED, params, torch.tensor(LRS, dtype=DTYPE))
+    alone = [[p[k : k + 1].clone() for p in _init_params(len(MIXED))] for k in range(len(MIXED))]
+    solos = [make_optimizer(name, ps, torch.tensor([lr], dtype=DTYPE)) for name, ps, lr in zip(MIXED, alone, LRS)]
+    for t in range(30):
+        mu = min(1 - 1 / (2 * (t // 5 + 1)), 0.99)
+        opt.mu = torch.full((len(MIXED),), mu, dtype=DTYPE)
+        if t == 12:
+            opt.lr = opt.lr * 0.5
+        opt.step(_grad(opt.gradient_point()))
+        for k, solo in enumerate(solos):
+            solo.mu = torch.tensor([mu], dtype=DTYPE)
+            if t == 12:
+                solo.lr = solo.lr * 0.5
+            solo.step(_grad(solo.gradient_point()))
+    for k, ps in enumerate(alone):
+        for p, q in zip(params, ps):
+            torch.testing.assert_close(p[k : k + 1], q, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(opt.state["velocity"][0][k : k + 1], solos[k].state["velocity"][0], rtol=1e-12, atol=1e-14)
+
+
+def test_one_name_for_every_member_is_that_optimizers_own_class() -> None:
+    for name in sorted(OPTIMIZERS):
+        opt = make_optimizer([name] * 3, _init_params(3), torch.tensor(LRS, dtype=DTYPE))
+        assert type(opt) is OPTIMIZERS[name]
+    with pytest.raises(ValueError, match=r"optimizer=\['nag', 'adam'\] is not allowed: .*'cm', 'nag', 'sgd'"):
+        make_optimizer(["nag", "adam"], _init_params(2), torch.ones(2))
+    with pytest.raises(ValueError, match=r"members=.* is not allowed"):
+        MixedMomentum(_init_params(3), torch.ones(3), members=["nag", "cm"])
+
+
+def test_mixed_state_dict_round_trip_continues_bit_identically_and_checks_the_members() -> None:
+    params = _init_params(3)
+    opt = make_optimizer(MIXED, params, torch.tensor([0.01, 0.05, 0.1], dtype=DTYPE))
+    _run_with_schedule(opt, params, 0, 15)
+    saved = {"params": [p.clone() for p in params], "optimizer": opt.state_dict()}
+    _run_with_schedule(opt, params, 15, 30)
+    resumed_params = [p.clone() for p in saved["params"]]
+    resumed = make_optimizer(MIXED, resumed_params, torch.ones(3, dtype=DTYPE))
+    resumed.load_state_dict(saved["optimizer"])
+    _run_with_schedule(resumed, resumed_params, 15, 30)
+    for p, q in zip(params, resumed_params):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="hyperparameters"):
+        make_optimizer(["nag", "cm", "sgd"], _init_params(3), torch.ones(3)).load_state_dict(saved["optimizer"])
+
+
+# --- members leaving the population (select) ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [*sorted(OPTIMIZERS), "mixed"])
+def test_select_keeps_the_chosen_members_state_and_they_continue_as_before(name: str) -> None:
+    # Members 2 and 0 (in that order) go on after member 1 leaves, exactly as in a run without
+    # the selection (float64 rounding: the elementwise kernels of K = 2 and K = 3 may differ).
+    names = MIXED if name == "mixed" else name
+    lrs = torch.tensor([0.01, 0.05, 0.1], dtype=DTYPE)
+    full_params, params = _init_params(3), _init_params(3)
+    full, opt = make_optimizer(names, full_params, lrs), make_optimizer(names, params, lrs)
+    _run_with_schedule(full, full_params, 0, 20)
+    _run_with_schedule(opt, params, 0, 10)
+    before = {n: [t.clone() for t in ts] for n, ts in opt.state.items()}
+    opt.select([2, 0])
+    assert opt.population_size == 2 and opt.lr.shape == opt.mu.shape == (2,)
+    assert [tuple(p.shape) for p in opt.params] == [(2, *s) for s in SHAPES]
+    for n, ts in opt.state.items():  # every state list, Adam's (K,) step counts included
+        for t, b in zip(ts, before[n]):
+            assert torch.equal(t, b[[2, 0]])
+    _run_with_schedule(opt, opt.params, 10, 20)
+    for p, q in zip(opt.params, full_params):
+        torch.testing.assert_close(p, q[[2, 0]], rtol=1e-12, atol=1e-14)
+    for n, ts in opt.state.items():
+        for t, b in zip(ts, full.state[n]):
+            torch.testing.assert_close(t, b[[2, 0]], rtol=1e-12, atol=1e-14)
+    if name == "mixed":
+        assert opt.members == ["nag", "sgd"]
+    with pytest.raises(ValueError, match=r"keep=\[2\] is not allowed"):
+        opt.select([2])

@@ -1,9 +1,10 @@
 """Optimizers for a population of K members trained in lockstep.
 
 Every optimizer has the same small interface (``PopulationOptimizer``: ``params``, ``lr``, ``mu``,
-``gradient_point``, ``step``, ``reset_members``, ``state_dict``, ``load_state_dict``), so the
-training loop never branches on the method: it sets ``mu`` from the schedule, evaluates the
+``gradient_point``, ``step``, ``reset_members``, ``select``, ``state_dict``, ``load_state_dict``),
+so the training loop never branches on the method: it sets ``mu`` from the schedule, evaluates the
 gradient at ``gradient_point()`` and calls ``step``. Methods without momentum ignore ``mu``.
+A population may mix SGD, CM and NAG members (``MixedMomentum``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import Tensor
 from .adagrad import Adagrad, adagrad_step
 from .adam import Adam, adam_step
 from .base import PopulationOptimizer, per_member
-from .momentum import CM, NAG, SGD, momentum_step
+from .momentum import CM, MIXABLE, NAG, SGD, MixedMomentum, momentum_step
 from .polyak import polyak_init, polyak_update
 from .rmsprop import RMSprop, RMSpropNesterov, rmsprop_nesterov_step, rmsprop_step
 
@@ -25,7 +26,7 @@ OPTIMIZERS: dict[str, type[PopulationOptimizer]] = {
 
 
 def make_optimizer(
-    name: str,
+    name: str | Sequence[str],
     params: Sequence[Tensor],
     lr: Tensor,
     *,
@@ -40,7 +41,23 @@ def make_optimizer(
     (RMSprop with classical momentum mu; mu = 0 is plain RMSprop), "rmsprop_nesterov" (RMSprop
     with Nesterov momentum mu) and "adam" (ignores mu). Keyword arguments that a method does not
     use are ignored, so the trainer can pass the whole config.
+
+    A list of K names gives member k the method ``name[k]``: one name K times is that method's own
+    class, exactly as the single name; different names must all be "sgd", "cm" or "nag" and give
+    ``MixedMomentum``.
     """
+    if not isinstance(name, str):
+        names = list(name)
+        if len(set(names)) > 1:
+            if not set(names) <= set(MIXABLE):
+                raise ValueError(
+                    f"optimizer={names!r} is not allowed: members with different optimizers may only use "
+                    f"{sorted(MIXABLE)}"
+                )
+            return MixedMomentum(params, lr, members=names)
+        if not names:
+            raise ValueError("optimizer=[] is not allowed: give one name, or one per member")
+        name = names[0]
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer={name!r} is not allowed: must be one of {sorted(OPTIMIZERS)}")
     cls = OPTIMIZERS[name]
@@ -55,9 +72,11 @@ def make_optimizer(
 
 __all__ = [
     "CM",
+    "MIXABLE",
     "NAG",
     "OPTIMIZERS",
     "SGD",
+    "MixedMomentum",
     "Adagrad",
     "Adam",
     "PopulationOptimizer",

@@ -10,6 +10,10 @@ dimension (shape (K, ...)) and the per-member hyperparameters lr and mu are 1-D 
     grads = gradient_of_loss(points)   # the caller's job
     opt.step(grads)
 
+Members can leave the population between two steps (a stopped or diverged member):
+``select(keep)`` keeps the members at the given positions and drops the rest from every tensor,
+so that the following steps compute only for those that remain.
+
 This is not a ``torch.optim.Optimizer``: its param groups carry one scalar lr each and its
 ``step(closure)`` evaluates the gradient at the parameters themselves, while a population needs a
 per-member lr along dim 0 and NAG needs the gradient at a point other than theta (Eq. 3).
@@ -122,6 +126,22 @@ class PopulationOptimizer:
             for t in tensors:
                 t.masked_fill_(mask.view(-1, *([1] * (t.dim() - 1))), 0)
 
+    @torch.no_grad()
+    def select(self, keep: Sequence[int]) -> None:
+        """Keep only the members at positions ``keep`` (in that order; may be empty), dropping the
+        others from params, every state list, lr and mu. ``params`` are then new tensors (the
+        caller takes them from ``opt.params``); each member's values are unchanged."""
+        keep = [int(i) for i in keep]
+        if any(not 0 <= i < self.population_size for i in keep):
+            raise ValueError(f"keep={keep!r} is not allowed: positions must lie in [0, {self.population_size})")
+        idx = torch.tensor(keep, dtype=torch.long).to(self.lr.device)
+        self.params = [p.index_select(0, idx) for p in self.params]
+        # Generic over the state lists: velocities, accumulators and Adam's (K,) step counts alike.
+        self.state = {n: [t.index_select(0, idx) for t in ts] for n, ts in self.state.items()}
+        self.lr = self.lr.index_select(0, idx)
+        self.mu = self.mu.index_select(0, idx)
+        self.population_size = len(keep)
+
     def state_dict(self) -> dict[str, Any]:
         """Everything but the parameters themselves (the model saves those, as with torch.optim)."""
         return {
@@ -152,8 +172,8 @@ class PopulationOptimizer:
         self.lr = d["lr"].to(self.lr.device, torch.float64, copy=True)
         self.mu = d["mu"].to(self.mu.device, torch.float64, copy=True)
 
-    def hyperparameters(self) -> dict[str, float]:
-        """The fixed (not per-member) hyperparameters, saved with the state."""
+    def hyperparameters(self) -> dict[str, Any]:
+        """The fixed hyperparameters (all but lr and mu), saved with the state and checked on loading."""
         return {}
 
     def __repr__(self) -> str:

@@ -15,11 +15,16 @@ Eq. 3 whenever mu changes between updates, as it does under Eq. 5 and the final 
 v/lr rescales the velocity when lr changes mid-run, which the paper's form does not; and (3) a
 torch param group carries one scalar lr, while a population carries one lr per member along dim 0.
 Where torch's convention differs from Sutskever et al., ours follows the paper.
+
+A population whose members use different ones of the three (``MixedMomentum``) runs the same
+update with two per-member flags: the gradient is taken at theta + (nesterov_k * mu_k) * v and
+the velocity decays by mu_k * momentum_k, so a CM member's point is theta and an SGD member's mu
+is 0, as in the classes of their own.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import Tensor
@@ -101,3 +106,55 @@ class SGD(CM):
     def step(self, grads: Sequence[Tensor]) -> None:
         zero = torch.zeros_like(self.lr)
         momentum_step(self.params, self._check_grads(grads), self.state["velocity"], lr=self.lr, mu=zero)
+
+
+# The methods a population may mix, as (gradient at the look-ahead point, momentum used).
+MIXABLE: dict[str, tuple[bool, bool]] = {"sgd": (False, False), "cm": (False, True), "nag": (True, True)}
+
+
+class MixedMomentum(CM):
+    """A population whose member k uses ``members[k]``, one of "sgd", "cm" and "nag".
+
+    One update for all, with per-member flags (K,): the gradient point is theta + (nesterov * mu) * v
+    (NAG's Eq. 3 where nesterov = 1, theta for CM and SGD) and the velocity decays by
+    mu * momentum (SGD's members get mu = 0 whatever the trainer sets). Same state ("velocity")
+    and interface as CM; ``members`` is saved with the state as a hyperparameter.
+    """
+
+    name: ClassVar[str] = "mixed_momentum"
+
+    def __init__(self, params: Sequence[Tensor], lr: Tensor, *, members: Sequence[str]) -> None:
+        super().__init__(params, lr)
+        members = list(members)
+        if len(members) != self.population_size or any(m not in MIXABLE for m in members):
+            raise ValueError(
+                f"members={members!r} is not allowed: one of {sorted(MIXABLE)} for each of the "
+                f"{self.population_size} members"
+            )
+        self.members = members
+        flags = torch.tensor([MIXABLE[m] for m in members], dtype=torch.float64).reshape(-1, 2)
+        self.nesterov, self.momentum = (f.to(self.lr.device) for f in flags.unbind(1))
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"members": list(self.members)}
+
+    @torch.no_grad()
+    def gradient_point(self, out: Sequence[Tensor] | None = None) -> list[Tensor]:
+        velocities = self.state["velocity"]
+        mu = (self.mu * self.nesterov).to(velocities[0].dtype)
+        if out is None:
+            return [torch.addcmul(p, v, per_member(mu, v)) for p, v in zip(self.params, velocities)]
+        out = self._check_grads(out, "out")
+        for o, p, v in zip(out, self.params, velocities):
+            torch.addcmul(p, v, per_member(mu, v), out=o)
+        return out
+
+    def step(self, grads: Sequence[Tensor]) -> None:
+        mu = self.mu * self.momentum
+        momentum_step(self.params, self._check_grads(grads), self.state["velocity"], lr=self.lr, mu=mu)
+
+    def select(self, keep: Sequence[int]) -> None:
+        super().select(keep)
+        self.members = [self.members[int(i)] for i in keep]
+        idx = torch.tensor([int(i) for i in keep], dtype=torch.long).to(self.lr.device)
+        self.nesterov, self.momentum = self.nesterov.index_select(0, idx), self.momentum.index_select(0, idx)

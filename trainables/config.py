@@ -1,19 +1,26 @@
 """The training config: one typed object, validated once at the edge.
 
-Population fields (``lr``, ``mu_max``, ``mu_0``, ``init_scale``, ``spectral_radius``, ``seed``)
-take a single value or a list of K values; a list makes the run a fused population of K members
-(design.md). Scalars are shared by every member; lists must all have the same length.
+Population fields (``POPULATION_FIELDS``: ``lr``, ``mu_max``, ``mu_0``, ``init_scale``,
+``spectral_radius``, ``seed``, ``optimizer``, ``final_momentum_updates``, ``final_momentum``) take a
+single value or a list of K values; a list makes the run a fused population of K members
+(design.md). Scalars are shared by every member; lists must all have the same length. Members may
+use different optimizers only among ``MIXABLE_OPTIMIZERS`` (one batched momentum update).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Any, Literal
+from typing import Any, Literal, Sequence, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-POPULATION_FIELDS = ("lr", "mu_max", "mu_0", "init_scale", "spectral_radius", "seed")
+POPULATION_FIELDS = (
+    "lr", "mu_max", "mu_0", "init_scale", "spectral_radius", "seed",
+    "optimizer", "final_momentum_updates", "final_momentum",
+)
+# The optimizers that members of one population may mix (trainables.optim.MixedMomentum).
+MIXABLE_OPTIMIZERS = ("sgd", "cm", "nag")
 
 TaskName = Literal[
     "curves", "mnist", "faces", "addition", "multiplication", "mem5", "mem20", "xor"
@@ -35,7 +42,8 @@ class TaskConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     task: TaskName
-    optimizer: OptimizerName = "nag"
+    # One name, or one per member (different names only among MIXABLE_OPTIMIZERS).
+    optimizer: OptimizerName | list[OptimizerName] = "nag"
     lr: FloatOrList = 0.005
     # Eq. 5's cap (autoencoders) or the constant momentum of schedule "constant".
     mu_max: FloatOrList = 0.99
@@ -44,9 +52,10 @@ class TaskConfig(BaseModel):
     # None: the task's paper schedule (autoencoders "eq5", RNN problems "rnn").
     momentum_schedule: Literal["eq5", "rnn", "constant"] | None = None
     # Final low-momentum phase (sec. 3, Table 2): mu = min(mu, final_momentum) for the last N updates.
-    # None: the task's default (autoencoders 1000 when updates allow, RNN problems 0).
-    final_momentum_updates: int | None = None
-    final_momentum: float = 0.9
+    # None: the task's default (autoencoders 1000 when updates allow, RNN problems 0). Both may differ
+    # per member; a None in a list is that member's task default.
+    final_momentum_updates: int | None | list[int | None] = None
+    final_momentum: FloatOrList = 0.9
     # Autoencoders: "sparse" (SI, sec. 3.1), "gaussian", "glorot", "orthogonal".
     # RNN problems: "esn" (Table 4) or the same alternatives for the recurrent matrix.
     init: Literal["sparse", "esn", "gaussian", "glorot", "orthogonal"] | None = None
@@ -115,8 +124,23 @@ class TaskConfig(BaseModel):
     @field_validator("final_momentum_updates")
     @classmethod
     def _nonneg(cls, v: Any, info: Any) -> Any:
-        if v is not None and v < 0:
-            raise ValueError(f"{info.field_name}={v!r} is not allowed: must be an integer >= 0")
+        for x in _as_list(v):
+            if x is not None and x < 0:
+                raise ValueError(f"{info.field_name}={x!r} is not allowed: must be an integer >= 0")
+        return v
+
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _optimizer(cls, v: Any) -> Any:
+        allowed = get_args(OptimizerName)
+        for x in _as_list(v):
+            if not isinstance(x, str) or x not in allowed:
+                raise ValueError(f"optimizer={x!r} is not allowed: must be one of {list(allowed)}")
+        if isinstance(v, list) and len(set(v)) > 1 and not set(v) <= set(MIXABLE_OPTIMIZERS):
+            raise ValueError(
+                f"optimizer={v!r} is not allowed: members with different optimizers may only use "
+                f"{list(MIXABLE_OPTIMIZERS)}; any other method only as the one optimizer of every member"
+            )
         return v
 
     @field_validator("device")
@@ -160,6 +184,17 @@ class TaskConfig(BaseModel):
     def member(self, k: int) -> "TaskConfig":
         """The solo config of member k: the run that member k of this population must reproduce."""
         return self.model_copy(update={f: self.member_values(f)[k] for f in POPULATION_FIELDS})
+
+    def select(self, ids: Sequence[int]) -> "TaskConfig":
+        """The sub-population of members ``ids`` (this population's indices, in the order given):
+        population lists keep those members' values, scalars stay shared. One id gives a
+        population of one, with lists of one where the field was a list."""
+        ids = list(ids)
+        K = self.population_size
+        if not ids or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < K for i in ids):
+            raise ConfigError(f"ids={ids!r} is not allowed: a non-empty list of member indices in [0, {K})")
+        lists = {f: getattr(self, f) for f in POPULATION_FIELDS if isinstance(getattr(self, f), list)}
+        return self.model_copy(update={f: [v[i] for i in ids] for f, v in lists.items()})
 
 
 def _as_list(v: Any) -> list[Any]:

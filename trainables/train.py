@@ -27,14 +27,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def default_final_updates(cfg: TaskConfig) -> int:
-    """Autoencoders: the paper's last 1000 updates at mu <= 0.9, shortened to a tenth of a short run."""
-    if cfg.final_momentum_updates is not None:
-        return cfg.final_momentum_updates
-    return min(1000, cfg.updates // 10) if family(cfg.task) == "autoencoder" else 0
+def default_final_updates(cfg: TaskConfig, member: int | None = None) -> int:
+    """Member ``member``'s final low-momentum phase: its ``final_momentum_updates``, or by default
+    the autoencoders' last 1000 updates at mu <= 0.9, shortened to a tenth of a short run (RNN
+    problems: 0). Without ``member``: the length that every member shares (ValueError if not)."""
+    default = min(1000, cfg.updates // 10) if family(cfg.task) == "autoencoder" else 0
+    lengths = [default if n is None else n for n in cfg.member_values("final_momentum_updates")]
+    if member is not None:
+        return lengths[member]
+    if len(set(lengths)) > 1:
+        raise ValueError(f"final_momentum_updates={cfg.final_momentum_updates!r} differs by member: pass member=k")
+    return lengths[0]
 
 
 def member_schedules(cfg: TaskConfig) -> list[schedules.Schedule]:
+    """Each member's momentum schedule, with its own final phase (length and cap)."""
     kind = cfg.momentum_schedule or DEFAULT_SCHEDULE[family(cfg.task)]
     if kind == "eq5":
         base = [schedules.eq5(m) for m in cfg.member_values("mu_max")]
@@ -42,10 +49,10 @@ def member_schedules(cfg: TaskConfig) -> list[schedules.Schedule]:
         base = [schedules.rnn(m) for m in cfg.member_values("mu_0")]
     else:
         base = [schedules.constant(m) for m in cfg.member_values("mu_max")]
-    final = default_final_updates(cfg)
-    if final == 0:
-        return base
-    return [schedules.with_final_phase(s, cfg.updates, final, cfg.final_momentum) for s in base]
+    return [
+        schedules.with_final_phase(s, cfg.updates, default_final_updates(cfg, k), mu)
+        for k, (s, mu) in enumerate(zip(base, cfg.member_values("final_momentum")))
+    ]
 
 
 def validate_for_task(cfg: TaskConfig) -> None:
@@ -62,10 +69,14 @@ def validate_for_task(cfg: TaskConfig) -> None:
             f"dataset='replica' is not allowed for task {cfg.task!r}: only curves has a procedural replica; "
             f"use dataset='original' with {name} in data_dir (from {KNOWN_FILES[name].url})"
         )
-    if default_final_updates(cfg) > cfg.updates:
-        raise ConfigError(
-            f"final_momentum_updates={cfg.final_momentum_updates!r} is not allowed: more than updates={cfg.updates}"
-        )
+    for k in range(cfg.population_size):
+        n = default_final_updates(cfg, k)
+        if n > cfg.updates:
+            which = "" if cfg.population_size == 1 else f" (member {k}: {n})"
+            raise ConfigError(
+                f"final_momentum_updates={cfg.final_momentum_updates!r} is not allowed{which}: "
+                f"more than updates={cfg.updates}"
+            )
 
 
 def check_config(config: dict[str, Any] | TaskConfig) -> TaskConfig:

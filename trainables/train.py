@@ -6,17 +6,20 @@ The loop is the same for every task; what differs lives in trainables/tasks/.
 
 from __future__ import annotations
 
+import operator
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
 
 from trainables import schedules
-from trainables.api import MemberMetrics, Report, Reporter
+from trainables.api import MemberMetrics, MemberStatus, Report, Reporter
 from trainables.config import ConfigError, TaskConfig, parse_config
 from trainables.optim import make_optimizer, polyak_update
 from trainables.tasks import ALLOWED_INITS, DEFAULT_SCHEDULE, TASKS, family
 
-CHECKPOINT_VERSION = 1
+# 2: per-member tensors hold only the members still in the computation ("members").
+CHECKPOINT_VERSION = 2
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,11 +95,15 @@ def train(
     reporter: Reporter | None = None,
     resume_from: dict[str, Any] | None = None,
 ) -> list[MemberMetrics]:
-    """Train the config's population; returns each member's final metrics.
+    """Train the config's population; returns the last metrics of all K members, in order.
 
     Between two reports the updates run on the device without waiting on the host
-    (``run_updates``); everything that needs a value on the host (metrics, divergence, the
-    checkpoint) happens at the reports.
+    (``run_updates``); everything that needs a value on the host (metrics, divergence, members
+    the reporter stops, the checkpoint) happens at the reports. A member that diverges or is
+    stopped leaves the batched computation: every per-member tensor (weights, averages, optimizer
+    state, lr) and the workload's per-member data then hold only the members still running,
+    ``ids`` (their indices in the config's population), so compute follows the survivors, while
+    every report lists all K members. The run ends when none is running.
     """
     cfg = check_config(config)
     device = resolve_device(cfg.device)
@@ -104,16 +111,17 @@ def train(
     K = cfg.population_size
 
     workload = TASKS[cfg.task].build(cfg, device, dtype)
-    params = workload.init_params()
     opt = make_optimizer(
-        cfg.optimizer, params, torch.tensor(cfg.member_values("lr"), dtype=torch.float64),
+        cfg.optimizer, workload.init_params(), torch.tensor(cfg.member_values("lr"), dtype=torch.float64),
         adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, rms_decay=cfg.rms_decay, eps=cfg.eps,
     )
+    params = opt.params
     mu_of = member_schedules(cfg)
     averages = [p.clone() for p in params] if cfg.polyak_decay is not None else None
 
     step = 0
-    status = ["running"] * K
+    ids = list(range(K))  # the members in the computation: position j of every tensor is member ids[j]
+    status: list[MemberStatus] = ["running"] * K
     diverged_at: list[int | None] = [None] * K
     # Kept on the device and read at reports only: the loss since the last report, whether each
     # member's loss has stayed finite, and the update at which it first did not.
@@ -122,32 +130,57 @@ def train(
     finite = torch.ones(K, dtype=torch.bool, device=device)
     first_nonfinite = torch.zeros(K, dtype=torch.int64, device=device)
     last: list[MemberMetrics] = []
+    points = None
 
-    def evaluate() -> list[MemberMetrics]:
-        errors = workload.error(params).tolist()
-        extra = [{} for _ in range(K)]
+    def keep_only(positions: list[int]) -> None:
+        """Keep only the members at ``positions`` in the computation (index_select along dim 0)."""
+        nonlocal ids, params, averages, loss_sum, loss_count, finite, first_nonfinite, points
+        if positions == list(range(len(ids))):
+            return
+        ids = [ids[j] for j in positions]
+        workload.select(positions)
+        opt.select(positions)
+        params, points = opt.params, None
+        idx = torch.tensor(positions, dtype=torch.long).to(device)
         if averages is not None:
-            for k, e in enumerate(workload.error(averages).tolist()):
-                extra[k]["averaged_error"] = e
+            averages = [a.index_select(0, idx) for a in averages]
+        loss_sum, loss_count, finite, first_nonfinite = (
+            t.index_select(0, idx) for t in (loss_sum, loss_count, finite, first_nonfinite)
+        )
+
+    def end(members: dict[int, int | None], how: MemberStatus) -> None:
+        """End ``members`` (member -> the update it diverged at, or None) and drop them from the
+        computation. They keep their last reported metrics, with the new status."""
+        for k, at in members.items():
+            status[k], diverged_at[k] = how, at
+            last[k] = replace(last[k], status=how, diverged_at=at)
+        keep_only([j for j, k in enumerate(ids) if k not in members])
+
+    def measure() -> dict[int, MemberMetrics]:
+        """The figures of the members in the computation, by member."""
+        if not ids:
+            return {}
+        errors = workload.error(params).tolist()
+        averaged = None if averages is None else workload.error(averages).tolist()
         counts = loss_count.tolist()
         mean_loss = (loss_sum / loss_count.clamp(min=1)).tolist()
         lrs = opt.lr.tolist()
-        mus = [mu_of[k](max(step - 1, 0)) for k in range(K)]
-        out = []
-        for k in range(K):
-            if status[k] == "diverged":
-                out.append(last[k])
-                continue
-            out.append(MemberMetrics(k, errors[k], mean_loss[k] if counts[k] > 0 else float("nan"),
-                                     mus[k], lrs[k], status[k], None, extra[k]))
-        return out
+        return {
+            k: MemberMetrics(k, errors[j], mean_loss[j] if counts[j] > 0 else float("nan"),
+                             mu_of[k](max(step - 1, 0)), lrs[j], status[k], None,
+                             {} if averaged is None else {"averaged_error": averaged[j]})
+            for j, k in enumerate(ids)
+        }
 
     def checkpoint() -> dict[str, Any]:
         # Everything on the CPU: a checkpoint resumes on any device (load with map_location).
+        # Per-member tensors hold the members in the computation, ``members``; status, diverged_at
+        # and last cover all K.
         return {
             "version": CHECKPOINT_VERSION,
             "config": cfg.model_dump(),
             "step": step,
+            "members": list(ids),
             "params": _to_cpu(params),
             "optimizer": _to_cpu(opt.state_dict()),
             "averages": None if averages is None else _to_cpu(averages),
@@ -162,6 +195,9 @@ def train(
     if resume_from is not None:
         if _identity(resume_from.get("config")) != _identity(cfg.model_dump()):
             raise ConfigError("resume_from is not allowed: the checkpoint was taken with a different config")
+        # The full population, compacted to the members the checkpoint holds, then its state. A
+        # version 1 checkpoint holds every member (diverged ones zeroed): those leave after loading.
+        keep_only(list(resume_from.get("members", range(K))))
         step = resume_from["step"]
         for p, saved in zip(params, resume_from["params"]):
             p.copy_(saved)
@@ -174,67 +210,40 @@ def train(
         loss_sum.copy_(resume_from["loss_sum"])
         loss_count.copy_(resume_from["loss_count"])
         last = [MemberMetrics(**m) for m in resume_from["last"]]
+        keep_only([j for j, k in enumerate(ids) if status[k] != "diverged"])
     else:
-        last = evaluate()  # the "last good metrics" of a member that diverges before its first report
+        last = list(measure().values())  # the "last good metrics" of a member that diverges before its first report
 
-    alive = torch.tensor([s != "diverged" for s in status], device=device)
-    finite.copy_(alive)  # a resumed run's diverged members stay out of the loss
-
-    def freeze(members: list[int], at: list[int]) -> None:
-        """Mark members diverged at the given updates, keeping their last good metrics. Their
-        weights, averages and optimizer state are set to zero with zero lr and momentum: their
-        slice of every batched op stays finite, so the other members run on undisturbed."""
-        nonlocal alive
-        for k, a in zip(members, at):
-            status[k], diverged_at[k] = "diverged", a
-            m = last[k]
-            last[k] = MemberMetrics(k, m.error, m.loss, m.mu, m.lr, "diverged", a, m.extra)
-        mask = torch.tensor([k in members for k in range(K)], device=device)
-        alive = alive & ~mask
-        finite.copy_(alive)
-        # masked_fill, not a product: NaN * 0 is NaN, and a diverged member's weights often are.
-        for p in (*params, *(averages or ())):
-            p.masked_fill_(_per_member(mask, p), 0.0)
-        opt.reset_members(mask)
-        opt.lr = opt.lr.masked_fill(mask, 0.0)
-
-    points = None
-    while step < cfg.updates and any(s != "diverged" for s in status):
+    while step < cfg.updates and ids:
         n = min(cfg.report_every - step % cfg.report_every, cfg.updates - step)
         # The schedule of the next n updates in one (n, K) table, built on the host and copied
         # once: the loop then takes a row (a view) per update instead of a host-to-device copy.
-        mu_table = torch.tensor([[mu_of[k](t) for k in range(K)] for t in range(step, step + n)],
-                                dtype=dtype, device=device) * alive
+        mu_table = torch.tensor([[mu_of[k](t) for k in ids] for t in range(step, step + n)],
+                                dtype=dtype, device=device)
         points = run_updates(workload, opt, params, averages, cfg.polyak_decay, mu_table, step, points,
                              finite, first_nonfinite, loss_sum, loss_count)
         step += n
 
         # The report: the one place the host reads the device.
-        running = [k for k in range(K) if status[k] != "diverged"]
         now_finite, first_bad = finite.tolist(), first_nonfinite.tolist()
-        newly = [k for k in running if not now_finite[k]]
-        if newly:
-            freeze(newly, [first_bad[k] for k in newly])
-        done = step == cfg.updates or all(s == "diverged" for s in status)
-        if done:
-            status = ["completed" if s == "running" else s for s in status]
-        metrics = evaluate()
-        late = [k for k, m in enumerate(metrics)
-                if status[k] != "diverged" and not all(map(_finite, (m.error, *m.extra.values())))]
-        if late:  # finite loss but non-finite weights by the time of the report
-            freeze(late, [step] * len(late))
-            metrics = [last[k] if k in late else m for k, m in enumerate(metrics)]
-            done = done or all(s == "diverged" for s in status)
-        last = metrics
+        end({k: first_bad[j] for j, k in enumerate(ids) if not now_finite[j]}, "diverged")
+        metrics = measure()
+        # A finite loss but non-finite weights by the time of the report: diverged at the report.
+        end({k: step for k, m in metrics.items() if not all(map(_finite, (m.error, *m.extra.values())))},
+            "diverged")
+        done = step == cfg.updates or not ids
+        for k in ids:
+            status[k] = "completed" if done else "running"
+            last[k] = replace(metrics[k], status=status[k])
         loss_sum.zero_()
         loss_count.zero_()
         if reporter is not None:
             # The state is copied only if the reporter asks for it, and only while it runs.
             take = _WhileReporting(checkpoint)
-            reporter(Report(step=step, members=tuple(last), final=done, checkpoint=take))
+            stop = _stop_requests(reporter(Report(step=step, members=tuple(last), final=done, checkpoint=take)), K)
             take.take = None
-        if done:
-            break
+            if not done:  # members that have ended (or a run that has) stay as they are
+                end({k: None for k in stop if status[k] == "running"}, "pruned")
     return last
 
 
@@ -256,7 +265,7 @@ def run_updates(
 
     A member whose loss turns NaN or inf is only noted (``finite``, ``first_nonfinite``, on the
     device); its slice goes on computing NaN, which no other member's slice reads (every batched
-    op is per member), until the next report freezes it. Returns the last gradient point, whose
+    op is per member), until the next report drops it from the computation. Returns the last gradient point, whose
     tensors the next call reuses.
     """
     for i in range(mu_table.shape[0]):
@@ -305,8 +314,20 @@ def _to_cpu(x: Any) -> Any:
     return x
 
 
-def _per_member(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.view(-1, *([1] * (like.dim() - 1)))
+def _stop_requests(stop: Any, K: int) -> list[int]:
+    """The members a reporter returned to stop: None (none), or an iterable of indices in [0, K)."""
+    if stop is None:
+        return []
+    try:
+        items = list(stop) if not isinstance(stop, (str, bytes)) else None
+        out = None if items is None or any(isinstance(k, bool) for k in items) else [operator.index(k) for k in items]
+    except TypeError:
+        out = None
+    if out is None or any(not 0 <= k < K for k in out):
+        raise ValueError(
+            f"reporter returned {stop!r}: not allowed; return None or the members to stop, indices in [0, {K})"
+        )
+    return out
 
 
 def _finite(x: float) -> bool:

@@ -5,7 +5,9 @@ never branches on a task's name:
 
 - ``init_params() -> list[Tensor]``: the population's weights, each with leading dimension K;
 - ``loss_and_grads(params, step) -> (loss (K,), grads)``: the minibatch of update ``step``;
-- ``error(params) -> (K,)``: the paper's reported error measure.
+- ``error(params) -> (K,)``: the paper's reported error measure;
+- ``select(keep)``: keep only the members at positions ``keep`` (per-member seeds, scales and
+  cached data), when others stop or diverge and leave the batched computation.
 """
 
 from __future__ import annotations

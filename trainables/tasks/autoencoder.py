@@ -72,6 +72,14 @@ class AutoencoderWorkload:
             for i in range(len(per_member[0]))
         ]
 
+    def select(self, keep: list[int]) -> None:
+        """Keep only the members at positions ``keep`` (the others were stopped or diverged): their
+        seeds, init scales and cached minibatch orders, so later minibatches are theirs alone."""
+        self.seeds = [self.seeds[i] for i in keep]
+        self.init_scales = [self.init_scales[i] for i in keep]
+        idx = torch.tensor(keep, dtype=torch.long).to(self.device)
+        self._epoch_cache = {e: order.index_select(0, idx) for e, order in self._epoch_cache.items()}
+
     # -- data -----------------------------------------------------------------------------
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         # Stateless in the step: the order of epoch e is a function of (seed, e) alone, so a

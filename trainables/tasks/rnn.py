@@ -101,6 +101,16 @@ class RNNWorkload:
             ])
         return [torch.stack([m[i] for m in members]).to(self.device, self.dtype).contiguous() for i in range(5)]
 
+    def select(self, keep: list[int]) -> None:
+        """Keep only the members at positions ``keep`` (the others were stopped or diverged): their
+        seeds, radii and input scales. The evaluation set is drawn again from the survivors' seeds
+        when next needed: the same sequences, padded to the longest of theirs alone, exactly as a
+        population of the survivors (and a run resumed with them) has it."""
+        self.seeds = [self.seeds[i] for i in keep]
+        self.radii = [self.radii[i] for i in keep]
+        self.in_scales = [self.in_scales[i] for i in keep]
+        self._eval_batches = None
+
     # -- data -----------------------------------------------------------------------------
     def _pad(self, batches: list) -> PaddedBatch:
         """The members' batches as (K, T, ...) tensors, shorter ones left-padded (on the device)."""

@@ -58,11 +58,20 @@ def solo_config(spec: StudySpec, params: dict[str, Any]) -> TaskConfig:
     return parse_config(task_config_dict(spec, params))
 
 
+# Optimizers that one population may mix (one Nesterov and one momentum flag per member); any other
+# optimizer trains only beside configurations of the same optimizer (trainables/config.py).
+MIXABLE_OPTIMIZERS = ("sgd", "cm", "nag")
+
+
 def shape_key(spec: StudySpec, params: dict[str, Any]) -> str:
     """What must be equal for configurations to train together: every config field that is not a
-    population field (task, architecture, batch size, updates, sequence length, dtype, device...)."""
+    population field (task, architecture, batch size, updates, sequence length, dtype, device...),
+    and the optimizer unless it is one of SGD, CM and NAG."""
     raw = task_config_dict(spec, params)
-    return json.dumps({k: v for k, v in raw.items() if k not in POPULATION_FIELDS}, sort_keys=True, default=str)
+    shape = {k: v for k, v in raw.items() if k not in POPULATION_FIELDS}
+    optimizer = raw.get("optimizer", TaskConfig.model_fields["optimizer"].default)
+    shape["optimizer"] = "sgd/cm/nag" if optimizer in MIXABLE_OPTIMIZERS else optimizer
+    return json.dumps(shape, sort_keys=True, default=str)
 
 
 def training_config(spec: StudySpec, configs: list[Configuration]) -> TaskConfig:
@@ -71,8 +80,7 @@ def training_config(spec: StudySpec, configs: list[Configuration]) -> TaskConfig
     if len(configs) == 1:
         return solo_config(spec, configs[0].params)
     raws = [task_config_dict(spec, c.params) for c in configs]
-    shapes = {json.dumps({k: v for k, v in r.items() if k not in POPULATION_FIELDS}, sort_keys=True, default=str)
-              for r in raws}
+    shapes = {shape_key(spec, c.params) for c in configs}
     if len(shapes) != 1:
         raise ValueError("configurations of different shapes cannot train as one population: " + "; ".join(sorted(shapes)))
     merged = {k: v for k, v in raws[0].items() if k not in POPULATION_FIELDS}

@@ -185,6 +185,19 @@ def test_configurations_of_different_shapes_never_share_a_population(ray_session
     assert t["population"].nunique() == 4  # each shape's two learning rates together
 
 
+def test_sgd_cm_and_nag_share_a_shape_and_other_optimizers_do_not():
+    spec = _grid("opt", search={"optimizer": {"type": "grid", "values": ["sgd", "cm", "nag", "adam", "rmsprop"]}})
+    shapes = {o: population.shape_key(spec, {"optimizer": o}) for o in ("sgd", "cm", "nag", "adam", "rmsprop")}
+    assert shapes["sgd"] == shapes["cm"] == shapes["nag"]
+    assert len({shapes["nag"], shapes["adam"], shapes["rmsprop"]}) == 3
+    table = [population.Configuration(f"t-{j}", j, {"optimizer": o}) for j, o in enumerate(("sgd", "cm", "nag"))]
+    cfg = population.training_config(spec, table)
+    assert cfg.member_values("optimizer") == ["sgd", "sgd", "cm", "cm", "nag", "nag"]  # two seeds each
+    assert cfg.member_values("seed") == [0, 1] * 3
+    with pytest.raises(ValueError, match="different shapes"):
+        population.training_config(spec, [table[0], population.Configuration("t-3", 3, {"optimizer": "adam"})])
+
+
 def test_members_per_trial_follow_max_members_repeats_and_the_trials_that_can_run_at_once():
     spec = _grid("count", max_members=4)
     cfg = runner.check_configs(spec)
@@ -208,3 +221,17 @@ def test_member_rungs_keep_the_best_fraction_at_each_rung():
     assert rungs.stop(2, {0: 0.5, 1: 0.1}) == []  # not a rung
     assert rungs.stop(3, {1: 0.1}) == []  # one left: nothing to compare
     assert population.MemberRungs(1, 2, 10, "max").stop(1, {0: 0.5, 1: 0.1}) == [1]
+
+
+def test_batched_asks_get_a_constant_liar_for_tpe_and_a_popsize_for_cmaes_unless_the_spec_sets_them():
+    from study import search
+
+    def spec(kind, **options):
+        return load_spec({"name": "s", "task": "addition", "sampler": {"type": kind, "options": options},
+                          "search": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}})
+
+    assert search.sampler(spec("tpe"), per_trial=4)._constant_liar is True
+    assert search.sampler(spec("tpe", constant_liar=False), per_trial=4)._constant_liar is False
+    pytest.importorskip("cmaes")
+    assert search.sampler(spec("cmaes"), per_trial=6)._popsize == 6
+    assert search.sampler(spec("cmaes", popsize=10), per_trial=6)._popsize == 10

@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from study.spec import StudySpec, task_config_dict
-from trainables.config import POPULATION_FIELDS, TaskConfig, parse_config
+# MIXABLE_OPTIMIZERS: those one population may mix (one Nesterov and one momentum flag per member);
+# any other optimizer trains only beside configurations of the same optimizer.
+from trainables.config import MIXABLE_OPTIMIZERS, POPULATION_FIELDS, TaskConfig, parse_config
 
 # The trial config's key for the member table (a list of Configuration dicts).
 POPULATION_KEY = "population"
@@ -56,11 +58,6 @@ def config_id(trial_id: str, j: int) -> str:
 def solo_config(spec: StudySpec, params: dict[str, Any]) -> TaskConfig:
     """A configuration's own training config (its repeats' seeds as a population of its own)."""
     return parse_config(task_config_dict(spec, params))
-
-
-# Optimizers that one population may mix (one Nesterov and one momentum flag per member); any other
-# optimizer trains only beside configurations of the same optimizer (trainables/config.py).
-MIXABLE_OPTIMIZERS = ("sgd", "cm", "nag")
 
 
 def shape_key(spec: StudySpec, params: dict[str, Any]) -> str:

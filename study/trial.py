@@ -122,6 +122,11 @@ class PopulationReporter:
                 pruned = dict(configs[j], ended=True, final=False)
                 pruned["members"] = [dict(m, status="pruned") for m in pruned["members"]]
                 self.ended[j] = configs[j] = pruned
+        # Configurations ended earlier whose members still train: stopped at the report a resumed
+        # checkpoint was taken at (it holds the members as they were before the stop).
+        for j in self.ended:
+            if any(m.status == "running" for m in report.members[j * self.repeats:(j + 1) * self.repeats]):
+                stop += [k for k in range(j * self.repeats, (j + 1) * self.repeats) if k not in stop]
         if len(configs) == 1:
             result = dict(configs[0])  # fuse: off: the configuration is the trial (Tune's ASHA reads it)
         else:

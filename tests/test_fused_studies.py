@@ -235,3 +235,33 @@ def test_batched_asks_get_a_constant_liar_for_tpe_and_a_popsize_for_cmaes_unless
     pytest.importorskip("cmaes")
     assert search.sampler(spec("cmaes"), per_trial=6)._popsize == 6
     assert search.sampler(spec("cmaes", popsize=10), per_trial=6)._popsize == 10
+
+
+def test_a_resumed_population_stops_again_what_it_had_stopped_at_the_checkpointed_report():
+    """A checkpoint holds the members as they were before the stops of its own report: resumed from
+    it, the trial returns those members again so the trainer drops them (it ignores ended ones)."""
+    from trainables.api import MemberMetrics, Report
+
+    from study.trial import PopulationReporter
+
+    spec = _grid("resumed", scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2})
+    table = [population.Configuration(f"t-{j}", j, {"lr": lr}) for j, lr in enumerate(LRS[:3])]
+    reporter = PopulationReporter(spec, table, seeds=[0, 1] * 3,
+                                  rungs=population.MemberRungs(1, 2, max_t=6, mode="min"))
+
+    def report(step, errors, status=("running",) * 6):
+        members = tuple(MemberMetrics(k, e, e, 0.9, 1e-3, s) for k, (e, s) in enumerate(zip(errors, status)))
+        return Report(step=step, members=members, final=False, checkpoint=dict)
+
+    result, stop = reporter.result(report(10, [0.5, 0.5, 0.1, 0.1, 0.9, 0.9]))
+    assert stop == [4, 5]  # rung 1 keeps ceil(3/2) = 2 configurations: 0.1 and 0.5; config 2 stops
+    assert [c["ended"] for c in result["configs"]] == [False, False, True]
+    assert result["configs"][2]["members"][0]["status"] == "pruned"
+    resumed = PopulationReporter(spec, table, seeds=[0, 1] * 3, rungs=population.MemberRungs(1, 2, 6, "min"))
+    # The checkpoint of report 2 (rungs fall at reports 1, 2 and 4): the next report, 3, is no rung.
+    resumed.reports, resumed.ended = 2, dict(reporter.ended)
+    _, again = resumed.result(report(30, [0.4, 0.4, 0.1, 0.1, 0.9, 0.9]))
+    assert again == [4, 5]  # nothing new stops, but config 2's members still train: stopped again
+    frozen = [c for c in resumed.configs(report(40, [0.0] * 6)) if c["config_id"] in
+              {table[j].config_id for j in reporter.ended}]
+    assert all(c["step"] == 10 and c["ended"] for c in frozen)

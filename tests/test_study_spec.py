@@ -137,3 +137,12 @@ def test_fuse_off_written_bare_in_yaml_means_off():
     assert load_spec(text).fuse == "off"
     assert load_spec(text.replace("fuse: off", "fuse: on")).fuse == "auto"
     assert load_spec(text.replace("fuse: off\n", "")).fuse == "auto"
+
+
+def test_a_sequence_too_short_for_a_searched_problem_is_refused_before_anything_runs():
+    """mem20 needs T >= 21 (10 symbols, a trigger, 10 answers): found when the spec is loaded, not
+    when a trial draws its first batch."""
+    text = ("name: t\ntask: addition\nconfig: {seq_length: 20}\n"
+            "search: {task: {type: grid, values: [addition, mem20]}}\nsampler: grid\n")
+    with pytest.raises(SpecError, match=r"seq_length=20 is not allowed for task 'mem20': mem20 needs T >= 21"):
+        load_spec(text)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import replace
+import re
 from typing import Any, Callable
 
 import torch
@@ -64,6 +65,8 @@ def validate_for_task(cfg: TaskConfig) -> None:
         raise ConfigError(f"init={cfg.init!r} is not allowed for task {cfg.task!r}: allowed {ALLOWED_INITS[fam]}")
     if fam == "rnn" and cfg.dataset != "replica":
         raise ConfigError(f"dataset={cfg.dataset!r} is not allowed for task {cfg.task!r}: RNN problems are generated")
+    if fam == "rnn":
+        _check_sequence_length(cfg)
     if fam == "autoencoder" and cfg.dataset == "replica" and cfg.task != "curves":
         from trainables.data.autoencoder_files import KNOWN_FILES, TASK_FILES
 
@@ -80,6 +83,23 @@ def validate_for_task(cfg: TaskConfig) -> None:
                 f"final_momentum_updates={cfg.final_momentum_updates!r} is not allowed{which}: "
                 f"more than updates={cfg.updates}"
             )
+
+
+def _check_sequence_length(cfg: TaskConfig) -> None:
+    """The problem's own rule for T (marked pairs need T >= 10; memorization room for its symbols,
+    a trigger and the answers), checked before any work rather than when the first batch is drawn."""
+    from trainables.data.rnn_problems import PROBLEMS
+
+    problem = PROBLEMS[cfg.task]
+    length = cfg.seq_length or problem.default_length
+    try:
+        if hasattr(problem, "ranges"):
+            problem.ranges(length)
+        else:
+            problem.target_distribution(length)
+    except ValueError as exc:
+        shown = re.sub(r"^Invalid sequence length: \d+ \((.*)\)$", r"\1", str(exc))
+        raise ConfigError(f"seq_length={length!r} is not allowed for task {cfg.task!r}: {shown}") from None
 
 
 def check_config(config: dict[str, Any] | TaskConfig) -> TaskConfig:

@@ -1,10 +1,12 @@
-"""MLflow, the browsing store: one experiment per study, a parent run, one child run per trial.
+"""MLflow, the browsing store: one experiment per study, a parent run, one child run per
+configuration (a "trial" of the results database; a fused Ray trial trains several).
 
-The trial process creates (or, on a retry or resume, finds) its child run, logs every resolved
-parameter and runs MLflow's psutil-based system metrics monitor on it; the driver logs the metric
-history and the state tags from its Tune callback. Both find a trial's run by the tag
-``ray_trial_id``, so a retried or resumed trial keeps one run, and the driver skips steps the run
-already holds, so nothing is logged twice.
+The driver creates (or, on a retry or resume, finds) each configuration's child run with every
+resolved parameter, and logs the metric history and the state tags from its Tune callback; the
+trial process runs MLflow's psutil-based system metrics monitor on its first configuration's run.
+A run is found by the tag ``trial_id`` (the configuration id), so a retried or resumed
+configuration keeps one run, and the driver skips steps the run already holds, so nothing is
+logged twice. The tag ``population`` names the Ray trial that trained it.
 """
 
 from __future__ import annotations

@@ -341,14 +341,18 @@ def start_ray() -> None:
 
 
 def main() -> int:
+    global BATCH
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--updates", type=int, default=None, help="updates per run (default 300; --quick: 40)")
     ap.add_argument("--report-every", type=int, default=None, help="updates between reports (default 100; --quick: 20)")
     ap.add_argument("--lrs", type=float, nargs="+", default=LRS, help=f"the learning-rate grid (default {LRS})")
+    ap.add_argument("--batch", type=int, default=BATCH, help=f"minibatch (default {BATCH}, the paper's; smaller "
+                    "batches show where fusing pays on a CPU: per-operation overhead, as on a GPU)")
     ap.add_argument("--quick", action="store_true", help="tiny: nag only, the first 2 learning rates, 40 updates")
     ap.add_argument("--only", default="a,b,c", help="which ways, comma-separated: a (fuse auto), b (fuse off), c (plain)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary studies root (printed) afterwards")
     args = ap.parse_args()
+    BATCH = args.batch
     ways = [w.strip() for w in args.only.split(",") if w.strip()]
     bad = [w for w in ways if w not in WAYS]
     if bad or not ways:

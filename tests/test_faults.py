@@ -105,12 +105,12 @@ def test_killed_trial_worker_resumes_from_checkpoint_with_the_metrics_of_an_unin
     assert rc == 0, driver.output()
     assert workers_seen - killed, "no new worker ran the trial after the kill"
 
-    trial = db.rows("SELECT id, trial_id, state, config, mlflow_run_id FROM ms_trials")
+    trial = db.rows("SELECT id, trial_id, optuna_trial_number, state, config, mlflow_run_id FROM ms_trials")
     assert len(trial) == 1 and trial[0].state == "completed", trial
     after = db.point_rows(name)
     db.dispose()
     # One row per (trial, step, member): the unique key holds that; every step is there.
-    assert sorted(after) == sorted((trial[0].trial_id, s, m) for s in steps for m in (0, 1))
+    assert sorted(after) == sorted((trial[0].optuna_trial_number, s, m) for s in steps for m in (0, 1))
     # Resumed from its checkpoint, not from scratch: reports before the last one seen at the kill
     # were not written again.
     for key, (_, _, recorded_at) in before.items():

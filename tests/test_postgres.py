@@ -108,7 +108,7 @@ def test_study_on_postgres_records_trials_and_optuna_storage(postgres, pg_study)
     assert [t.state for t in trials] == ["completed", "completed"]
     assert all(t.members == 2 and t.hostname and t.ray_node_id for t in trials)
     assert points == 2 * 2 * 4  # trials x members x reports
-    assert version == "0003"
+    assert version == "0004"
     ot = optuna.load_study(study_name="pg-test", storage=postgres["results"])
     assert [t.state for t in ot.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert "pg-test" in pg_study["status"].stdout and "2/2 trials" in pg_study["status"].stdout

@@ -93,7 +93,7 @@ def start_local_ray(
     env[LOOPBACK_ENV] = "0"
     with open(os.path.join(temp_dir, "watchdog.log"), "ab") as watchdog_log:
         watchdog = subprocess.Popen(
-            [sys.executable, "-m", "study.reaper", str(os.getpid()), token],
+            [sys.executable, "-m", "study.reaper", str(os.getpid()), token, temp_dir],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=watchdog_log,
             # -m study.reaper from the directory that holds the study package, installed or not.
             env=env, cwd=Path(__file__).resolve().parents[1],

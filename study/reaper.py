@@ -2,7 +2,7 @@
 
 Ray's agents and workers notice a dead driver only when they next poll the raylet or the GCS,
 10-60 s after a ``kill -9`` (issue #9). ``study.local_ray.start_local_ray`` therefore starts this
-module as ``python -m study.reaper DRIVER_PID TOKEN`` in a session of its own, with a pipe from
+module as ``python -m study.reaper DRIVER_PID TOKEN TEMP_DIR`` in a session of its own, with a pipe from
 the driver on its stdin, before it starts Ray.
 
 Which processes are that Ray's: those ``ray.init`` started inherit ``TOKEN`` in the environment
@@ -58,10 +58,24 @@ def _descendants(procs: set[psutil.Process]) -> set[psutil.Process]:
     return found
 
 
-def session_processes(token: str) -> set[psutil.Process]:
-    """Every live process on the machine with ``token`` in its environment, and their descendants."""
+def _names_dir(proc: psutil.Process, directory: str | None) -> bool:
+    """Whether the process's command line names this Ray's own temporary directory (the agents
+    are started with ``--session-dir`` or ``--temp-dir`` inside it)."""
+    if not directory:
+        return False
+    try:
+        return any(directory in arg for arg in proc.cmdline())
+    except (psutil.Error, OSError):
+        return False
+
+
+def session_processes(token: str, directory: str | None = None) -> set[psutil.Process]:
+    """Every live process on the machine with ``token`` in its environment or, for an agent
+    started in the last moments before the driver died (before the watchdog recorded it), with
+    this Ray's temporary ``directory`` on its command line; and their descendants."""
     me = os.getpid()
-    return _descendants({p for p in psutil.process_iter() if p.pid != me and _has_token(p, token)})
+    return _descendants({p for p in psutil.process_iter()
+                         if p.pid != me and (_has_token(p, token) or _names_dir(p, directory))})
 
 
 class Tracker:
@@ -115,13 +129,13 @@ def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Pro
 
 
 def end_session(token: str, recorded: set[psutil.Process] = frozenset(), grace_s: float = 1.0,
-                rounds: int = 5) -> int:
+                rounds: int = 5, directory: str | None = None) -> int:
     """SIGTERM, then SIGKILL, to the recorded processes, those with ``token`` and their
     descendants; repeated while a dying raylet still spawns workers. Returns how many it signalled."""
     ended = 0
     for _ in range(rounds):
         live = {p for p in recorded if _running(p)}
-        procs = [p for p in _descendants(live) | session_processes(token) if _running(p)]
+        procs = [p for p in _descendants(live) | session_processes(token, directory) if _running(p)]
         if not procs:
             break
         ended += len(procs)
@@ -152,9 +166,10 @@ def wait_for_driver(driver_pid: int, token: str, poll_s: float = 0.5) -> set[psu
 
 def main(argv: list[str]) -> int:
     driver_pid, token = int(argv[0]), argv[1]
+    directory = argv[2] if len(argv) > 2 else None  # this Ray's own temporary directory
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl+C meant for the driver is not for us
     recorded = wait_for_driver(driver_pid, token)
-    n = end_session(token, recorded)
+    n = end_session(token, recorded, directory=directory)
     if n:
         print(f"study.reaper: driver {driver_pid} gone; ended {n} processes of its Ray", file=sys.stderr)
     return 0

@@ -275,3 +275,25 @@ def test_a_trial_resumed_from_its_last_checkpoint_reports_its_end_again():
     train_to_the_end(cfg, again.append, state)
     assert len(again) == 1 and again[0].final and again[0].step == 20
     assert again[0].members == last.members
+
+
+def test_a_configuration_finished_again_in_the_same_state_keeps_its_first_end(tmp_path):
+    """A trial resumed at its end reports its end again: the row's end time must not move."""
+    import datetime as dt
+
+    from study import results
+
+    url = results.sqlite_url(tmp_path / "r.db")
+    sid = results.upsert_study(url, name="s", task="addition", metric="error", mode="min", num_samples=1, repeats=1,
+                               state="running", spec_yaml="", tune_path="tune", mlflow_uri="")
+    first, later = dt.datetime(2026, 1, 1, 12), dt.datetime(2026, 1, 1, 13)
+    results.finish_trial(url, sid, "t-0", "completed", first)
+    results.finish_trial(url, sid, "t-0", "completed", later)
+    assert results.get_study(url, "s") is not None
+    with results.session_scope(url) as s:
+        row = results._trial(s, sid, "t-0")
+        assert (row.state, row.ended_at) == ("completed", first)
+    results.finish_trial(url, sid, "t-0", "failed", later, "boom")  # another state: recorded
+    with results.session_scope(url) as s:
+        row = results._trial(s, sid, "t-0")
+        assert (row.state, row.ended_at, row.error_message) == ("failed", later, "boom")

@@ -21,9 +21,12 @@ from conftest import STUDY_BIN
 
 # Small enough that a trial lasts a few seconds on two busy cores, long enough to be killed mid-run;
 # float64 so a resumed trial can be compared with an uninterrupted run exactly.
+# Long enough (about 2.5 s a population here) that the work left after a test's trigger (a first
+# point, a first finished trial) outlasts the fault it then injects, on machines several times
+# faster than this one; few reports, so the records stay small.
 FAULT_CONFIG = {
-    "updates": 40,
-    "report_every": 10,
+    "updates": 1000,
+    "report_every": 250,
     "seq_length": 20,
     "eval_cases": 100,
     "batch_size": 20,

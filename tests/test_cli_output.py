@@ -185,9 +185,10 @@ def test_csv_and_json_keep_every_digit_and_tables_round(quick_study):
 def test_stop_interrupts_a_running_study_and_a_moved_copy_resumes(ray_session, study_env, tmp_path):
     name = "stoppable"
     spec = quick_spec(name, num_samples=3, max_concurrent_trials=1, checkpoint_every=1, fuse="off")
-    # Long enough that the study is still running after the first trial and two commands: a
-    # worker is reused from one trial to the next, so nothing else slows the study down.
-    spec["config"].update(updates=1000, report_every=50)
+    # Long enough (about 6 s a trial here) that the study is still running after the first trial
+    # and two commands, on machines several times faster than this one: a worker is reused from
+    # one trial to the next, so nothing else slows the study down.
+    spec["config"].update(updates=2500, report_every=250)
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     env = {**os.environ, "RAY_ADDRESS": ray_session, "MOMENTUM_STUDY_PROGRESS_EVERY": "1"}
@@ -263,7 +264,7 @@ def test_stop_interrupts_a_running_study_and_a_moved_copy_resumes(ray_session, s
     assert len(after) == 3 and set(after["state"]) == {"completed"}
     assert all(after.set_index("trial_id").loc[t, "ended_at"] == ended for t, ended in before.items())
     for _, steps in api.metrics(name, str(moved_root)).groupby("trial_id")["step"]:
-        assert sorted(steps) == list(range(50, 1001, 50))
+        assert sorted(steps) == list(range(250, 2501, 250))
     c = MlflowClient(f"sqlite:///{moved_root / name / 'mlflow.db'}")
     exp = c.get_experiment_by_name(name)
     runs = c.search_runs([exp.experiment_id], filter_string="tags.`momentum_study.role` = 'trial'")

@@ -46,8 +46,10 @@ from study.servers import (
     wait_http,
 )
 
-STEPS = [10, 20, 30, 40]
-LRS = [1e-3, 2e-3, 3e-3]
+STEPS = [250, 500, 750, 1000]
+# Three populations of at most two: a fault injected after the first population still finds
+# a whole population not yet started, however fast the machine.
+LRS = [1e-3, 2e-3, 3e-3, 4e-3, 5e-3]
 # A store down for good must end the study within this; MLflow's client otherwise retries a
 # refused request for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES defaults to 7, back-off factor 2).
 MLFLOW_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -78,19 +80,19 @@ def test_killed_trial_worker_resumes_from_checkpoint_with_the_metrics_of_an_unin
     from trainables import train
 
     name, root = "worker-kill", workdir / "studies"
-    spec = grid_spec(workdir / "spec.yaml", name, [2e-3], retries=2, repeats=2, config={"updates": 60})
-    steps = list(range(10, 61, 10))
+    spec = grid_spec(workdir / "spec.yaml", name, [2e-3], retries=2, repeats=2, config={"report_every": 50})
+    steps = list(range(50, 1001, 50))
     db = ResultsDB(_sqlite(root, name, "results.db"))
     driver = Driver(["run", str(spec)], driver_env(root), workdir / "driver.log")
     killed: set[int] = set()
     workers_seen: set[int] = set()
     try:
         # Kill once the trial has reported (and checkpointed) twice, well before its last report.
-        wait_for("the trial's second report", lambda: db.scalar("SELECT MAX(step) FROM ms_metric_points") >= 20, driver,
+        wait_for("the trial's second report", lambda: db.scalar("SELECT MAX(step) FROM ms_metric_points") >= 100, driver,
                  db=db)
         before = db.point_rows(name)
         at_kill = max(step for _, step, _ in before)
-        assert at_kill < 60, "the trial finished before its worker could be killed"
+        assert at_kill < steps[-1], "the trial finished before its worker could be killed"
         for w in driver.workers():
             killed.add(w.pid)
             w.send_signal(signal.SIGKILL)

@@ -17,6 +17,9 @@ from conftest import STUDY_BIN, quick_spec
 from study import api
 
 
+STEPS = [200, 400, 600, 800, 1000]
+
+
 def _finished(db: str) -> int:
     if not os.path.exists(db):
         return 0
@@ -30,9 +33,11 @@ def _finished(db: str) -> int:
 
 
 def test_interrupted_study_resumes_without_duplicates_or_gaps(ray_session, study_env, tmp_path):
-    # Fused: two populations of two configurations (TPE asks two at a time), one at a time.
-    spec = quick_spec("resumable", num_samples=4, max_concurrent_trials=1, checkpoint_every=1, max_members=2)
-    spec["config"]["updates"] = 60
+    # Fused: three populations of two configurations (TPE asks two at a time), one at a time,
+    # each long enough (about 4 s here) that two are still to train when the first has finished,
+    # on machines several times faster than this one.
+    spec = quick_spec("resumable", num_samples=6, max_concurrent_trials=1, checkpoint_every=1, max_members=2)
+    spec["config"].update(updates=1000, report_every=200)
     path = tmp_path / "resumable.yaml"
     path.write_text(yaml.safe_dump(spec))
     env = {**os.environ, "RAY_ADDRESS": ray_session}
@@ -48,13 +53,13 @@ def test_interrupted_study_resumes_without_duplicates_or_gaps(ray_session, study
     assert proc.returncode == 130, out
     assert "study resume resumable" in out
     before = api.trials("resumable")
-    assert 1 <= (before["state"] == "completed").sum() < 4
+    assert 1 <= (before["state"] == "completed").sum() < 6
 
     done = subprocess.run([STUDY_BIN, "resume", "resumable"], env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout + done.stderr
 
     trials = api.trials("resumable")
-    assert len(trials) == 4 and set(trials["state"]) == {"completed"}
+    assert len(trials) == 6 and set(trials["state"]) == {"completed"}
     # Trials finished before the interrupt were not rerun.
     first = before[before["state"] == "completed"].set_index("trial_id")["ended_at"]
     after = trials.set_index("trial_id")["ended_at"]
@@ -63,20 +68,20 @@ def test_interrupted_study_resumes_without_duplicates_or_gaps(ray_session, study
     points = api.metrics("resumable")
     assert not points.duplicated(["trial_id", "step", "member"]).any()
     for _, steps in points.groupby("trial_id")["step"]:
-        assert sorted(steps) == [10, 20, 30, 40, 50, 60]
+        assert sorted(steps) == STEPS
 
     ot = optuna.load_study(study_name="resumable", storage=f"sqlite:///{db}")
     complete = [t for t in ot.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 4
+    assert len(complete) == 6
     assert sorted(trials["optuna_trial_number"]) == sorted(t.number for t in complete)
 
     uri = f"sqlite:///{study_env / 'resumable' / 'mlflow.db'}"
     c = MlflowClient(uri)
     exp = c.get_experiment_by_name("resumable")
     runs = c.search_runs([exp.experiment_id], filter_string="tags.`momentum_study.role` = 'trial'")
-    assert len(runs) == 4
+    assert len(runs) == 6
     for run in runs:
         steps = [m.step for m in c.get_metric_history(run.info.run_id, "error")]
-        assert sorted(steps) == [10, 20, 30, 40, 50, 60]
+        assert sorted(steps) == STEPS
     parents = c.search_runs([exp.experiment_id], filter_string="tags.`momentum_study.role` = 'parent'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"

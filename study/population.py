@@ -51,6 +51,11 @@ def member_table(config: dict[str, Any]) -> list[Configuration]:
     return [Configuration.from_dict(d) for d in config.get(POPULATION_KEY) or []]
 
 
+def reported(result: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The per-configuration summaries a trial's result carries (study/trial.py), by configuration id."""
+    return {c["config_id"]: c for c in (result or {}).get("configs") or []}
+
+
 def config_id(trial_id: str, j: int) -> str:
     return f"{trial_id}-{j}"
 

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from study import population
 from study.outcome import better, trial_state
 
 PROGRESS_EVERY_ENV = "MOMENTUM_STUDY_PROGRESS_EVERY"
@@ -102,7 +103,7 @@ class Progress(tune.Callback):
         """The study's best so far: the best of the configurations' bests (a diverged one has none)."""
         bests: dict[str, float | None] = {}
         for t in self._trials:  # trials restored by `study resume` report nothing in this run
-            for c in (t.last_result or {}).get("configs") or []:
+            for c in population.reported(t.last_result).values():
                 value = c.get("metric_value")
                 ok = not c.get("members_diverged") and isinstance(value, (int, float)) and math.isfinite(value)
                 bests[c["config_id"]] = value if ok else None
@@ -120,7 +121,7 @@ class Progress(tune.Callback):
         done = 0.0
         for t in self._trials:
             updates = _updates(t)
-            last = {c["config_id"]: c for c in (t.last_result or {}).get("configs") or []}
+            last = population.reported(t.last_result)
             for cid in _config_ids(t):
                 if cid in self._finished_before or self._rows.get(cid, {}).get("ended"):
                     done += 1.0
@@ -193,7 +194,7 @@ class Progress(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._trials = trials
-        for c in result.get("configs") or []:
+        for c in population.reported(result).values():
             cid = c["config_id"]
             if cid in self._finished_before or self._rows.get(cid, {}).get("ended"):
                 continue
@@ -211,7 +212,7 @@ class Progress(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._trials = trials
-        last = {c["config_id"]: c for c in (trial.last_result or {}).get("configs") or []}
+        last = population.reported(trial.last_result)
         for cid in _config_ids(trial):
             if cid not in self._finished_before:
                 self._end(cid, trial_state(last.get(cid)))
@@ -234,7 +235,7 @@ def _ended_before(trial: Any) -> list[str]:
     resumed population had stopped."""
     if trial.status in FINISHED_STATUSES:
         return _config_ids(trial)
-    return [c["config_id"] for c in (trial.last_result or {}).get("configs") or [] if c.get("ended")]
+    return [cid for cid, c in population.reported(trial.last_result).items() if c.get("ended")]
 
 
 def _every() -> float:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ray import tune
 
-from study import outcome, results, search, tracking
+from study import outcome, population, results, search, tracking
 from study.journal import Journal, WriteQueue, scrub
 from study.locations import Locations
 from study.spec import StudySpec
@@ -110,7 +110,7 @@ class Recorder(tune.Callback):
             if result.get(key) is not None:
                 into.append(float(result[key]))
         stamp = int(result.get("timestamp", time.time()) * 1000)
-        for c in result.get("configs") or []:
+        for c in population.reported(result).values():
             cid, step = c["config_id"], int(c["step"])
             if cid in self.finished:
                 continue  # ended at an earlier report: its figures are frozen there
@@ -135,14 +135,14 @@ class Recorder(tune.Callback):
 
     @_timed
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        last = {c["config_id"]: c for c in (trial.last_result or {}).get("configs") or []}
+        last = population.reported(trial.last_result)
         for cid in self._unfinished(trial):
             self._finish(cid, outcome.trial_state(last.get(cid)), last.get(cid))
 
     @_timed
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = _error_text(trial)
-        last = {c["config_id"]: c for c in (trial.last_result or {}).get("configs") or []}
+        last = population.reported(trial.last_result)
         for cid in self._unfinished(trial):
             self._finish(cid, "failed", last.get(cid), error)
 

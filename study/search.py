@@ -316,7 +316,7 @@ class PopulationSearch(Searcher):
     # for every configuration still RUNNING there (runner._settle_optuna).
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        for c in result.get("configs") or []:
+        for c in population.reported(result).values():
             cid = c["config_id"]
             try:
                 if cid in self._told or self._finished(cid):
@@ -330,7 +330,7 @@ class PopulationSearch(Searcher):
                 log.warning("Optuna report for configuration %s failed: %s", cid, scrub(str(exc))[:300])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        last = {c["config_id"]: c for c in (result or {}).get("configs") or []}
+        last = population.reported(result)
         for entry in self._populations.get(trial_id, []):
             cid = entry["config_id"]
             if cid in self._told:

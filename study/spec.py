@@ -617,6 +617,7 @@ def optuna_sampler(spec: StudySpec, extra: dict[str, Any] | None = None) -> Any:
                 f"sampler.options.{key}={opts[key]!r} is not allowed: {cls.__name__} has no option {key!r}; "
                 f"allowed: {', '.join(allowed) or '(none)'}"
             )
+        opts[key] = _checked_option(cls, key, opts[key])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning for some samplers and options
@@ -627,6 +628,40 @@ def optuna_sampler(spec: StudySpec, extra: dict[str, Any] | None = None) -> Any:
     except (TypeError, ValueError, AttributeError) as exc:
         raise SpecError(
             f"sampler={{type: {kind}, seed: {seed!r}, options: {opts!r}}} is not allowed: {cls.__name__}: {exc}"
+        ) from None
+
+
+def _checked_option(cls: type, key: str, value: Any) -> Any:
+    """``value`` checked against the type the sampler's constructor declares for ``key`` (Optuna
+    accepts e.g. n_startup_trials='ten' at construction and fails only when it samples, in the
+    driver). An annotation that cannot be resolved here (a type imported only for type checkers)
+    is not checked."""
+    import collections.abc
+    import sys
+    import typing
+
+    from pydantic import TypeAdapter
+
+    annotation = inspect.signature(cls).parameters[key].annotation
+    if isinstance(annotation, str):  # Optuna's modules use postponed annotations
+        names = {**vars(typing), **vars(collections.abc), **vars(sys.modules[cls.__module__])}
+        try:
+            annotation = eval(annotation, names)  # noqa: S307 - a library's own annotation, not input
+        except Exception:
+            return value
+    if annotation is inspect.Parameter.empty:
+        return value
+    try:
+        adapter = TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True))
+    except Exception:  # a type pydantic cannot describe: left to the sampler
+        return value
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        wanted = getattr(annotation, "__name__", None) or str(annotation).replace("collections.abc.", "")
+        raise SpecError(
+            f"sampler.options.{key}={value!r} is not allowed: {cls.__name__} takes {key} as {wanted} "
+            f"({exc.errors()[0]['msg'].lower()})"
         ) from None
 
 

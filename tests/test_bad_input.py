@@ -106,6 +106,10 @@ CASES = [
     # --- sampler, scheduler
     ("sampler-option-misspelt", spec({"sampler": {"type": "tpe", "options": {"n_startup_trals": 3}}}), [],
      ["sampler.options.n_startup_trals=3", "n_startup_trials"]),
+    ("sampler-option-wrong-type", spec({"sampler": {"type": "tpe", "options": {"n_startup_trials": "ten"}}}), [],
+     ["sampler.options.n_startup_trials='ten'", "TPESampler takes n_startup_trials as int"]),
+    ("sampler-option-not-callable", spec({"sampler": {"type": "tpe", "options": {"gamma": "0.1"}}}), [],
+     ["sampler.options.gamma='0.1'", "callable"]),
     ("sampler-option-seed", spec({"sampler": {"type": "random", "options": {"seed": 3}}}), [], ["sampler.options.seed", "sampler.seed"]),
     ("sampler-seed-negative", spec({"sampler": {"type": "tpe", "seed": -1}}), [], ["sampler.seed=-1"]),
     ("asha-grace-beyond-max-t", spec({"scheduler": {"type": "asha", "grace_period": 50}}), [],

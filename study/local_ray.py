@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,12 @@ if "ray" not in sys.modules:
     os.environ[LOOPBACK_ENV] = "0"
 
 log = logging.getLogger(__name__)
+
+TEMP_PREFIX = "ms-ray-"
+# Earlier local Rays' directories (their logs) kept for a look after the study: the newest this
+# many, and any younger than TEMP_MIN_AGE_S; older ones are removed when a new local Ray starts.
+TEMP_KEEP = 10
+TEMP_MIN_AGE_S = 3600
 
 # The watchdogs' pipes stay open for as long as this process lives: their end of file is the
 # signal that the driver is gone.
@@ -55,7 +63,7 @@ class LocalRay:
     """Ray's session directory (logs under ``logs/``); inside ``temp_dir``."""
     temp_dir: str
     """A directory of its own under /tmp (Ray's unix sockets need a short path); kept after the
-    study, like Ray's /tmp/ray/session_*, for its logs."""
+    study, like Ray's /tmp/ray/session_*, for its logs, until ``prune_temp_dirs`` removes it."""
     watchdog_pid: int
     """The ``study.reaper`` process that ends this Ray's processes when the driver ends."""
 
@@ -87,7 +95,8 @@ def start_local_ray(
     if os.environ.get("RAY_ADDRESS"):
         log.warning("RAY_ADDRESS is set, but a study without --address runs on a local Ray of its own")
 
-    temp_dir = tempfile.mkdtemp(prefix="ms-ray-", dir="/tmp")
+    prune_temp_dirs()
+    temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir="/tmp")
     token = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if k != SESSION_ENV}
     env[LOOPBACK_ENV] = "0"
@@ -119,3 +128,35 @@ def start_local_ray(
         del os.environ[SESSION_ENV]
     info = context.address_info
     return LocalRay(info["gcs_address"], info["session_dir"], temp_dir, watchdog.pid)
+
+
+def prune_temp_dirs(parent: str = "/tmp", keep: int = TEMP_KEEP, min_age_s: float = TEMP_MIN_AGE_S) -> list[str]:
+    """Removes earlier local Rays' directories under ``parent``: those of this user beyond the
+    ``keep`` most recently changed, older than ``min_age_s`` and named by no running process (a
+    live Ray's watchdog carries its directory on its command line, however long the study runs).
+    Ray itself never removes a ``_temp_dir``. Returns the paths removed."""
+    import psutil
+
+    now, uid = time.time(), os.getuid()
+    found = []
+    for path in Path(parent).glob(TEMP_PREFIX + "*"):
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        if path.is_dir() and not path.is_symlink() and st.st_uid == uid:
+            found.append((st.st_mtime, str(path)))
+    found.sort(reverse=True)
+    old = [p for mtime, p in found[keep:] if now - mtime > min_age_s]
+    if not old:
+        return []
+    named = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        for arg in proc.info.get("cmdline") or []:
+            named.update(p for p in old if p in arg)
+    removed = [p for p in old if p not in named]
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    if removed:
+        log.debug("removed %d earlier local Ray directories under %s", len(removed), parent)
+    return removed

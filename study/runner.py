@@ -304,6 +304,11 @@ def resume(name: str, loc: Locations, console: Any = None) -> str:
             raise SpecError(f"study {name!r} has no Ray Tune experiment to restore at {path}")
         if "://" not in path:
             _rebase_search_state(path)
+        init_ray(loc, spec)
+        search.use_storage(loc.results_db)  # the restored searcher re-attaches to it
+        # Restored before anything is written: an experiment that cannot be restored leaves the
+        # study's state, its MLflow runs and the journal as they were.
+        tuner = _restore(name, path, spec)
         from study.recorder import Recorder
 
         experiment_id, parent_run_id = tracking.setup_study(
@@ -312,16 +317,34 @@ def resume(name: str, loc: Locations, console: Any = None) -> str:
         recorder = Recorder(spec, loc, row.id, experiment_id, parent_run_id, journal)
         recorder.drain()  # what an earlier run could not write lands first
         results.set_study_state(loc.results_db, name, "running", state_reason=None)
-        init_ray(loc, spec)
-        search.use_storage(loc.results_db)  # the restored searcher re-attaches to it
         progress = Progress(spec.name, spec.trials, spec.mode, console)
-        tuner = tune.Tuner.restore(path, trainable(spec), resume_unfinished=True, resume_errored=False)
         # The pickled callbacks carry settings only; hand the restored run fresh ones. Ray 2.60's
         # Tuner.restore takes no run config or callbacks (ray-project/ray#41364 asks for it), so
         # this private attribute is the way in; tests/test_study_resume.py fails if it moves.
         tuner._local_tuner._run_config.callbacks = [recorder, progress]
         tuner._local_tuner._run_config.verbose = 0
         return _fit_and_conclude(spec, loc, tuner, recorder, progress, parent_run_id)
+
+
+def _restore(name: str, path: str, spec: StudySpec) -> Any:
+    """Tuner.restore, with a failure to unpickle the experiment said as what it means to the user."""
+    try:
+        return tune.Tuner.restore(path, trainable(spec), resume_unfinished=True, resume_errored=False)
+    except (AttributeError, ModuleNotFoundError, ImportError, TypeError) as exc:
+        # Tune pickles the searcher with the experiment: one saved by a version whose searcher
+        # class is gone (StudyOptunaSearch, before fused studies) cannot be loaded by this one.
+        older = "StudyOptunaSearch" in str(exc) or isinstance(exc, (AttributeError, ModuleNotFoundError))
+        raise SpecError(
+            f"study {name!r} cannot be resumed: its Ray Tune experiment at {path} could not be restored "
+            f"({type(exc).__name__}: {scrub(str(exc))[:300]})"
+            + (
+                ". It was most likely saved by an earlier version of momentum-study (before fused studies), "
+                "whose searcher this version no longer has. Its finished configurations stay readable "
+                f"(`study results {name}`, `study report {name}`); to go on, run its spec again under a new name"
+                if older
+                else ""
+            )
+        ) from None
 
 
 def _rebase_search_state(tune_dir: str) -> None:

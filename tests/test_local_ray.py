@@ -226,3 +226,33 @@ def test_watchdog_exits_with_a_driver_that_ends_normally(other_ray):
         assert all(_running(p) for p in other_ray["processes"])
     finally:
         shutil.rmtree(info["temp_dir"], ignore_errors=True)
+
+
+def test_earlier_local_ray_directories_are_pruned_but_recent_and_live_ones_kept(tmp_path):
+    """A new local Ray removes earlier ones' directories beyond the newest few, unless recent or
+    still named by a running process (a long study's watchdog)."""
+    now = time.time()
+    dirs = []
+    ages = [600, 1200, 1800, 7200, 7300, 7400, 7500, 7600]  # s: ms-ray-0 the newest, 0-2 within the hour
+    for i, age in enumerate(ages):
+        d = tmp_path / f"ms-ray-{i:08d}"
+        (d / "session_x" / "logs").mkdir(parents=True)
+        (d / "session_x" / "logs" / "raylet.out").write_text("log\n")
+        os.utime(d, (now - age, now - age))
+        dirs.append(d)
+    (tmp_path / "ms-ray-notadir").write_text("x")  # a file of that name is not touched
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", f"--temp-dir={dirs[5]}"])
+    try:
+        prune = ("import json, sys; from study.local_ray import prune_temp_dirs; "
+                 "print(json.dumps(prune_temp_dirs(sys.argv[1], keep=2, min_age_s=3600)))")
+        out = subprocess.run([sys.executable, "-c", prune, str(tmp_path)], capture_output=True, text=True,
+                             timeout=60, cwd=Path(__file__).resolve().parents[1])
+        assert out.returncode == 0, out.stderr
+    finally:
+        live.kill()
+        live.wait()
+    removed = sorted(json.loads(out.stdout.strip().splitlines()[-1]))
+    # Kept: the two newest (0, 1), one beyond them but within the hour (2), one a running process names (5).
+    assert removed == sorted(str(d) for d in (dirs[3], dirs[4], dirs[6], dirs[7]))
+    assert [d.exists() for d in dirs] == [True, True, True, False, False, True, False, False]
+    assert (tmp_path / "ms-ray-notadir").is_file()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -55,6 +56,8 @@ def test_interrupted_study_resumes_without_duplicates_or_gaps(ray_session, study
     before = api.trials("resumable")
     assert 1 <= (before["state"] == "completed").sum() < 6
 
+    _a_copy_whose_searcher_class_is_gone_is_refused_and_left_as_it_was(study_env, tmp_path, env)
+
     done = subprocess.run([STUDY_BIN, "resume", "resumable"], env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -85,3 +88,38 @@ def test_interrupted_study_resumes_without_duplicates_or_gaps(ray_session, study
         assert sorted(steps) == STEPS
     parents = c.search_runs([exp.experiment_id], filter_string="tags.`momentum_study.role` = 'parent'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+
+
+def _a_copy_whose_searcher_class_is_gone_is_refused_and_left_as_it_was(study_env, tmp_path, env):
+    """A study saved by a version whose searcher class no longer exists (as one saved before fused
+    studies, with StudyOptunaSearch): `study resume` says so in one line and writes nothing."""
+    root = tmp_path / "copy"
+    shutil.copytree(study_env / "resumable", root / "resumable")
+    (pickled,) = (root / "resumable" / "tune").rglob("tuner.pkl")
+    data = pickled.read_bytes()
+    assert data.count(b"PopulationSearch") == 1  # the searcher is pickled by reference to its class
+    pickled.write_bytes(data.replace(b"PopulationSearch", b"RetiredSearchCls"))  # same length: framing holds
+    db = f"sqlite:///{root / 'resumable' / 'results.db'}"
+    mlflow_uri = f"sqlite:///{root / 'resumable' / 'mlflow.db'}"
+    before = (_state(db), _parent_status(mlflow_uri), api.trials("resumable", str(root)).to_dict())
+
+    refused = subprocess.run([STUDY_BIN, "resume", "resumable", "--dir", str(root)], env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "study 'resumable' cannot be resumed" in refused.stderr, refused.stderr
+    assert "earlier version of momentum-study" in refused.stderr and "RetiredSearchCls" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert (_state(db), _parent_status(mlflow_uri), api.trials("resumable", str(root)).to_dict()) == before
+    assert before[0] == "interrupted"
+
+
+def _state(db: str) -> str:
+    with sqlite3.connect(db.removeprefix("sqlite:///")) as c:
+        return c.execute("SELECT state FROM ms_studies").fetchone()[0]
+
+
+def _parent_status(uri: str) -> str:
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("resumable")
+    (parent,) = c.search_runs([exp.experiment_id], filter_string="tags.`momentum_study.role` = 'parent'")
+    return parent.info.status

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from trainables.config import ConfigError, TaskConfig
 from trainables.train import check_config
 
-# Samplers Optuna ships; "cmaes" also needs the `cmaes` package at run time.
+# Samplers Optuna ships; "cmaes" also needs the `cmaes` package (a dependency of this project).
 SamplerName = Literal["tpe", "cmaes", "gp", "random", "grid", "qmc"]
 METRICS = ("error", "loss", "averaged_error")
 # Used with fullmatch: `$` would also match before a trailing newline.

@@ -167,6 +167,35 @@ def test_a_tpe_study_asks_in_batches_and_records_what_unfused_records(ray_sessio
     assert {t.state.name for t in ot.trials} == {"COMPLETE"}
 
 
+def test_a_cmaes_study_trains_one_cma_generation_per_population(ray_session, tmp_path):
+    """CMA-ES asked for a population at once gets popsize = the population's configurations, so
+    after its start-up batch (asked before anything completed: Optuna samples it independently)
+    every population is exactly one CMA-ES generation, told to the optimizer as a whole."""
+    spec = load_spec({
+        "name": "cma-fused",
+        "task": "addition",
+        "config": {**CONFIG, "updates": 20},
+        "search": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                   "spectral_radius": {"type": "float", "low": 0.8, "high": 1.2}},
+        "sampler": {"type": "cmaes", "seed": 0},
+        "num_samples": 12,
+        "max_members": 4,
+        "max_concurrent_trials": 1,
+    })
+    loc = _run(spec, tmp_path)
+    t = api.trials(spec.name, results_db=loc.results_db).set_index("optuna_trial_number").sort_index()
+    assert list(t.index) == list(range(12)) and set(t["state"]) == {"completed"}
+    ot = optuna.load_study(study_name=spec.name, storage=loc.results_db)
+    generation = {tr.number: tr.system_attrs.get("cma:generation") for tr in ot.trials}
+    by_population = t.groupby("population", sort=False).apply(lambda g: sorted(g.index))
+    assert sorted(map(tuple, by_population)) == [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9, 10, 11)]
+    assert [generation[n] for n in range(12)] == [None] * 4 + [0] * 4 + [1] * 4
+    assert {tr.state.name for tr in ot.trials} == {"COMPLETE"}
+    for tr in ot.trials:  # each configuration's own value, at its own steps
+        assert tr.value == pytest.approx(t.loc[tr.number, "metric_value"], rel=1e-12)
+        assert tr.params["lr"] == pytest.approx(t.loc[tr.number, "lr"], rel=1e-15)
+
+
 def test_configurations_of_different_shapes_never_share_a_population(ray_session, tmp_path):
     spec = load_spec({
         "name": "shapes",
@@ -232,7 +261,6 @@ def test_batched_asks_get_a_constant_liar_for_tpe_and_a_popsize_for_cmaes_unless
 
     assert search.sampler(spec("tpe"), per_trial=4)._constant_liar is True
     assert search.sampler(spec("tpe", constant_liar=False), per_trial=4)._constant_liar is False
-    pytest.importorskip("cmaes")
     assert search.sampler(spec("cmaes"), per_trial=6)._popsize == 6
     assert search.sampler(spec("cmaes", popsize=10), per_trial=6)._popsize == 10
 

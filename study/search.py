@@ -37,7 +37,6 @@ from study.spec import (
     FloatParam,
     GridParam,
     IntParam,
-    SpecError,
     StudySpec,
     grid_points,
     optuna_sampler,
@@ -85,11 +84,6 @@ def sampler(spec: StudySpec, per_trial: int = 1) -> Any:
     Asked for ``per_trial`` configurations at once, TPE gets ``constant_liar`` (running trials count
     as bad, so one batch spreads out instead of repeating one point) and CMA-ES a ``popsize`` of the
     batch, unless the spec's sampler options set them."""
-    if spec.sampler.type == "cmaes":
-        try:
-            import cmaes  # noqa: F401
-        except ImportError:
-            raise SpecError("sampler.type='cmaes' needs the 'cmaes' package: pip install cmaes") from None
     extra: dict[str, Any] = {}
     if per_trial > 1 and spec.sampler.type == "tpe" and "constant_liar" not in spec.sampler.options:
         extra["constant_liar"] = True

@@ -73,9 +73,10 @@ def test_population_member_reproduces_its_solo_run_after_200_updates_in_float64(
         assert _rel(pop[k].error, solo.error) < 1e-12 and _rel(pop[k].loss, solo.loss) < 1e-12
 
 
-# float32 needs settings that do not amplify rounding (lr 1e-3 on mem5 at T = 30 turns a last-bit
-# difference of a threaded reduction into 1e-5 relative after 20 updates on one CPU and 1e-4 on
-# another, its float32 run as far from float64): mem5 here takes smaller steps.
+# float32 needs settings that do not amplify rounding: at lr 1e-3 on mem5 (T = 30) the last bit of a
+# two-thread reduction became 1e-5 relative in the loss after 20 updates on an AMD EPYC host (bit
+# for bit with one thread), as far as that run's float32 is from its float64. mem5 here takes
+# smaller steps.
 FLOAT32_POPULATIONS = POPULATIONS[:3] + [
     (MEMORIZATION, {"optimizer": "nag", "lr": [1e-4, 3e-5], "mu_0": [0.99, 0.9], "seed": [1, 2], "spectral_radius": [1.1, 1.3]}),
 ]

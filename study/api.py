@@ -11,7 +11,9 @@ MOMENTUM_STUDY_RESULTS_DB, else ./studies/<name>/results.db).
 ``query`` is read-only by construction, not by inspecting the SQL: SQLite is opened with
 ``mode=ro`` (it cannot write or create the file) and an authorizer that allows reading only;
 PostgreSQL runs the statement in a READ ONLY transaction. It stops after ``timeout`` seconds and
-returns at most ``max_rows`` rows (``df.attrs["rows_cut"]`` says how many more there were).
+returns at most ``max_rows`` rows (``df.attrs["rows_cut"]`` says how many more there were); rows
+are streamed, and a result of more than ``max_bytes`` is refused while it is read, so memory stays
+bounded whatever the SQL asks for.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ from sqlalchemy.pool import NullPool
 from study import results
 from study.locations import redact, resolve, studies_root
 
-# `study query` defaults (docs/study-specs.md): --timeout and --max-rows; 0 or None lifts a limit.
+# `study query` defaults (docs/results-db.md): --timeout, --max-rows and --max-bytes. In query()
+# None lifts a limit; the command line always has a time and a byte limit.
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_ROWS = 10_000
+DEFAULT_MAX_BYTES = 64 * 2**20
 _CHUNK = 1000
 
 
@@ -115,12 +119,18 @@ def _read(
     params: dict[str, Any] | None = None,
     timeout: float | None = None,
     max_rows: int | None = None,
+    max_bytes: int | None = None,
 ) -> pd.DataFrame:
     """Runs one statement read-only; ``params`` binds :name placeholders (our own SQL), else the
-    SQL goes to the driver as it is (a user's SQL: a ':' or ';' inside a string literal is data)."""
+    SQL goes to the driver as it is (a user's SQL: a ':' or ';' inside a string literal is data).
+
+    Rows are fetched a few at a time (as many as the byte budget leaves room for, at the size of
+    the largest row so far); the time limit is checked between fetches as well as inside SQLite."""
     shown = redact(str(target))
     engine = read_only_engine(target)
     cut, cut_exact = 0, True
+    deadline = time.monotonic() + timeout if timeout else None
+    size, largest = 0, 0  # largest 0: no row seen yet, so the first fetch is one row
     try:
         with engine.connect() as conn:
             dialect = engine.dialect.name
@@ -134,34 +144,58 @@ def _read(
                 raw: Any = conn.connection.dbapi_connection
                 # Set here, after SQLAlchemy's own set-up queries on the connection.
                 raw.set_authorizer(_sqlite_authorizer)
-                if timeout:
-                    deadline = time.monotonic() + timeout
+                if deadline is not None:
                     raw.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
-            if dialect == "postgresql":
-                conn = conn.execution_options(stream_results=True)  # a server-side cursor: rows come as fetched
+                if max_bytes:
+                    # No string or blob over the budget is ever built, in the result or on the way
+                    # (SQLite answers "string or blob too big"): one value cannot pass the limit.
+                    raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(1, min(max_bytes, 2**31 - 1)))
+            # Rows come as fetched: a server-side cursor on PostgreSQL; SQLite steps its cursor
+            # row by row anyway.
+            conn = conn.execution_options(stream_results=True)
             result = conn.execute(text(sql), params) if params is not None else conn.exec_driver_sql(sql)
             if not result.returns_rows:
                 raise QueryError(f"{ONLY_SELECT}: this statement returns no rows")
             columns = list(result.keys())
             rows: list[Any] = []
             while max_rows is None or len(rows) < max_rows:
-                want = _CHUNK if max_rows is None else min(_CHUNK, max_rows - len(rows))
+                _check_time(deadline, timeout)
+                want = _fetch_size(max_bytes, size, largest)
+                if max_rows is not None:
+                    want = min(want, max_rows - len(rows))
                 chunk = result.fetchmany(want)
+                for row in chunk:
+                    n = _row_bytes(row)
+                    size, largest = size + n, max(largest, n)
+                if max_bytes and size > max_bytes:
+                    raise QueryError(
+                        f"the query's result passed its byte limit: {_bytes(size)} in {len(rows) + len(chunk):,} rows "
+                        f"read, the limit is {_bytes(max_bytes)} (--max-bytes raises it; --max-rows or a narrower "
+                        "SELECT keeps the result smaller)"
+                    )
                 rows.extend(chunk)
                 if len(chunk) < want:
                     break
             else:
-                # Count what is cut without keeping it; the time limit may stop the count.
+                # Count what is cut without keeping it, as many at a time as the byte budget
+                # holds; the time limit may stop the count.
                 try:
-                    while chunk := result.fetchmany(_CHUNK):
+                    while True:
+                        if deadline is not None and time.monotonic() > deadline:
+                            cut_exact = False
+                            break
+                        chunk = result.fetchmany(_fetch_size(max_bytes, 0, largest))
+                        if not chunk:
+                            break
                         cut += len(chunk)
+                        largest = max([largest, *(_row_bytes(r) for r in chunk)])
                 except DBAPIError:
                     cut_exact = False
             result.close()
     except QueryError:
         raise
     except DBAPIError as exc:
-        raise QueryError(_explain(exc, timeout, shown)) from None
+        raise QueryError(_explain(exc, timeout, shown, max_bytes)) from None
     except SQLAlchemyError as exc:
         raise QueryError(f"results database {shown}: {_one_line(exc)}") from None
     finally:
@@ -173,14 +207,50 @@ def _read(
     return df
 
 
-def _explain(exc: DBAPIError, timeout: float | None, shown: str) -> str:
+def _fetch_size(max_bytes: int | None, size: int, largest: int) -> int:
+    """How many rows to fetch next: as many of the largest row so far as the byte budget has room
+    for (at least one, at most _CHUNK)."""
+    if not max_bytes:
+        return _CHUNK
+    if not largest:
+        return 1
+    return max(1, min(_CHUNK, (max_bytes - size) // largest))
+
+
+def _row_bytes(row: Any) -> int:
+    """What a row holds, in bytes: its strings and blobs by their length, anything else 8."""
+    return sum(len(v) if isinstance(v, (str, bytes, bytearray, memoryview)) else 8 for v in row)
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.4g} {unit} ({n:,} bytes)"
+    return f"{n:,} bytes"
+
+
+def _check_time(deadline: float | None, timeout: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise QueryError(_stopped(timeout))
+
+
+def _stopped(timeout: float | None) -> str:
+    return f"the query was stopped after {timeout:g} s, its time limit (--timeout raises it)"
+
+
+def _explain(exc: DBAPIError, timeout: float | None, shown: str, max_bytes: int | None = None) -> str:
     orig = exc.orig
     message = _one_line(orig if orig is not None else exc)
     if exc.statement is None:
         return f"--results-db {shown}: cannot connect: {message}"
     lowered = message.lower()
     if timeout and ("interrupted" in lowered or "statement timeout" in lowered or "canceling statement" in lowered):
-        return f"the query was stopped after {timeout:g} s (--timeout; 0 for no limit)"
+        return _stopped(timeout)
+    if max_bytes and "too big" in lowered:
+        return (
+            f"the query's result passed its byte limit: it holds (or builds) a value over {_bytes(max_bytes)}, "
+            "the limit (--max-bytes raises it)"
+        )
     if any(w in lowered for w in ("readonly", "read-only", "read only", "not authorized", "authorization denied")):
         return f"{ONLY_SELECT}: the database refused this statement ({message})"
     if "one statement at a time" in lowered:
@@ -237,17 +307,19 @@ def query(
     params: dict[str, Any] | None = None,
     timeout: float | None = DEFAULT_TIMEOUT_S,
     max_rows: int | None = DEFAULT_MAX_ROWS,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
 ) -> pd.DataFrame:
     """Runs one statement read-only on the study's results database and returns its rows.
 
-    Stops after ``timeout`` seconds and keeps the first ``max_rows`` rows (None or 0: no limit);
-    ``df.attrs["rows_cut"]`` is how many rows were left out (``rows_cut_exact`` False: at least
-    that many, the time limit stopped the count). ``params`` binds ``:name``
-    placeholders. Errors (a typo, an attempted write, the time limit) raise QueryError.
+    Stops after ``timeout`` seconds, keeps the first ``max_rows`` rows and refuses a result of
+    more than ``max_bytes`` (strings and blobs by their length, other values 8 bytes each); None
+    or 0 lifts a limit. ``df.attrs["rows_cut"]`` is how many rows were left out (``rows_cut_exact``
+    False: at least that many, the time limit stopped the count). ``params`` binds ``:name``
+    placeholders. Errors (a typo, an attempted write, a limit reached) raise QueryError.
     """
     if not sql.strip():
         raise QueryError(f"{ONLY_SELECT}: the query is empty")
-    return _read(_target(name, directory, results_db), sql, params, timeout or None, max_rows or None)
+    return _read(_target(name, directory, results_db), sql, params, timeout or None, max_rows or None, max_bytes or None)
 
 
 def trials(name: str, directory: str | None = None, results_db: str | None = None) -> pd.DataFrame:

@@ -34,6 +34,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="path to a study spec (YAML)")
     _locations_args(p, ray=True)
 
+    from study.plan_command import add_parser as add_plan
+
+    add_plan(sub)
+
     p = sub.add_parser("resume", help="continue an interrupted study")
     p.add_argument("name")
     _locations_args(p, ray=True)
@@ -68,8 +72,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("sql")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    p.add_argument("--timeout", type=float, help="stop the query after this many seconds (default 30; 0: no limit)")
+    p.add_argument("--timeout", type=float, help="stop the query after this many seconds (default 30; must be > 0)")
     p.add_argument("--max-rows", type=int, help="print at most this many rows (default 10000; 0: no limit)")
+    p.add_argument("--max-bytes", help="refuse a result larger than this, e.g. 500M or 2G (default 64M; "
+                   "strings and blobs by their length, other values 8 bytes)")
     _locations_args(p)
 
     p = sub.add_parser("ui", help="the MLflow UI on a study's store (127.0.0.1)")
@@ -119,12 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from study.api import QueryError
     from study.cluster import ClusterError
+    from study.locations import LocationError
     from study.results import ResultsDBError
     from study.spec import SpecError
 
     try:
+        if getattr(args, "name", None) is not None:
+            _check_name(args)
         return COMMANDS[args.command](args, out, err)
-    except (SpecError, QueryError, ResultsDBError, ClusterError) as exc:
+    except (SpecError, QueryError, ResultsDBError, ClusterError, LocationError) as exc:
         message = str(exc)
         if isinstance(exc, ResultsDBError):
             message = " ".join(message.split()) + "; check --results-db (MOMENTUM_STUDY_RESULTS_DB)"
@@ -145,6 +154,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return EXIT_INTERRUPTED
+
+
+def _check_name(args: argparse.Namespace) -> None:
+    """NAME is a study's name (the rule of a spec's `name`), never a path, before a command looks
+    anything up with it: `study delete ..` must not reach the directory above the studies."""
+    from study.locations import named_study_dir, studies_root
+
+    named_study_dir(studies_root(args.dir), args.name)
 
 
 def _loc(args: argparse.Namespace, name: str):
@@ -217,10 +234,13 @@ def _report_end(name: str, state: str, out: Console, loc) -> int:
         out.print(f"continue it with: study resume {name}", highlight=False)
         return EXIT_INTERRUPTED
     if state == "failed":
+        from study.outcome import ALL_FAILED
+
         out.print(f"study {name} failed: {reason or 'see the log above'}", highlight=False, soft_wrap=True)
-        out.print(f"continue it with: study resume {name}", highlight=False)
+        if not (reason or "").startswith(ALL_FAILED):  # the reason says what to do then
+            out.print(f"continue it with: study resume {name}", highlight=False)
         return EXIT_FAILED
-    out.print(f"study {name} {state}", highlight=False)
+    out.print(f"study {name} {state}" + (f": {reason}" if reason else ""), highlight=False, soft_wrap=True)
     out.print(f"  results database: {redact(loc.results_db)}", highlight=False, soft_wrap=True)
     out.print(f"  MLflow store:     {redact(loc.mlflow_uri)}", highlight=False, soft_wrap=True)
     out.print(f"  Ray Tune results: {loc.tune_uri}", highlight=False, soft_wrap=True)
@@ -268,6 +288,8 @@ def _cell(v) -> str:
         return ""
     if isinstance(v, bool):
         return str(v).lower()
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return f"<{len(v):,} bytes>"  # a blob is not read in a table (CSV and JSON carry every byte)
     if isinstance(v, float) or (hasattr(v, "dtype") and getattr(v.dtype, "kind", "") == "f"):
         v = float(v)
         if math.isnan(v):
@@ -463,9 +485,16 @@ def cmd_delete(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     from study import results
     from study.lock import StudyLock, StudyBusyError, is_locked
-    from study.locations import redact
+    from study.locations import LocationError, redact
 
     loc = _loc(args, args.name)
+    if loc.study_dir.is_symlink():
+        # rmtree would not follow it: the study's files would stay while it says "deleted".
+        raise LocationError(
+            f"study {args.name!r}: its directory {str(loc.study_dir)!r} is a symbolic link to "
+            f"{os.path.realpath(loc.study_dir)!r}; `study delete` does not follow links: remove the link, "
+            "or delete the study where it lives (--dir)"
+        )
     row = results.get_study(loc.results_db, args.name) if results.sqlite_path_exists(loc.results_db) else None
     if row is None and not loc.study_dir.is_dir():
         err.print(f"[bold red]error:[/] no study named {args.name!r} in {redact(loc.results_db)} or {loc.study_dir}",
@@ -475,6 +504,12 @@ def cmd_delete(args: argparse.Namespace, out: Console, err: Console) -> int:
         raise StudyBusyError(f"study {args.name!r} is running; `study stop {args.name}` first, then delete it")
     mlflow_uri = _study_mlflow_uri(loc, row.mlflow_uri if row is not None else None)
     tune_dir = _tune_dir(loc, row.tune_path if row is not None else None)
+    if tune_dir and not tune_dir.rstrip("/").endswith(f"/{args.name}/tune"):
+        # Every study keeps Tune's experiment in <place>/<name>/tune; a row naming another place
+        # (an edited or foreign database) does not get to remove it.
+        err.print(f"note: the Ray Tune directory the database names, {tune_dir}, is not <...>/{args.name}/tune; "
+                  "it is left as it is", highlight=False, soft_wrap=True)
+        tune_dir = None
     experiment = _mlflow_experiment(mlflow_uri, args.name)
     what: list[str] = []
     if row is not None:
@@ -511,7 +546,14 @@ def cmd_delete(args: argparse.Namespace, out: Console, err: Console) -> int:
     except StudyBusyError:
         raise StudyBusyError(f"study {args.name!r} started running; `study stop {args.name}` first") from None
     results.forget_engine(loc.results_db)
-    shutil.rmtree(loc.study_dir, ignore_errors=True)
+    problems: list[str] = []
+    if loc.study_dir.exists():
+        shutil.rmtree(loc.study_dir, onerror=lambda _f, path, exc: problems.append(f"{path}: {exc[1]}"))
+    if loc.study_dir.exists() or loc.study_dir.is_symlink():
+        err.print(f"[bold red]error:[/] study {args.name}: its rows and runs are deleted, but not all of the study "
+                  f"directory {loc.study_dir}: {'; '.join(problems[:3]) or 'it is still there'}",
+                  highlight=False, soft_wrap=True)
+        return EXIT_FAILED
     out.print(f"study {args.name} deleted", highlight=False)
     return 0
 
@@ -641,13 +683,20 @@ def cmd_results(args: argparse.Namespace, out: Console, err: Console) -> int:
 def cmd_query(args: argparse.Namespace, out: Console, err: Console) -> int:
     from study import api
 
+    import math
+
     timeout = api.DEFAULT_TIMEOUT_S if args.timeout is None else args.timeout
     max_rows = api.DEFAULT_MAX_ROWS if args.max_rows is None else args.max_rows
-    if not timeout >= 0:
-        raise api.QueryError(f"--timeout={args.timeout!r} is not allowed: need seconds >= 0 (0: no limit)")
+    if not (timeout > 0 and math.isfinite(timeout)):
+        # A query without a time limit can run forever (a recursive WITH never ends), and SQLite
+        # then gives Ctrl-C no chance either: every query has one.
+        raise api.QueryError(f"--timeout={args.timeout!r} is not allowed: need a number of seconds > 0 "
+                             f"(default {api.DEFAULT_TIMEOUT_S:g}); every query has a time limit")
     if max_rows < 0:
         raise api.QueryError(f"--max-rows={args.max_rows!r} is not allowed: need a count >= 0 (0: no limit)")
-    df = api.query(args.name, args.sql, args.dir, args.results_db, timeout=timeout, max_rows=max_rows)
+    max_bytes = api.DEFAULT_MAX_BYTES if args.max_bytes is None else _size(args.max_bytes, "--max-bytes")
+    df = api.query(args.name, args.sql, args.dir, args.results_db, timeout=timeout, max_rows=max_rows,
+                   max_bytes=max_bytes)
     _emit(df, args.format, out)
     if df.attrs.get("rows_cut"):
         err.print(
@@ -656,6 +705,23 @@ def cmd_query(args: argparse.Namespace, out: Console, err: Console) -> int:
             highlight=False,
         )
     return 0
+
+
+def _size(text: str, option: str) -> int:
+    """A byte count: digits with an optional K, M or G (powers of 1024), more than 0."""
+    from study import api
+
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (t[:-1], t[-1]) if t and t[-1] in "KMG" else (t, "")
+    try:
+        value = int(float(number) * units[unit]) if number else 0
+    except (ValueError, OverflowError):
+        value = 0
+    if value <= 0:
+        raise api.QueryError(f"{option}={text!r} is not allowed: need a size > 0 in bytes, or with K, M or G "
+                             f"(default {api.DEFAULT_MAX_BYTES // 2**20}M)")
+    return value
 
 
 def cmd_ui(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -774,8 +840,15 @@ def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
     return report_command(args, out, err)
 
 
+def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from study.plan_command import command
+
+    return command(args, out, err)
+
+
 COMMANDS = {
     "run": cmd_run,
+    "plan": cmd_plan,
     "resume": cmd_resume,
     "status": cmd_status,
     "stop": cmd_stop,

@@ -85,3 +85,15 @@ def ray_trial_device(requested: str) -> str:
     import torch
 
     return trial_device(requested, ray.get_gpu_ids(), torch.cuda.is_available(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def trial_gpus(requested: float | str, cluster_gpus: float) -> float:
+    """The GPUs a trial asks Ray for: ``resources.gpus`` as given, or for ``"auto"`` one GPU where
+    the Ray cluster has at least one (``ray.cluster_resources()["GPU"]``) and none elsewhere.
+
+    >>> trial_gpus("auto", 0.0), trial_gpus("auto", 8.0), trial_gpus(0.25, 8.0)
+    (0.0, 1.0, 0.25)
+    """
+    if requested == "auto":
+        return 1.0 if cluster_gpus >= 1 else 0.0
+    return float(requested)

@@ -57,8 +57,40 @@ class Locations:
         return None
 
 
+class LocationError(ValueError):
+    """A study name or place that cannot be used; the message names the option, the value and what
+    is allowed (exit code 2 on the command line)."""
+
+
 def studies_root(directory: str | os.PathLike[str] | None = None) -> Path:
-    return Path(directory or os.environ.get(ENV_DIR) or "studies").resolve()
+    given = directory or os.environ.get(ENV_DIR) or "studies"
+    try:
+        return Path(given).resolve()
+    except (RuntimeError, OSError) as exc:  # Python raises RuntimeError for a symbolic link loop
+        raise LocationError(
+            f"--dir ({ENV_DIR}) {str(given)!r} is not usable: {exc}; give a directory (or a symbolic link "
+            "that ends in one)"
+        ) from None
+
+
+def named_study_dir(root: Path, name: str) -> Path:
+    """``root/name`` for a NAME that is a study's name (study/names.py), never a path; a study
+    directory that is a symbolic link must stay inside ``root`` (commands read, write and delete
+    what it names)."""
+    from study.names import name_problem
+
+    problem = name_problem(name, "NAME")
+    if problem:
+        raise LocationError(f"study {problem}; a study is named, not given by its path (--dir says where studies are)")
+    path = root / name
+    if path.is_symlink():
+        target = Path(os.path.realpath(path))
+        if target == root or not target.is_relative_to(root) or not target.is_dir():
+            raise LocationError(
+                f"study {name!r}: its directory {str(path)!r} is a symbolic link to {str(target)!r}, "
+                f"which is not a study directory inside {str(root)!r}; give --dir the directory that holds it"
+            )
+    return path
 
 
 def resolve(
@@ -69,14 +101,15 @@ def resolve(
     ray_address: str | None = None,
     storage: str | None = None,
 ) -> Locations:
-    """Options first, then environment variables, then the embedded defaults."""
+    """Options first, then environment variables, then the embedded defaults. Raises
+    LocationError for a name that is not a study's name or a --dir that cannot be resolved."""
     root = studies_root(directory)
-    study_dir = root / name
+    here = named_study_dir(root, name)
     return Locations(
         root=root,
         name=name,
-        results_db=with_driver(results_db or os.environ.get(ENV_RESULTS_DB) or sqlite_url(study_dir / "results.db")),
-        mlflow_uri=with_driver(mlflow_uri or os.environ.get(ENV_MLFLOW) or sqlite_url(study_dir / "mlflow.db")),
+        results_db=with_driver(results_db or os.environ.get(ENV_RESULTS_DB) or sqlite_url(here / "results.db")),
+        mlflow_uri=with_driver(mlflow_uri or os.environ.get(ENV_MLFLOW) or sqlite_url(here / "mlflow.db")),
         ray_address=ray_address or os.environ.get(ENV_RAY) or None,
         storage=storage or os.environ.get(ENV_STORAGE) or None,
     )

@@ -17,15 +17,16 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from study.spec import StudySpec, task_config_dict
+from study.spec import MAX_MEMBERS, StudySpec, task_config_dict
 # MIXABLE_OPTIMIZERS: those one population may mix (one Nesterov and one momentum flag per member);
 # any other optimizer trains only beside configurations of the same optimizer.
 from trainables.config import MIXABLE_OPTIMIZERS, POPULATION_FIELDS, TaskConfig, parse_config
 
 # The trial config's key for the member table (a list of Configuration dicts).
 POPULATION_KEY = "population"
-# Without ``max_members``: members per trial at most this many, and no more than fit MEMORY_BUDGET
-# by the estimate below. 16 is where a population stops paying on two CPU cores (docs/benchmarks.md).
+# Without ``max_members``, on the CPU: members per trial at most this many, and no more than fit
+# MEMORY_BUDGET by the task's estimate. 16 is where a population stops paying on two CPU cores
+# (docs/benchmarks.md). On a GPU the device's memory sets the size (study/plan.py).
 DEFAULT_MAX_MEMBERS = 16
 MEMORY_BUDGET = 2 << 30
 
@@ -102,41 +103,39 @@ def training_config(spec: StudySpec, configs: list[Configuration]) -> TaskConfig
 
 
 def member_bytes(cfg: TaskConfig) -> int:
-    """A rough upper estimate of one member's memory in training: its weights about six times
-    (theta, velocity, gradient, gradient point, optimizer state, a checkpoint copy) plus the
-    activations of a minibatch, which BPTT keeps for every time step three times over."""
-    from trainables.tasks import family
+    """One member's training memory, by its task's own estimate (trainables/tasks/memory.py)."""
+    from trainables.tasks.memory import estimate
 
-    size = 8 if cfg.dtype == "float64" else 4
-    if family(cfg.task) == "autoencoder":
-        from trainables.tasks.autoencoder import PAPER_BATCH_SIZE, layer_sizes
-
-        sizes = layer_sizes(cfg.task)
-        weights = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-        activations = 3 * sum(sizes) * (cfg.batch_size or PAPER_BATCH_SIZE)
-    else:
-        from trainables.data.rnn_problems import PROBLEMS
-        from trainables.tasks.rnn import HIDDEN_UNITS, PAPER_BATCH_SIZE
-
-        problem = PROBLEMS[cfg.task]
-        H = HIDDEN_UNITS
-        weights = problem.n_in * H + H * H + H + H * problem.n_out + problem.n_out
-        length = cfg.seq_length or problem.default_length
-        activations = 3 * length * (cfg.batch_size or PAPER_BATCH_SIZE) * H
-    return size * (6 * weights + activations)
+    return estimate(cfg).member_bytes
 
 
-def default_max_members(cfg: TaskConfig) -> int:
-    return max(1, min(DEFAULT_MAX_MEMBERS, MEMORY_BUDGET // member_bytes(cfg)))
+def default_max_members(cfg: TaskConfig, device: str = "cpu", budget: int | None = None) -> int:
+    """Members per trial without ``max_members``. On the CPU at most DEFAULT_MAX_MEMBERS and what
+    fits MEMORY_BUDGET; on a GPU what fits ``budget`` (the trial's share of its device, study/plan.py),
+    at most MAX_MEMBERS. The training data the members share counts once."""
+    from trainables.tasks.memory import estimate
+
+    est = estimate(cfg)
+    if device == "gpu":
+        return max(1, min(MAX_MEMBERS, (int(budget or MEMORY_BUDGET) - est.shared_bytes) // est.member_bytes))
+    return max(1, min(DEFAULT_MAX_MEMBERS, (MEMORY_BUDGET - est.shared_bytes) // est.member_bytes))
 
 
-def configs_per_trial(spec: StudySpec, cfg: TaskConfig, slots: int) -> int:
+def configs_per_trial(spec: StudySpec, cfg: TaskConfig, slots: int, device: str = "cpu",
+                      budget: int | None = None, memory=None) -> int:
     """How many configurations one Ray trial trains: 1 with ``fuse: off``; else as many as
-    ``max_members`` allows (a configuration's repeats never split), but no fewer trials than
-    ``slots`` (trials that can run at once) while there are configurations enough to fill them."""
+    ``max_members`` (or the device's default, above) allows, and no more than fit ``budget``
+    bytes by the task's estimate (``memory``, else ``cfg``'s) when given (a configuration's
+    repeats never split), but no fewer trials than ``slots`` (trials that can run at once) while
+    there are configurations enough to fill them."""
     if spec.fuse == "off":
         return 1
-    cap = spec.max_members or default_max_members(cfg)
+    cap = spec.max_members or default_max_members(cfg, device, budget)
+    if budget is not None:
+        from trainables.tasks.memory import estimate
+
+        est = memory or estimate(cfg)
+        cap = min(cap, max(1, (int(budget) - est.shared_bytes) // est.member_bytes))
     per_trial = max(1, cap // spec.repeats)
     spread = math.ceil(spec.trials / max(1, slots))
     return max(1, min(per_trial, spread))

@@ -49,6 +49,8 @@ def check(spec: Any, loc: Any) -> None:
             check_directory(local / loc.name / "tune", STORAGE_OPTION)
     if loc.ray_address is None:
         check_resources(spec, None)
+        check_memory(spec, None)
+        check_data(spec)
     check_results_db(loc.results_db)
     check_mlflow(loc.mlflow_uri)
     if loc.ray_address:
@@ -86,9 +88,12 @@ def check_resources(spec: Any, cluster_resources: dict[str, dict[str, float]] | 
     """
     nodes = local_resources() if cluster_resources is None else cluster_resources
     where = "this machine" if cluster_resources is None else "the cluster"
-    cpus, gpus = float(spec.resources.cpus), float(spec.resources.gpus)
     if not nodes:
         raise SpecError(f"resources are not available: {where} has no live node")
+    from study.devices import trial_gpus
+
+    cpus = float(spec.resources.cpus)
+    gpus = trial_gpus(spec.resources.gpus, sum(n.get("GPU", 0) for n in nodes.values()))
     most_cpus = max(n.get("CPU", 0) for n in nodes.values())
     most_gpus = max(n.get("GPU", 0) for n in nodes.values())
     if cpus > most_cpus:
@@ -109,8 +114,73 @@ def check_resources(spec: Any, cluster_resources: dict[str, dict[str, float]] | 
         )
 
 
+def check_memory(spec: Any, machine: Any) -> None:
+    """Refuses a study one of whose configurations cannot fit the memory its trial gets: this
+    machine's (``machine`` None: the memory available now, or its GPU's where the trials get one)
+    or a Ray cluster's (study.plan.ray_machine). The sizes are the tasks' own estimates; the error
+    names the fields that set them (study/plan.py, check_fits)."""
+    from study import plan
+
+    plan.make_plan(spec, plan.this_machine() if machine is None else machine)
+
+
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
+
+
+# --- data files ----------------------------------------------------------------------------------
+
+
+def check_data(spec: Any) -> None:
+    """Refuses ``dataset: original`` when ``data_dir`` is not a directory holding the task's files
+    on this machine (where a local Ray runs the trials): otherwise every trial would fail on it.
+    Only their presence is checked; a file that is there but cannot be read fails its trials."""
+    from trainables.data.autoencoder_files import DEFAULT_DATA_DIR, KNOWN_FILES, MNIST_IDX_FILES, TASK_FILES
+
+    if spec.task not in TASK_FILES:
+        return  # generated data (the RNN problems): nothing to find
+    datasets = _values(spec, "dataset", "replica")
+    if "original" not in datasets:
+        return
+    for field, data_dir in _fields(spec, "data_dir", None):
+        directory = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).absolute()
+        shown = f"{field}={data_dir!r}" if data_dir is not None else f"{field} (not given: {DEFAULT_DATA_DIR!r})"
+        if not directory.is_dir():
+            raise SpecError(
+                f"{shown} is not allowed with dataset: original: no such directory on this machine; "
+                f"task {spec.task} reads {_expected(spec.task)} from it"
+            )
+        if spec.task == "mnist":
+            idx = all(any((directory / f"{stem}{gz}").is_file() for gz in (".gz", "")) for stem in MNIST_IDX_FILES.values())
+            if (directory / TASK_FILES["mnist"]).is_file() or idx:
+                continue
+        elif (directory / TASK_FILES[spec.task]).is_file():
+            continue
+        raise SpecError(
+            f"{shown} is not allowed with dataset: original: the directory holds no {_expected(spec.task)}, "
+            f"which task {spec.task} reads; download: {KNOWN_FILES[TASK_FILES[spec.task]].url}"
+        )
+
+
+def _expected(task: str) -> str:
+    from trainables.data.autoencoder_files import MNIST_IDX_FILES, TASK_FILES
+
+    if task == "mnist":
+        idx = " and ".join(f"{stem}[.gz]" for stem in MNIST_IDX_FILES.values())
+        return f"{TASK_FILES[task]} (or the IDX files {idx})"
+    return TASK_FILES[task]
+
+
+def _fields(spec: Any, field: str, default: Any) -> list[tuple[str, Any]]:
+    """(where, value) of a training config field: each searched choice, or the fixed value."""
+    param = spec.search.get(field)
+    if param is not None and hasattr(param, "values"):
+        return [(f"search.{field}.values[{i}]", v) for i, v in enumerate(param.values)]
+    return [(f"config.{field}", spec.config.get(field, default))]
+
+
+def _values(spec: Any, field: str, default: Any) -> list[Any]:
+    return [v for _, v in _fields(spec, field, default)]
 
 
 # --- places on disk ------------------------------------------------------------------------------
@@ -129,7 +199,10 @@ def check_directory(path: Path, option: str) -> None:
         if probe.parent == probe:
             break
         if probe.is_symlink():
-            raise SpecError(f"{option} {str(path)!r} is not usable: {str(probe)!r} is a dangling symbolic link")
+            raise SpecError(
+                f"{option} {str(path)!r} is not usable: {str(probe)!r} is a symbolic link that leads nowhere "
+                "(dangling, or a loop)"
+            )
         probe = probe.parent
     if not probe.is_dir():
         raise SpecError(f"{option} {str(path)!r} is not usable: {str(probe)!r} is a file, not a directory")
@@ -139,14 +212,14 @@ def check_directory(path: Path, option: str) -> None:
 
 def _local_path(location: str) -> Path | None:
     """The filesystem path of a local location (a path or file:// URI); None for s3://, gs://..."""
-    if "://" not in location:
-        return Path(location).resolve()
-    parts = urlsplit(location)
-    if parts.scheme == "file":
-        from urllib.parse import unquote
+    if "://" in location and urlsplit(location).scheme != "file":
+        return None
+    from urllib.parse import unquote
 
-        return Path(unquote(parts.path)).resolve()
-    return None
+    path = Path(location if "://" not in location else unquote(urlsplit(location).path))
+    # os.path.realpath, not Path.resolve: Python raises RuntimeError for a symbolic link loop, and
+    # check_directory says what is wrong with such a place.
+    return Path(os.path.realpath(path))
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -163,7 +236,7 @@ def _sqlite_file(url: str) -> Path | None:
         from urllib.parse import unquote
 
         db = unquote(urlsplit(db).path)
-    return Path(db).resolve()
+    return Path(os.path.realpath(db))  # not Path.resolve, which raises RuntimeError on a link loop
 
 
 # --- databases, MLflow, Ray ----------------------------------------------------------------------
@@ -184,10 +257,19 @@ def check_database(url: str, option: str) -> None:
     from sqlalchemy.engine import make_url
 
     if make_url(url).get_backend_name() == "sqlite":
-        if path is not None:
-            if path.exists() and not path.is_file():
-                raise SpecError(f"{option} {shown!r} is not usable: {str(path)!r} is not a file")
-            check_directory(path.parent, option)
+        if path is None:
+            raise SpecError(
+                f"{option} {shown!r} is not allowed: an in-memory SQLite database ends with the process that "
+                "opened it, so it cannot hold a study (nothing would be left for `study resume`, `study results` "
+                "or `study ui`); give a file (sqlite:////abs/path.db) or a database server"
+            )
+        if path.is_symlink():  # what realpath could not resolve
+            raise SpecError(f"{option} {shown!r} is not usable: {str(path)!r} is a symbolic link loop")
+        if path.exists() and not path.is_file():
+            raise SpecError(f"{option} {shown!r} is not usable: {str(path)!r} is not a file")
+        if path.is_file():
+            check_sqlite_file(path, option, shown)
+        check_directory(path.parent, option)
         return
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
@@ -217,6 +299,24 @@ def check_database(url: str, option: str) -> None:
         ) from None
     finally:
         engine.dispose()
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(path: Path, option: str, shown: str | None) -> None:
+    """An existing file is an SQLite database (its 16-byte header) or empty (SQLite starts one in
+    it): anything else would fail only once the study has started Ray and written elsewhere."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise SpecError(f"{option} {shown!r} is not usable: {str(path)!r} cannot be read ({exc.strerror})") from None
+    if head and head != SQLITE_HEADER:
+        raise SpecError(
+            f"{option} {shown!r} is not usable: {str(path)!r} is not an SQLite database (it starts with "
+            f"{head[:16]!r}); give a new file or an existing SQLite database"
+        )
 
 
 def check_mlflow(uri: str) -> None:

@@ -190,10 +190,14 @@ def forget_engine(url: str) -> None:
         engine.dispose()
 
 
+BUSY_TIMEOUT_MS = 60_000
+CHECKPOINT_WAIT_MS = 5_000
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=60000")
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     # WAL: a long `study report` or `study query` (readers) never blocks the driver's writes, and
     # the writes never block them. The mode is stored in the file, so read-only openers see it too.
     cur.execute("PRAGMA journal_mode=WAL")
@@ -341,7 +345,10 @@ def adopt_trial(url: str, study_id: int, optuna_trial_number: int, trial_id: str
             return False
         for row in rows[1:]:
             s.delete(row)
-        rows[0].trial_id = trial_id
+        row = rows[0]
+        row.trial_id = trial_id
+        # Where it ran is the new population's to say (start_trial fills only empty fields).
+        row.population = row.hostname = row.node_ip = row.ray_node_id = row.worker_pid = None
         return True
 
 
@@ -439,6 +446,26 @@ def delete_study(url: str, name: str) -> None:
 def get_study(url: str, name: str) -> StudyRow | None:
     with session_scope(url) as s:
         return s.execute(select(StudyRow).where(StudyRow.name == name)).scalar_one_or_none()
+
+
+def checkpoint(url: str) -> tuple[int, int, int] | None:
+    """Moves an SQLite database's write-ahead log into the database file and empties the log
+    (PRAGMA wal_checkpoint(TRUNCATE)), so that results.db alone, copied or mailed, is the whole
+    study. Called when a study ends: SQLite folds the log in by itself only when the last
+    connection to the file closes, which a killed driver never does and which cannot happen while
+    another process (a notebook, `sqlite3`) holds the file open. Returns SQLite's (busy, log
+    frames, frames checkpointed), or None for another database."""
+    if not url.startswith("sqlite") or not sqlite_path_exists(url):
+        return None
+    with engine_for(url).connect() as conn:
+        # A reader in the middle of a long query makes TRUNCATE wait for it: a few seconds, not the
+        # minute the driver's writes wait (busy = 1 then: the rest lands at the next end).
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
+        try:
+            busy, log, done = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+        finally:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return int(busy), int(log), int(done)
 
 
 def sqlite_path_exists(url: str) -> bool:

@@ -98,23 +98,26 @@ def prepare(spec: StudySpec, loc: Locations) -> int:
     return math.ceil(cfg.updates / cfg.report_every)
 
 
-def configs_per_trial(spec: StudySpec) -> int:
-    """How many configurations a Ray trial trains (study/population.py), for the Ray just started:
-    the trials that can run at once are ``max_concurrent_trials``, else what its resources hold."""
-    import ray
+def configs_per_trial(spec: StudySpec, loc: Locations | None = None) -> int:
+    """How many configurations a Ray trial trains, for the Ray just started: study/plan.py's
+    make_plan, the function `study plan` prints (the trials that can run at once are
+    ``max_concurrent_trials``, else what the cluster's resources hold; the device and its memory
+    size the population)."""
+    from study import plan
 
-    from study.population import configs_per_trial as per_trial
-
-    slots = spec.max_concurrent_trials
-    if slots is None:
-        have = ray.cluster_resources()
-        slots = int(have.get("CPU", 1) // spec.resources.cpus)
-        if spec.resources.gpus:
-            slots = min(slots, int(have.get("GPU", 0) // spec.resources.gpus))
-    return per_trial(spec, check_configs(spec), max(1, slots))
+    local = loc is None or not loc.ray_address
+    return plan.make_plan(spec, plan.ray_machine(local)).configs_per_trial
 
 
 def _refuse_existing(spec: StudySpec, loc: Locations) -> None:
+    own = loc.study_dir / "results.db"
+    if loc.results_db == results.sqlite_url(own) and own.exists():
+        # Judged by the file, not by opening it: opening an SQLite database in WAL mode rewrites its
+        # -wal and -shm files, and a refused run must leave the existing study as it was.
+        raise StudyExistsError(
+            f"study {spec.name!r} already exists: {loc.study_dir} holds its results database; continue it with "
+            f"`study resume {spec.name}`, delete it with `study delete {spec.name}`, or give the spec another name"
+        )
     if results.sqlite_path_exists(loc.results_db) and results.get_study(loc.results_db, spec.name):
         raise StudyExistsError(
             f"study {spec.name!r} already exists in {redact(loc.results_db)}: continue it with "
@@ -143,6 +146,9 @@ def init_ray(loc: Locations, spec: StudySpec) -> None:
         env = {MLFLOW_URI_ENV: secret} if secret else {}
         ray.init(address=loc.ray_address, runtime_env={"env_vars": env} if env else None, **kwargs)
         preflight.check_resources(spec, _node_resources())
+        from study.plan import ray_machine
+
+        preflight.check_memory(spec, ray_machine(local=False))
         return
     from study.local_ray import start_local_ray
 
@@ -156,7 +162,15 @@ def _node_resources() -> dict[str, dict[str, float]]:
 
 
 def trainable(spec: StudySpec) -> Any:
-    return tune.with_resources(run_trial, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
+    """The trial with its resources; ``gpus: auto`` resolved against the Ray this driver is on."""
+    from study.plan import trial_resources
+
+    gpus = 0.0
+    if spec.resources.gpus == "auto":
+        import ray
+
+        gpus = ray.cluster_resources().get("GPU", 0)
+    return tune.with_resources(run_trial, trial_resources(spec, gpus))
 
 
 def run_config(spec: StudySpec, loc: Locations, callbacks: list) -> Any:
@@ -241,7 +255,7 @@ def _start(spec: StudySpec, loc: Locations, reports: int, console: Any, undo: li
         trainable(spec),
         param_space={CONTEXT_KEY: context},
         tune_config=tune.TuneConfig(
-            search_alg=search.searcher(spec, loc.results_db, configs_per_trial(spec)),
+            search_alg=search.searcher(spec, loc.results_db, configs_per_trial(spec, loc)),
             scheduler=scheduler(spec, reports),
             # An upper bound (a trial trains at least one configuration): the searcher says when
             # every configuration has been handed out.
@@ -306,6 +320,9 @@ def resume(name: str, loc: Locations, console: Any = None) -> str:
             _rebase_search_state(path)
         init_ray(loc, spec)
         search.use_storage(loc.results_db)  # the restored searcher re-attaches to it
+        # ... and takes the populations of the trials Tune restores as those that exist, not the
+        # older ones its own pickle may hold (study/search.py).
+        search.use_restored_populations(_restored_populations(path))
         # Restored before anything is written: an experiment that cannot be restored leaves the
         # study's state, its MLflow runs and the journal as they were.
         tuner = _restore(name, path, spec)
@@ -347,6 +364,19 @@ def _restore(name: str, path: str, spec: StudySpec) -> Any:
         ) from None
 
 
+def _restored_populations(path: str) -> dict[str, list[dict[str, Any]]] | None:
+    """The member table of every trial in the experiment state Tune resumes from (the newest), or
+    None if it cannot be read (Tuner.restore then says why; the searcher goes by its own file)."""
+    from study.population import POPULATION_KEY
+
+    try:
+        trials = tune.ExperimentAnalysis(path).trials
+    except Exception as exc:
+        log.warning("could not read the trials of Tune's saved state: %s", scrub(str(exc))[:300])
+        return None
+    return {t.trial_id: list(t.config.get(POPULATION_KEY) or []) for t in trials}
+
+
 def _rebase_search_state(tune_dir: str) -> None:
     """Ray Tune restores a moved experiment's trials at its new place (TuneController._restore_trials)
     but not the pickled Experiment of its search generator, so trials created after the restore
@@ -384,28 +414,33 @@ def _fit_and_conclude(spec: StudySpec, loc: Locations, tuner: Any, recorder: Any
     except Exception as exc:  # the driver itself failed: the study must still end in a true state
         log.exception("study %s failed", spec.name)
         failure = ("failed", f"the driver failed: {scrub(f'{type(exc).__name__}: {exc}')[:2000]}")
-    return conclude(spec, loc, recorder, parent_run_id, failure)
+    state = conclude(spec, loc, recorder, parent_run_id, failure)
+    _checkpoint(loc)
+    return state
+
+
+def _checkpoint(loc: Locations) -> None:
+    """The study's SQLite results database whole in its file (docs/results-db.md); never raises."""
+    try:
+        busy = (results.checkpoint(loc.results_db) or (0,))[0]
+        if busy:
+            log.warning("results database: a reader kept part of the write-ahead log; it lands at the next end")
+    except Exception as exc:
+        log.warning("could not checkpoint the results database's write-ahead log: %s", scrub(str(exc)))
 
 
 def conclude(spec: StudySpec, loc: Locations, recorder: Any, parent_run_id: str | None,
              failure: tuple[str, str] | None = None) -> str:
-    """Lands pending writes, decides the study's state and reason, and writes them everywhere it
-    can; never raises (the reason says what could not be written)."""
+    """Lands pending writes, decides the study's state and reason (by outcome.study_state), and
+    writes them everywhere it can; never raises (the reason says what could not be written)."""
     store_problem = recorder.drain()
-    state, reason = failure or (None, None)
+    ended: dict[str, int] = {}
+    first_error = None
     try:
-        done = _finish_rows(spec, loc, failed=bool(failure or store_problem))
+        ended, first_error = _finish_rows(spec, loc, failed=bool(failure or store_problem))
     except Exception as exc:
-        done, store_problem = None, store_problem or f"results database unreachable ({scrub(str(exc))[:300]})"
-    if store_problem:
-        state = "failed"
-        reason = "; ".join(r for r in (reason, store_problem) if r) + f"; `study resume {spec.name}` lands them once it is back"
-    elif state is None:
-        if done is not None and done >= spec.trials:
-            state = "completed"
-        else:
-            state = "interrupted"
-            reason = f"stopped with {done} of {spec.trials} trials finished; `study resume {spec.name}` continues"
+        store_problem = store_problem or f"results database unreachable ({scrub(str(exc))[:300]})"
+    state, reason = outcome.study_state(ended, spec.trials, spec.name, failure, store_problem, first_error)
     # The state goes through the results DB's write queue: with the database down it is journaled
     # (and lands with `study resume`); `study status` meanwhile shows a study without a driver.
     if not recorder.db.write({"kind": "study", "trial_id": "", "state": state, "reason": reason}):
@@ -423,8 +458,9 @@ def conclude(spec: StudySpec, loc: Locations, recorder: Any, parent_run_id: str 
     return state
 
 
-def _finish_rows(spec: StudySpec, loc: Locations, failed: bool) -> int:
-    """Settles the rows at the end of a run; returns how many trials finished.
+def _finish_rows(spec: StudySpec, loc: Locations, failed: bool) -> tuple[dict[str, int], str | None]:
+    """Settles the rows at the end of a run; returns how many configurations ended in each
+    terminal state, and the last line of the first failed one's error.
 
     Running trials of an unfinished study become pending (`study resume` continues them). Once
     every trial finished, Optuna trials that no trial took over after a hard kill are failed, so
@@ -435,6 +471,8 @@ def _finish_rows(spec: StudySpec, loc: Locations, failed: bool) -> int:
     with results.session_scope(loc.results_db) as s:
         study = s.execute(select(results.StudyRow).where(results.StudyRow.name == spec.name)).scalar_one()
         done = sum(t.state in TERMINAL for t in study.trials)
+        ended = {state: sum(t.state == state for t in study.trials) for state in TERMINAL}
+        errors = [t.error_message for t in sorted(study.trials, key=lambda t: t.id) if t.state == "failed" and t.error_message]
         numbers = {t.optuna_trial_number for t in study.trials}
         finished = {t.optuna_trial_number: (t.state, t.objective) for t in study.trials
                     if t.state in TERMINAL and t.optuna_trial_number is not None}
@@ -445,7 +483,13 @@ def _finish_rows(spec: StudySpec, loc: Locations, failed: bool) -> int:
                 .values(state="pending")
             )
     _settle_optuna(spec, loc, finished, numbers if done >= spec.trials and not failed else None)
-    return done
+    return ended, _last_line(errors[0]) if errors else None
+
+
+def _last_line(error: str) -> str:
+    """A traceback's last line (the exception), which is what a reason has room for."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    return scrub(lines[-1] if lines else error)[:300]
 
 
 def _settle_optuna(spec: StudySpec, loc: Locations, finished: dict[int, tuple[str, float | None]],

@@ -16,11 +16,22 @@ a fused study needs a member table per trial (study/population.py) and a value p
 - Nothing secret is pickled: Tune writes the searcher into its experiment directory, so the
   storage (whose URL may hold a password) is dropped on pickling and re-attached from
   ``use_storage()`` by the process that restores it.
-- After a hard kill, Tune's saved state can be older than Optuna's: Optuna trials asked but in no
-  population Tune knows stay RUNNING ("orphans"), and some may even have finished. On restore,
-  orphans are handed to the next populations (a grid point's orphan when the walk reaches that
-  point, so no point is trained twice), finished ones count as done, and configurations Optuna
-  already finished are not told again (Optuna would raise UpdateFinishedTrialError).
+- After a hard kill, the searcher's pickle in Tune's experiment directory is not the truth: Tune
+  saves it every ten seconds or so (and a kill can fall between Tune's trial list and the
+  searcher's file), while Optuna's storage is written at every ask and tell. So a restored
+  searcher keeps only its settings and rebuilds what it knows from two sources: the populations
+  of the trials Tune restores (``use_restored_populations``, from the experiment state Tune resumes
+  from) and the Optuna storage. An Optuna trial in one of those populations is trained there;
+  one asked but in none of them (still RUNNING: an "orphan") is handed to the next population
+  with its own values (a grid point's when the walk reaches that point), never asked again; one
+  that finished counts as done; configurations Optuna already finished are not told again
+  (Optuna would raise UpdateFinishedTrialError).
+- The sampler is state too: its random generator after the newest ask is kept in the Optuna
+  storage with that ask (``SAMPLER_ATTR``), and a restored searcher continues from it. The
+  pickle's older generator would draw again the values it had drawn for the trials asked since,
+  and a resumed study would train those values twice (issue 18). A kill between an ask and
+  the write of its sampler leaves no state that has not drawn them: the sampler is then reseeded
+  (``reseed_rng``), so the study stays without duplicates, though no longer seed-reproducible.
 """
 
 from __future__ import annotations
@@ -51,6 +62,15 @@ _storage_url: str | None = None
 # Ray trial id -> its MLflow run, from the driver's recorder (study/recorder.py), for the Optuna
 # trial's user attributes (optuna-dashboard links a trial to its run with them).
 _mlflow_runs: dict[str, str] = {}
+# Ray trial id -> member table of every trial Tune restores, from the experiment state Tune
+# resumes from (set by `study resume`; None in a new study): what a restored searcher takes as
+# the populations that exist (module docstring).
+_restored: dict[str, list[dict[str, Any]]] | None = None
+# The Optuna study system attribute holding the sampler (pickled, base64) right after the newest
+# ask: {"after": that trial's number, "state": ...}. Optuna's own CmaEsSampler keeps its optimizer
+# in the storage the same way. About 11 KB (two random generators); GPSampler's grows by about
+# 1 KB per finished trial (its cache of fitted GPs).
+SAMPLER_ATTR = "momentum_study:sampler"
 
 
 def note_mlflow_run(trial_id: str, run_id: str) -> None:
@@ -61,6 +81,12 @@ def use_storage(url: str) -> None:
     """Sets the Optuna storage URL that searchers unpickled in this process re-attach to."""
     global _storage_url
     _storage_url = url
+
+
+def use_restored_populations(tables: dict[str, list[dict[str, Any]]] | None) -> None:
+    """The member tables of the Ray trials Tune is about to restore (None: a new study)."""
+    global _restored
+    _restored = None if tables is None else {tid: list(t) for tid, t in tables.items()}
 
 
 def distributions(spec: StudySpec) -> dict[str, Any]:
@@ -102,6 +128,7 @@ def optuna_storage(url: str) -> Any:
 def searcher(spec: StudySpec, results_db: str, per_trial: int) -> "PopulationSearch":
     """The study's searcher, its Optuna study created in the results database."""
     use_storage(results_db)
+    use_restored_populations(None)
     found = PopulationSearch(spec, per_trial, sampler(spec, per_trial))
     found.open(results_db)
     # The objective's name in optuna-dashboard: the study's metric, not "Objective 0"
@@ -134,11 +161,10 @@ class PopulationSearch(Searcher):
             order = sorted(range(len(points)), key=lambda i: population.shape_key(spec, points[i]))
             self._grid = [points[i] for i in order]
         self._next_grid = 0
-        self._handed = 0  # configurations taken from Optuna (asked, or orphans taken over)
+        self._handed = 0  # configurations asked of Optuna (orphans included: they were asked)
         self._populations: dict[str, list[dict[str, Any]]] = {}  # Ray trial id -> member table
         self._ids: dict[str, int] = {}  # configuration id -> Optuna trial id (storage's)
         self._held: list[int] = []  # asked, but of another shape than the population being filled
-        self._lost: set[int] = set()  # finished Optuna trials no saved population knows, counted once
         self._told: set[str] = set()
         self._orphans: list[int] = []
         self._grid_orphans: dict[str, int] = {}
@@ -189,8 +215,9 @@ class PopulationSearch(Searcher):
                                             load_if_exists=True)
 
     def _attach(self, url: str) -> None:
-        """Re-opens the Optuna study after a restore, and sorts out what Tune's saved state (older
-        than Optuna's after a hard kill) does not know (module docstring)."""
+        """Re-opens the Optuna study after a restore, and rebuilds what the searcher knows from the
+        populations Tune restores and from Optuna's storage, not from its own pickle (module
+        docstring)."""
         import optuna
         from optuna.trial import TrialState
 
@@ -198,11 +225,20 @@ class PopulationSearch(Searcher):
         self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler,
                                            pruner=optuna.pruners.NopPruner())
         study = self._ot_study
-        # A grid point enqueued but never asked (WAITING) is asked when the walk reaches it (_ask_point).
-        known = set(self._ids.values()) | set(self._held)
-        self._orphans, self._grid_orphans = [], {}
-        for t in study.get_trials(deepcopy=False):
-            if t._trial_id in known or t.user_attrs.get("abandoned"):
+        trials = study.get_trials(deepcopy=False)
+        tables = _restored if _restored is not None else self._populations
+        self._populations = {tid: list(table) for tid, table in tables.items() if table}
+        by_number = {t.number: t._trial_id for t in trials}
+        self._ids = {c["config_id"]: by_number[c["number"]] for table in self._populations.values() for c in table
+                     if c["number"] in by_number}
+        known = set(self._ids.values())
+        self._held, self._orphans, self._grid_orphans, self._grid_done = [], [], {}, set()
+        # A grid is walked again from its start: every point with a trial is done or an orphan, and
+        # one enqueued but never asked (WAITING) is asked when the walk reaches it (_ask_point).
+        self._next_grid = 0
+        asked, newest = 0, None
+        for t in trials:
+            if t.user_attrs.get("abandoned"):
                 continue
             complete = set(t.params) == set(self._space)
             if t.state == TrialState.RUNNING and not complete and self._grid is not None and "fixed_params" in t.system_attrs:
@@ -212,24 +248,50 @@ class PopulationSearch(Searcher):
                 for name, dist in self._space.items():
                     trial.suggest_categorical(name, dist.choices)
                 t, complete = _frozen(study, t._trial_id), True
-            if t.state == TrialState.RUNNING:
-                if not complete:  # killed in the middle of sampling: nothing of it ran
+            if not complete:
+                if t.state == TrialState.RUNNING:  # killed in the middle of sampling: nothing of it ran
                     optuna.trial.Trial(study, t._trial_id).set_user_attr("abandoned", True)
                     tell(study, t.number, state=TrialState.FAIL)
-                elif self._grid is not None:
-                    self._grid_orphans[_key(t.params)] = t._trial_id
-                else:
-                    self._orphans.append(t._trial_id)
-            elif t.state in (TrialState.COMPLETE, TrialState.PRUNED) and complete:
-                # Trained in a population Tune's saved state lost: done, not trained again.
+                continue
+            asked += 1
+            newest = t.number if newest is None else max(newest, t.number)
+            if t._trial_id in known or t.state != TrialState.RUNNING:
+                # Trained by a population Tune resumes, or finished in one Tune's state lost: done.
                 if self._grid is not None:
                     self._grid_done.add(_key(t.params))
-                elif t._trial_id not in self._lost:
-                    self._lost.add(t._trial_id)
-                    self._handed += 1
+            elif self._grid is not None:
+                self._grid_orphans[_key(t.params)] = t._trial_id
+            else:
+                self._orphans.append(t._trial_id)
+        self._handed = asked
+        self._resume_sampler(newest)
         if self._orphans or self._grid_orphans:
             log.info("re-attaching %d Optuna trial(s) that Tune's saved state did not know",
                      len(self._orphans) + len(self._grid_orphans))
+
+    def _resume_sampler(self, newest: int | None) -> None:
+        """The sampler as it was after the newest ask that Optuna holds (module docstring)."""
+        if newest is None or self._grid is not None:
+            return  # nothing drawn yet; a grid's points are enqueued, nothing is drawn
+        import base64
+        import pickle
+
+        saved = self._storage.get_study_system_attrs(self._ot_study._study_id).get(SAMPLER_ATTR)
+        if saved and saved["after"] >= newest:
+            self._sampler = pickle.loads(base64.b64decode(saved["state"]))
+        else:
+            log.warning("the sampler's state after Optuna trial %d was not saved (a kill right after that ask, or "
+                        "a study started by an older version): reseeded, so the rest of the study is not "
+                        "reproducible from its seed", newest)
+            self._sampler.reseed_rng()
+        self._ot_study.sampler = self._sampler
+
+    def _keep_sampler(self, number: int) -> None:
+        import base64
+        import pickle
+
+        state = {"after": number, "state": base64.b64encode(pickle.dumps(self._sampler)).decode("ascii")}
+        self._storage.set_study_system_attr(self._ot_study._study_id, SAMPLER_ATTR, state)
 
     # --- asking ----------------------------------------------------------------------------------
 
@@ -273,12 +335,12 @@ class PopulationSearch(Searcher):
                 return self._ask_point(point, key)
             return None
         if self._orphans:
-            self._handed += 1
             return _frozen(study, self._orphans.pop(0))
         if self._handed >= self._total:
             return None
         self._handed += 1
         trial = study.ask(fixed_distributions=self._space)
+        self._keep_sampler(trial.number)
         return _frozen(study, trial._trial_id)
 
     def _ask_point(self, point: dict[str, Any], key: str) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import os
 import re
 import warnings
 from pathlib import Path
@@ -18,22 +19,29 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+# A study's name follows one rule, shared with every command that takes a NAME.
+from study.names import NAME_RULE, check_name  # noqa: F401 - NAME_RULE stays importable from here
 from trainables.config import ConfigError, TaskConfig
 from trainables.train import check_config
 
 # Samplers Optuna ships; "cmaes" also needs the `cmaes` package (a dependency of this project).
 SamplerName = Literal["tpe", "cmaes", "gp", "random", "grid", "qmc"]
 METRICS = ("error", "loss", "averaged_error")
-# Used with fullmatch: `$` would also match before a trailing newline.
-NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 # Limits on what a spec may ask for (docs/study-specs.md, "Limits"). A spec is a page of YAML; the
 # paper's longest runs are 750,000 updates; results-DB integers are 64-bit.
 MAX_SPEC_BYTES = 1 << 20
 MAX_DEPTH = 20
 MAX_TRIALS = 100_000
+# Values of one categorical or grid parameter: Optuna stores a categorical's whole list of choices
+# with every trial's value of it (trial_params.distribution_json), so 100,000 choices would put
+# gigabytes in the results DB; a grid's size (the product over its parameters) is MAX_TRIALS.
+MAX_CHOICES = 1_000
 MAX_REPEATS = 1024
 MAX_MEMBERS = 4096
 MAX_UPDATES = 10_000_000
+# Sizes no study of these models needs (the paper: minibatches of 100 and 200, T <= 200, at most
+# 103,500 training cases); whether a size that passes fits the machine is study/plan.py's check.
+MAX_SIZES = {"batch_size": 1_000_000, "eval_cases": 10_000_000, "train_cases": 10_000_000, "seq_length": 100_000}
 MAX_INT = 2**63 - 1
 # Credentials come from the environment or a secret store, never from a spec (docs/cluster.md):
 # a spec is stored in the results DB and logged to MLflow as parameters and an artifact.
@@ -279,7 +287,7 @@ class IntParam(_Strict):
 def _check_choices(values: list[Any]) -> None:
     """Choices are single plain values: Optuna stores nothing else, and a list given to a
     population field would turn the trial into a population instead of one choice."""
-    seen: list[Any] = []
+    seen: set[tuple[type, Any]] = set()  # (type, value): 1 and 1.0 and True are three choices
     for i, v in enumerate(values):
         if not (v is None or isinstance(v, (str, int, float, bool))):
             raise ValueError(
@@ -288,9 +296,21 @@ def _check_choices(values: list[Any]) -> None:
             )
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"values[{i}]={v!r} is not allowed: need a finite number")
-        if any(type(v) is type(u) and v == u for u in seen):
+        if (type(v), v) in seen:
             raise ValueError(f"values[{i}]={v!r} is not allowed: it is listed twice")
-        seen.append(v)
+        seen.add((type(v), v))
+
+
+def _at_most_choices(values: Any) -> Any:
+    """Refuses a list longer than MAX_CHOICES before pydantic or the duplicate check walk it, and
+    without quoting it (the message would be as long as the list)."""
+    if isinstance(values, (list, tuple)) and len(values) > MAX_CHOICES:
+        raise ValueError(
+            f"values=<a list of {len(values):,} values> is not allowed: at most {MAX_CHOICES:,} values per "
+            "parameter (Optuna stores a parameter's list of choices with every trial); for a range, "
+            "use type float or int"
+        )
+    return values
 
 
 class CategoricalParam(_Strict):
@@ -298,6 +318,8 @@ class CategoricalParam(_Strict):
 
     type: Literal["categorical"]
     values: list[Any] = Field(min_length=1)
+
+    _short = field_validator("values", mode="before")(staticmethod(_at_most_choices))
 
     @model_validator(mode="after")
     def _choices(self) -> "CategoricalParam":
@@ -313,6 +335,8 @@ class GridParam(_Strict):
 
     type: Literal["grid"]
     values: list[Any] = Field(min_length=1)
+
+    _short = field_validator("values", mode="before")(staticmethod(_at_most_choices))
 
     @model_validator(mode="after")
     def _choices(self) -> "GridParam":
@@ -349,14 +373,23 @@ class SchedulerSpec(_Strict):
 
 class ResourcesSpec(_Strict):
     """Per trial: a trial trains its whole population on one device, so ``gpus: 0.25`` puts four
-    trials (each a fused population) on one GPU."""
+    trials (each a fused population) on one GPU. ``gpus: auto`` (the default): one GPU per trial
+    where the Ray cluster has GPUs, the CPU elsewhere (resolved by the driver, study/plan.py)."""
 
     cpus: float = Field(1.0, gt=0)
-    gpus: float = Field(0.0, ge=0)
+    gpus: float | Literal["auto"] = "auto"
 
-    @field_validator("gpus")
+    @field_validator("gpus", mode="before")
     @classmethod
-    def _one_device(cls, v: float) -> float:
+    def _one_device(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(
+                f"gpus={v!r} is not allowed: use 'auto' or a number of GPUs per trial, greater than or equal to 0 "
+                "and at most 1"
+            )
+        v = float(v)
         if v > 1:
             raise ValueError(
                 f"gpus={v!r} is not allowed: more than one GPU per trial is not supported yet: "
@@ -433,20 +466,24 @@ class StudySpec(_Strict):
     def _scheduler_shorthand(cls, v: Any) -> Any:
         return {"type": v} if isinstance(v, str) else v
 
+    @field_validator("config")
+    @classmethod
+    def _data_dir_from_here(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # Ray Tune runs each trial in a directory of its own, where a relative data_dir names
+        # nothing: it is taken from where the spec is loaded (stored so, a resume finds the same files).
+        data_dir = v.get("data_dir")
+        if data_dir is None and v.get("dataset") == "original":
+            from trainables.data.autoencoder_files import DEFAULT_DATA_DIR
+
+            data_dir = DEFAULT_DATA_DIR
+        if isinstance(data_dir, str) and data_dir and not os.path.isabs(data_dir):
+            return {**v, "data_dir": os.path.abspath(data_dir)}
+        return v
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if "/" in v or "\\" in v:
-            raise ValueError(
-                f"name={v!r} is not allowed: no path separators ('/' or '\\'); use 1-100 letters, digits, "
-                "'_', '-' or '.' (it names a directory, an MLflow experiment and an Optuna study)"
-            )
-        if not NAME_RULE.fullmatch(v):
-            raise ValueError(
-                f"name={v!r} is not allowed: use 1-100 letters, digits, '_', '-' or '.', starting "
-                "with a letter or digit (it names a directory, an MLflow experiment and an Optuna study)"
-            )
-        return v
+        return check_name(v)
 
     @model_validator(mode="after")
     def _consistent(self) -> "StudySpec":
@@ -483,7 +520,16 @@ class StudySpec(_Strict):
                     f"sampler.type='grid' is not allowed with search parameters {others or '(none)'}: "
                     "a grid needs every parameter to be of type grid or categorical"
                 )
+            # A product of lengths, never of the points themselves: Optuna's GridSampler (built at
+            # validation) and the searcher enumerate every point, 10**9 of them for 3 x 1,000 values.
             size = self.grid_size()
+            if size > MAX_TRIALS:
+                axes = " x ".join(f"{k}: {len(p.values):,}" for k, p in self.search.items())  # type: ignore[union-attr]
+                raise ValueError(
+                    f"search is a grid of {size:,} configurations ({axes} values), which is not allowed: "
+                    f"at most {MAX_TRIALS:,}; use fewer values, or a sampler (tpe, random, qmc) over "
+                    "float/int ranges with num_samples"
+                )
             if self.num_samples is not None and self.num_samples != size:
                 raise ValueError(
                     f"num_samples={self.num_samples!r} is not allowed: the grid has {size} points; "
@@ -503,6 +549,12 @@ class StudySpec(_Strict):
             raise ValueError(
                 f"max_members={self.max_members!r} is not allowed with fuse: 'off': every Ray trial trains one "
                 "configuration; leave max_members out or use fuse: auto"
+            )
+        if self.max_members is not None and self.max_members < self.repeats:
+            raise ValueError(
+                f"max_members={self.max_members!r} is not allowed with repeats={self.repeats!r}: a configuration's "
+                f"{self.repeats} seeds train together in one population and are never split, so a trial has at "
+                f"least {self.repeats} members; use max_members >= {self.repeats} (or leave it out)"
             )
         seed = self.config.get("seed", 0)
         if self.repeats > 1 and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -571,6 +623,10 @@ def check_configs(spec: StudySpec) -> TaskConfig:
     except (TypeError, ValueError, OverflowError) as exc:
         raise SpecError(f"spec {spec.name!r}: invalid training config: {exc}") from None
     for cfg in checked:
+        for key, most in MAX_SIZES.items():
+            value = getattr(cfg, key)
+            if value is not None and value > most:
+                raise SpecError(f"spec {spec.name!r}: {key}={value!r} is not allowed: need 1 <= {key} <= {most:,}")
         if cfg.updates > MAX_UPDATES:
             raise SpecError(
                 f"spec {spec.name!r}: updates={cfg.updates!r} is not allowed: at most {MAX_UPDATES:,} "
@@ -642,6 +698,10 @@ def _checked_option(cls: type, key: str, value: Any) -> Any:
 
     from pydantic import TypeAdapter
 
+    bad = _non_finite(value)
+    if bad is not None:
+        # pydantic's float takes inf and nan; no sampler setting means them.
+        raise SpecError(f"sampler.options.{key}={value!r} is not allowed: {bad!r} is not a finite number")
     annotation = inspect.signature(cls).parameters[key].annotation
     if isinstance(annotation, str):  # Optuna's modules use postponed annotations
         names = {**vars(typing), **vars(collections.abc), **vars(sys.modules[cls.__module__])}
@@ -663,6 +723,18 @@ def _checked_option(cls: type, key: str, value: Any) -> Any:
             f"sampler.options.{key}={value!r} is not allowed: {cls.__name__} takes {key} as {wanted} "
             f"({exc.errors()[0]['msg'].lower()})"
         ) from None
+
+
+def _non_finite(value: Any) -> float | None:
+    """The first inf or nan in a plain value (lists and mappings searched), or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for v in items:
+        found = _non_finite(v)
+        if found is not None:
+            return found
+    return None
 
 
 def load_spec(source: str | Path | dict[str, Any]) -> StudySpec:

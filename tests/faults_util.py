@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -16,6 +17,7 @@ from typing import Any, Callable
 import psutil
 import yaml
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from conftest import STUDY_BIN
 
@@ -53,6 +55,10 @@ def grid_spec(path: Path, name: str, lrs: list[float], **overrides: Any) -> Path
     spec.update(overrides)
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+# A results DB the driver has not created (or migrated) yet: its file, a table, a column.
+_NOT_THERE_YET = re.compile(r"unable to open database file|no such (table|column)|(relation|column) .* does not exist")
 
 
 def driver_env(root: Path, **extra: str) -> dict[str, str]:
@@ -188,7 +194,7 @@ class ResultsDB:
     def __init__(self, url: str):
         self.url = url
         kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-        self.engine = create_engine(url, **kwargs)
+        self.engine = create_engine(_never_created(url), **kwargs)
         self.last_error: Exception | None = None
 
     def rows(self, sql: str, **params: Any) -> list[Any]:
@@ -196,14 +202,31 @@ class ResultsDB:
             return list(c.execute(text(sql), params))
 
     def scalar(self, sql: str, default: Any = 0, **params: Any) -> Any:
-        """One value, or ``default`` while the database (or the table) is not there."""
+        """One value (``default`` for NULL), or ``default`` while the database or its tables are not
+        there yet (the driver creates them); any other failure raises: a check such as
+        ``!= "completed"`` must not pass because the query failed."""
+        value = self._when_there(lambda: self._one(sql, params), None)
+        return default if value is None else value
+
+    def populations(self, name: str, state: str | None = None) -> set[str]:
+        """The Ray trials (populations) with a configuration in ms_trials (in ``state`` if given);
+        none while the database or its tables are not there yet."""
+        sql = ("SELECT DISTINCT t.population FROM ms_trials t JOIN ms_studies s ON s.id = t.study_id "
+               "WHERE s.name = :n AND (:state IS NULL OR t.state = :state)")
+        return self._when_there(lambda: {r.population for r in self.rows(sql, n=name, state=state)}, set())
+
+    def _one(self, sql: str, params: dict[str, Any]) -> Any:
+        with self.engine.connect() as c:
+            return c.execute(text(sql), params).scalar()
+
+    def _when_there(self, query: Callable[[], Any], missing: Any) -> Any:
         try:
-            with self.engine.connect() as c:
-                value = c.execute(text(sql), params).scalar()
-            return default if value is None else value
-        except Exception as exc:
+            return query()
+        except (OperationalError, ProgrammingError) as exc:
             self.last_error = exc
-            return default
+            if _NOT_THERE_YET.search(str(exc.orig)):
+                return missing
+            raise
 
     def trials(self, name: str) -> int:
         return self.scalar(
@@ -246,6 +269,15 @@ class ResultsDB:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _never_created(url: str) -> str:
+    """The URL opening an SQLite file only if it is there: SQLite creates a file it is asked to
+    open, and a poll that created the study's results.db before the driver did would make the
+    driver refuse the study as one that exists."""
+    if url.startswith("sqlite:///") and "?" not in url:
+        return f"sqlite:///file:{url.removeprefix('sqlite:///')}?mode=rw&uri=true"
+    return url
 
 
 def _json(value: Any) -> Any:
@@ -303,3 +335,74 @@ def assert_study_whole(name: str, results_db: str, mlflow_uri: str, lrs: list[fl
     assert len(parents) == 1 and parents[0].info.status == "FINISHED", [p.info.status for p in parents]
     assert parents[0].data.tags.get("state") == "completed", parents[0].data.tags
     return {"trials": len(trials), "points": points, "optuna_trials": len(ot.trials), "mlflow_runs": len(runs)}
+
+
+def tpe_spec(path: Path, name: str, num_samples: int, **overrides: Any) -> Path:
+    """A TPE study over ``lr`` (seed 0), one trial at a time, each a fused population of two
+    configurations. Its first ``n_startup_trials`` (10) suggestions are TPE's random start-up, so
+    what they are does not depend on any result: the same in a study killed and resumed."""
+    spec = {
+        "name": name,
+        "task": "addition",
+        "config": dict(FAULT_CONFIG),
+        "search": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        "sampler": {"type": "tpe", "seed": 0},
+        "num_samples": num_samples,
+        "max_concurrent_trials": 1,
+        "max_members": 2,
+        "checkpoint_every": 1,
+    }
+    spec.update(overrides)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def tune_sessions(tune_dir: Path) -> list[str]:
+    """The sessions that saved Ray Tune's experiment state in ``tune_dir``, oldest first (a session
+    is named by its start time, so their names sort in time)."""
+    return sorted(p.name.removeprefix("experiment_state-").removesuffix(".json")
+                  for p in tune_dir.glob("experiment_state-*.json"))
+
+
+def tune_state_lists(tune_dir: Path, trial_ids: set[str]) -> set[str]:
+    """Which of ``trial_ids`` the newest experiment state Tune saved lists (what a resume restores)."""
+    sessions = tune_sessions(tune_dir)
+    if not sessions:
+        return set()
+    try:
+        state = (tune_dir / f"experiment_state-{sessions[-1]}.json").read_text()
+    except FileNotFoundError:
+        return set()
+    return {t for t in trial_ids if f'"trial_id": "{t}"' in state or f'\\"trial_id\\": \\"{t}\\"' in state}
+
+
+def assert_each_suggestion_once(name: str, results_db: str, suggested: list[dict[str, Any]]) -> None:
+    """Every configuration the sampler suggested trained exactly once, as that Optuna trial: each
+    Optuna trial number once in ms_trials, with the values Optuna recorded for it and suggested
+    for it (``suggested[number]``), no two configurations with equal values, and every Optuna
+    trial finished with its row."""
+    import optuna
+
+    db = ResultsDB(results_db)
+    try:
+        rows = db.rows("SELECT t.trial_id, t.optuna_trial_number, t.params, t.state, t.population FROM ms_trials t "
+                       "JOIN ms_studies s ON s.id = t.study_id WHERE s.name = :n", n=name)
+    finally:
+        db.dispose()
+    numbers = collections.Counter(r.optuna_trial_number for r in rows)
+    assert all(n == 1 for n in numbers.values()), f"Optuna trial numbers in ms_trials: {dict(numbers)}"
+    values = collections.Counter(json.dumps(_json(r.params), sort_keys=True) for r in rows)
+    assert all(n == 1 for n in values.values()), f"configurations trained more than once: {dict(values)}"
+    assert len(rows) == len(suggested), f"{len(rows)} configurations in ms_trials, {len(suggested)} asked for"
+    ot = {t.number: t for t in optuna.load_study(study_name=name, storage=results_db).trials}
+    assert all(t.state.is_finished() for t in ot.values()), {n: t.state.name for n, t in ot.items()}
+    # Every Optuna trial with values is a configuration (one left without values by a kill mid-ask
+    # was never one).
+    assert {n for n, t in ot.items() if t.params} == set(numbers), (sorted(ot), sorted(numbers))
+    for r in rows:
+        # A configuration re-run by a new population after the kill names that population.
+        assert r.trial_id.rsplit("-", 1)[0] == r.population, (r.trial_id, r.population)
+        params = _json(r.params)
+        assert params == ot[r.optuna_trial_number].params, (r.trial_id, params, ot[r.optuna_trial_number].params)
+        assert params == suggested[r.optuna_trial_number], (r.optuna_trial_number, params, "suggested",
+                                                            suggested[r.optuna_trial_number])

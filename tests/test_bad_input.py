@@ -53,6 +53,19 @@ def _spec_text(change: dict) -> str:
 
 
 GOOD = _spec_text({})
+# A Curves study on the authors' file (dataset: original); {data_dir} is filled in per case.
+CURVES_ORIGINAL = (
+    "name: bad\ntask: curves\n"
+    "config: {{dataset: original, data_dir: '{data_dir}', updates: 8, report_every: 4, train_cases: 20, eval_cases: 20}}\n"
+    "search: {{lr: {{type: grid, values: [0.001, 0.002]}}}}\nsampler: grid\n"
+)
+
+
+def _grid(values: dict[str, int]) -> str:
+    """A grid spec over init_scale, spectral_radius, lr, ... with the given number of values each."""
+    search = {field: {"type": "grid", "values": list(range(1, n + 1))} for field, n in values.items()}
+    raw = quick_spec("bad", search=search, sampler={"type": "grid", "seed": 0}, num_samples=None)
+    return yaml.safe_dump(raw, default_flow_style=True, width=10**9, sort_keys=False)
 BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
 )
@@ -78,6 +91,8 @@ CASES = [
     ("max-members-zero", spec({"max_members": 0}), [], ["max_members=0", "greater than or equal to 1"]),
     ("max-members-huge", spec({"max_members": 10**6}), [], ["max_members=1000000", "less than or equal to 4096"]),
     ("max-members-without-fusion", spec({"fuse": "off", "max_members": 4}), [], ["max_members=4", "fuse: 'off'"]),
+    ("max-members-below-repeats", spec({"repeats": 4, "max_members": 2}), [],
+     ["max_members=2 is not allowed with repeats=4", "never split", "max_members >= 4"]),
     ("metric-unknown", spec({"metric": "accuracy"}), [], ["metric", "'accuracy'", "'error'"]),
     ("name-trailing-newline", spec({"name": "bad\n"}), [], ["name='bad\\n'", "letters, digits"]),
     ("name-slash", spec({"name": "a/../../etc"}), [], ["name='a/../../etc'", "path separators"]),
@@ -103,6 +118,8 @@ CASES = [
      ["search.optimizer.values[1]='nag'", "twice"]),
     ("search-unknown-field", spec({"search": {"learning_rate": {"type": "float", "low": 0.1, "high": 1}}}), [],
      ["search.learning_rate", "allowed"]),
+    ("categorical-1001-values", spec({"search": {"init_scale": {"type": "categorical", "values": list(range(1, 1002))}}}), [],
+     ["search.init_scale.values=<a list of 1,001 values>", "at most 1,000"]),
     # --- sampler, scheduler
     ("sampler-option-misspelt", spec({"sampler": {"type": "tpe", "options": {"n_startup_trals": 3}}}), [],
      ["sampler.options.n_startup_trals=3", "n_startup_trials"]),
@@ -112,6 +129,8 @@ CASES = [
      ["sampler.options.gamma='0.1'", "callable"]),
     ("sampler-option-seed", spec({"sampler": {"type": "random", "options": {"seed": 3}}}), [], ["sampler.options.seed", "sampler.seed"]),
     ("sampler-seed-negative", spec({"sampler": {"type": "tpe", "seed": -1}}), [], ["sampler.seed=-1"]),
+    ("sampler-option-infinite", spec(text=GOOD.replace("sampler:\n", "sampler:\n  options: {prior_weight: .inf}\n")), [],
+     ["sampler.options.prior_weight=inf", "not a finite number"]),
     ("asha-grace-beyond-max-t", spec({"scheduler": {"type": "asha", "grace_period": 50}}), [],
      ["scheduler.grace_period=50", "max_t=4"]),
     # --- resources
@@ -125,6 +144,12 @@ CASES = [
     ("seed-beyond-64-bits", spec({"config": {"seed": 10**30}}), [], ["config.seed=" + str(10**30), "64 bits"]),
     ("repeats-with-string-seed", spec({"repeats": 2, "config": {"seed": "x"}}), [], ["config.seed='x'", "integer"]),
     ("config-unknown-key", spec({"config": {"warmup": 3}}), [], ["warmup", "allowed keys"]),
+    ("config-eps-infinite", spec({"config": {"optimizer": "adam", "eps": float("inf")}}), [], ["eps=inf", "finite number > 0"]),
+    ("config-eps-nan", spec({"config": {"optimizer": "adam", "eps": float("nan")}}), [], ["eps=nan", "finite number > 0"]),
+    ("data-dir-without-the-files", spec(text=CURVES_ORIGINAL.format(data_dir="../../../../../../../etc")), [],
+     ["config.data_dir='/etc'", "dataset: original", "holds no digs3pts_1.mat"]),
+    ("data-dir-missing", spec(text=CURVES_ORIGINAL.format(data_dir="no-such-dir")), [],
+     ["config.data_dir=", "no-such-dir", "no such directory", "digs3pts_1.mat"]),
     # --- the YAML itself
     ("yaml-duplicate-key", spec(text=GOOD + "num_samples: 300\n"), [], ["duplicate key 'num_samples'", "line"]),
     ("yaml-billion-laughs", spec(text=BOMB), [], ["alias", "not allowed"]),
@@ -151,6 +176,12 @@ CASES = [
     ("dir-under-a-file", spec(), ["--dir", "{file}/studies"], ["--dir", "not a directory"]),
     ("dir-with-question-mark", spec(), ["--dir", "{tmp}/a?b"], ["--dir", "'?'"]),
     ("storage-under-a-file", spec(), ["--storage", "{file}/tune"], ["--storage", "not a directory"]),
+    ("mlflow-uri-a-text-file", spec(), ["--mlflow-uri", "sqlite:///{file}"], ["--mlflow-uri", "is not an SQLite database"]),
+    ("results-db-a-text-file", spec(), ["--results-db", "sqlite:///{file}"], ["--results-db", "is not an SQLite database"]),
+    ("results-db-in-memory", spec(), ["--results-db", "sqlite://"], ["--results-db", "in-memory", "cannot hold a study"]),
+    ("mlflow-uri-in-memory", spec(), ["--mlflow-uri", "sqlite:///:memory:"], ["--mlflow-uri", "in-memory"]),
+    ("dir-a-symbolic-link-loop", spec(), ["--dir", "{loop}"], ["--dir", "loop"]),
+    ("storage-a-symbolic-link-loop", spec(), ["--storage", "{loop}/tune"], ["--storage", "a loop"]),
 ]
 
 
@@ -169,7 +200,9 @@ def test_bad_input_exits_2_names_the_field_and_writes_nothing(workdir, capsys, c
         path.mkdir()
     blocker = workdir / "a-file"
     blocker.write_text("in the way\n")
-    fill = {"port": str(closed_port()), "file": str(blocker), "tmp": str(workdir)}
+    loop = workdir / "loop"
+    loop.symlink_to(loop)
+    fill = {"port": str(closed_port()), "file": str(blocker), "tmp": str(workdir), "loop": str(loop)}
     args = [a.format(**fill) for a in extra]
     if "--dir" not in args:
         args += ["--dir", str(workdir / "studies")]
@@ -242,6 +275,56 @@ def test_no_hang_exit_2_and_nothing_written(workdir, case_id):
     assert out.returncode == 2, out.stderr
     assert expected in " ".join(out.stderr.split())
     assert "Traceback" not in out.stderr
+    assert not (workdir / "studies").exists()
+
+
+def _run_measured(args: list[str], timeout: float, memory_cap: int) -> tuple[int, str, int]:
+    """(exit status, stderr, peak resident bytes) of a child process: its own peak from wait4,
+    not the largest of every child this test process has had. ``memory_cap`` bounds its address
+    space, so a regression fails here instead of taking the machine's memory."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_cap, memory_cap))
+
+    with open(os.devnull, "wb") as devnull, subprocess.Popen(
+        args, stdout=devnull, stderr=subprocess.PIPE, preexec_fn=cap
+    ) as child:
+        killer = threading.Timer(timeout, child.kill)
+        killer.start()
+        try:
+            err = child.stderr.read().decode(errors="replace")
+            _, status, usage = os.wait4(child.pid, 0)
+            child.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            killer.cancel()
+    return child.returncode, err, usage.ru_maxrss * 1024
+
+
+@pytest.mark.parametrize(
+    "case_id, values, expected",
+    [
+        ("grid-3-x-1000-values", {"init_scale": 1000, "spectral_radius": 1000, "lr": 1000},
+         "search is a grid of 1,000,000,000 configurations (init_scale: 1,000 x spectral_radius: 1,000 x lr: 1,000 values), "
+         "which is not allowed: at most 100,000"),
+        ("grid-one-parameter-100001-values", {"init_scale": 100_001},
+         "search.init_scale.values=<a list of 100,001 values> is not allowed: at most 1,000 values per parameter"),
+    ],
+)
+def test_a_grid_is_sized_from_its_counts_before_anything_is_built(workdir, case_id, values, expected):
+    """A grid is refused from the product of its parameters' counts, before Optuna's GridSampler or
+    the searcher enumerates a point: 3 x 1,000 values used to pass 5 GB within seconds, and one
+    parameter of 100,001 values was accepted after minutes."""
+    path = workdir / "spec.yaml"
+    path.write_text(_grid(values))
+    rc, err, peak = _run_measured(
+        [STUDY_BIN, "run", str(path), "--dir", str(workdir / "studies")], timeout=120, memory_cap=4 << 30
+    )
+    assert rc == 2, err[-3000:]
+    assert expected in " ".join(err.split())
+    assert "Traceback" not in err
+    # The interpreter with torch, pydantic and Optuna imported is about 0.4 GB.
+    assert peak < 1 << 30, f"{peak / 2**20:.0f} MiB"
     assert not (workdir / "studies").exists()
 
 
@@ -342,7 +425,7 @@ def test_query_stops_at_its_time_limit(results_dir, capsys):
     started = time.monotonic()
     assert main(["query", "q", endless, "--dir", str(results_dir), "--timeout", "0.5"]) == 2
     assert time.monotonic() - started < 10
-    assert "the query was stopped after 0.5 s (--timeout; 0 for no limit)" in capsys.readouterr().err
+    assert "the query was stopped after 0.5 s, its time limit (--timeout raises it)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -376,10 +459,66 @@ def test_query_semicolon_and_colon_inside_a_string_are_data(results_dir, capsys)
     assert capsys.readouterr().out.strip() == '[{"s":"row;7","t":"12:30; ok"}]'
 
 
-@pytest.mark.parametrize("option, value", [("--timeout", "-1"), ("--max-rows", "-5")])
+@pytest.mark.parametrize("option, value", [("--timeout", "-1"), ("--max-rows", "-5"), ("--timeout", "0"),
+                                           ("--timeout", "nan"), ("--max-bytes", "0"), ("--max-bytes", "lots")])
 def test_query_limits_must_not_be_negative(results_dir, capsys, option, value):
     assert main(["query", "q", "SELECT 1", "--dir", str(results_dir), option, value]) == 2
     assert f"{option}=" in capsys.readouterr().err
+
+
+ROWS = "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {n}) SELECT i, {value} AS v FROM c"
+
+
+def test_query_refuses_a_result_over_its_byte_limit_while_it_streams(results_dir, capsys):
+    """50 rows of 10,000 bytes against a 100 KiB limit: refused at the row that passes it, not
+    after all of them were read."""
+    sql = ROWS.format(n=50, value="randomblob(10000)")
+    assert main(["query", "q", sql, "--dir", str(results_dir), "--max-bytes", "100K"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the query's result passed its byte limit" in err and "the limit is 100 KiB (102,400 bytes)" in err, err
+    assert "(--max-bytes raises it" in err and "Traceback" not in err
+    read = int(err.split(" rows read")[0].rsplit(" in ", 1)[1].replace(",", ""))
+    assert read == 11, err  # 11 x 10,008 bytes is the first count over 102,400
+    # Under the limit the same rows come back whole.
+    assert main(["query", "q", sql, "--dir", str(results_dir), "--max-bytes", "1M", "--format", "csv"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 51
+
+
+def test_query_refuses_a_single_value_larger_than_its_byte_limit(results_dir, capsys):
+    assert main(["query", "q", "SELECT zeroblob(200000) AS b", "--dir", str(results_dir), "--max-bytes", "100K"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "a value over 100 KiB (102,400 bytes), the limit (--max-bytes raises it)" in err, err
+
+
+def test_query_of_an_endless_result_cut_at_max_rows_ends_at_its_time_limit(results_dir, capsys):
+    endless = "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c) SELECT i FROM c"
+    started = time.monotonic()
+    assert main(["query", "q", endless, "--dir", str(results_dir), "--max-rows", "1", "--timeout", "1",
+                 "--format", "csv"]) == 0
+    assert time.monotonic() - started < 15
+    captured = capsys.readouterr()
+    assert captured.out.split() == ["i", "1"]
+    assert "showed the first 1 rows; at least" in captured.err
+
+
+@pytest.mark.parametrize(
+    "case_id, sql",
+    [
+        ("one-800-MB-value", "SELECT zeroblob(800000000) AS b"),
+        ("30-rows-of-20-MB", ROWS.format(n=30, value="zeroblob(20000000)")),
+    ],
+)
+def test_query_memory_is_bounded_by_the_default_byte_limit(results_dir, case_id, sql):
+    """The audit's queries, through the `study` executable with the default limits: one 800 MB
+    value used 5.6 GB and ran past its time limit; 30 rows of 100 MB ended in a MemoryError."""
+    rc, err, peak = _run_measured(
+        [STUDY_BIN, "query", "q", sql, "--dir", str(results_dir)], timeout=120, memory_cap=4 << 30
+    )
+    assert rc == 2, err[-3000:]
+    message = " ".join(err.split())
+    assert "byte limit" in message and "64 MiB" in message and "--max-bytes" in message, message
+    assert "Traceback" not in err
+    assert peak < 1 << 30, f"{peak / 2**20:.0f} MiB"
 
 
 def test_postgres_statement_count_ignores_semicolons_in_literals_and_comments():

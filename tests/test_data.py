@@ -431,3 +431,16 @@ def test_failed_download_leaves_no_file(server, tmp_path, route, error):
                  expected_checksum="md5:" + "0" * 32, timeout=5)
     assert "digs3pts_1.mat" in str(err.value)
     assert list(target_dir.iterdir()) == []
+
+
+def test_data_file_errors_survive_pickling_with_their_message():
+    # Ray sends a failed trial's exception to the driver by pickling it: a class that cannot be
+    # rebuilt from its pickle turns the real message into a TypeError about __init__'s arguments.
+    import pickle
+
+    from trainables.data.autoencoder_files import ChecksumError, DataFileNotFoundError
+
+    for exc in (DataFileNotFoundError("digs3pts_1.mat", "/data"),
+                ChecksumError("digs3pts_1.mat", "/data/digs3pts_1.mat", "sha256", "ab", "cd")):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == str(exc)

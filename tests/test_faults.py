@@ -3,7 +3,8 @@
 1. kill -9 of a trial's worker: the trial resumes from its checkpoint and ends with exactly the
    metrics of an uninterrupted run, one row and one MLflow point per reported step;
 2. kill -9 of the driver, twice (during `study run`, then during `study resume`): resumed to the
-   end, every configuration ran exactly once in the results DB, Optuna and MLflow;
+   end, every configuration ran exactly once in the results DB, Optuna and MLflow; in a TPE study
+   killed mid-population, each configuration is the one the sampler suggested, trained once;
 3. a store that goes down mid-study (the results DB on PostgreSQL; an MLflow tracking server):
    the study ends in a true state naming the store, loses nothing it had recorded, and
    `study resume` with the store back completes it with the invariants of 2.
@@ -32,10 +33,13 @@ from conftest import STUDY_BIN
 from faults_util import (
     Driver,
     ResultsDB,
+    assert_each_suggestion_once,
     assert_study_whole,
     driver_env,
     grid_spec,
     resume_to_the_end,
+    tpe_spec,
+    tune_state_lists,
     wait_for,
 )
 from pg import LocalPostgres, postgres_bindir
@@ -178,6 +182,50 @@ def test_driver_killed_during_run_and_during_resume_runs_every_configuration_exa
     assert set(kept_1) <= set(final) and set(kept_2) <= set(final)
     figures = assert_study_whole(name, db.url, _sqlite(root, name, "mlflow.db"), lrs, STEPS)
     print(f"\nfault: driver kill -9 x2 (after {len(kept_1)} and {len(kept_2)} points); after resume {figures}")
+
+
+def test_tpe_study_killed_mid_population_trains_each_suggestion_once(workdir):
+    """Issue 18: kill -9 while the second population of a TPE study trains, with Tune's saved state
+    older than Optuna's storage, then resume: each configuration is TPE's own suggestion for its
+    Optuna trial number, trained once, with no number and no values twice. (A saved state that
+    lists the population but whose searcher file is older: tests/test_study_resume.py.)"""
+    import optuna
+
+    name, root = "tpe-kill", workdir / "studies"
+    samples = 6  # three populations of two: the third is asked for after the kill
+    spec = tpe_spec(workdir / "spec.yaml", name, samples)
+    # What the sampler suggests, asked in a row in plain Optuna: TPE's random start-up (10 trials)
+    # draws the same values whatever the results, so an unbroken study trains exactly these.
+    reference = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, constant_liar=True))
+    lr = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
+    suggested = [reference.ask({"lr": lr}).params for _ in range(samples)]
+    env = driver_env(root)
+    db = ResultsDB(_sqlite(root, name, "results.db"))
+    tune_dir = root / name / "tune"
+    log = workdir / "driver.log"
+    try:
+        # Tune saves its experiment state (with the searcher) as it starts, then only every 10 s or
+        # more; here only as it starts, so the kill always finds it older than Optuna's storage,
+        # where the second population's configurations were asked and are RUNNING.
+        driver = Driver(["run", str(spec)], {**env, "TUNE_GLOBAL_CHECKPOINT_S": "3600"}, log)
+        try:
+            wait_for("the second population's configurations", lambda: len(db.populations(name)) >= 2, driver, db=db)
+            driver.kill()
+        finally:
+            driver.cleanup()
+        second = db.populations(name, "running")
+        assert second and not tune_state_lists(tune_dir, second), "Tune's saved state already knew the population"
+        asked = db.scalar("SELECT COUNT(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                          "WHERE s.study_name = :n AND t.state = 'RUNNING'", n=name)
+        assert asked == 2, f"{asked} Optuna trials RUNNING at the kill"
+
+        resume_to_the_end(name, env, log)
+    finally:
+        db.dispose()
+    assert_each_suggestion_once(name, db.url, suggested)
+    figures = assert_study_whole(name, db.url, _sqlite(root, name, "mlflow.db"), [s["lr"] for s in suggested], STEPS)
+    print(f"\nfault: TPE driver kill -9 while population {sorted(second)} trained, unknown to Tune's saved state; "
+          f"after resume {figures}")
 
 
 # --- 3. a store down mid-study -------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Interrupt a real `study run` (SIGINT, as Ctrl+C) after its first finished trial, then
-`study resume`: every trial finishes once, with no duplicate and no missing row anywhere."""
+`study resume`: every trial finishes once, with no duplicate and no missing row anywhere. And the
+searcher as `study resume` restores it from a file older than Optuna's storage (a kill -9 between
+Tune's saves; the real kill is in tests/test_faults.py): each configuration asked once, each the
+sampler's own suggestion."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import time
 
 import optuna
 import pandas as pd
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -127,3 +131,121 @@ def _parent_status(uri: str) -> str:
     exp = c.get_experiment_by_name("resumable")
     (parent,) = c.search_runs([exp.experiment_id], filter_string="tags.`momentum_study.role` = 'parent'")
     return parent.info.status
+
+
+# --- a searcher restored from a file older than Optuna's storage (issue 18) ---------------------
+
+
+# Each sampler as plain Optuna builds it for a study asking two at a time (study/search.py adds
+# the constant liar to TPE and the batch as CMA-ES's popsize).
+PLAIN_SAMPLERS = {
+    "tpe": lambda: optuna.samplers.TPESampler(seed=0, constant_liar=True),
+    "gp": lambda: optuna.samplers.GPSampler(seed=0),
+    "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=0, popsize=2),
+    "qmc": lambda: optuna.samplers.QMCSampler(seed=0),
+    "random": lambda: optuna.samplers.RandomSampler(seed=0),
+}
+
+
+def _reference(n: int, kind: str = "tpe") -> list[dict]:
+    """The sampler's first n suggestions for the quick spec's lr, asked in a row in plain Optuna
+    with nothing told (so they follow from the seed alone, as in a study whose populations are
+    still training)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental samplers, CMA-ES on one dimension
+        study = optuna.create_study(sampler=PLAIN_SAMPLERS[kind]())
+        lr = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
+        return [study.ask({"lr": lr}).params for _ in range(n)]
+
+
+def _searcher(tmp_path, kind: str = "tpe"):
+    from study import search
+    from study.spec import load_spec
+
+    spec = load_spec(yaml.safe_dump(quick_spec("stale-searcher", num_samples=6, max_members=2,
+                                               sampler={"type": kind, "seed": 0})))
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    return search.searcher(spec, url, per_trial=2), url
+
+
+def _restored(searcher_file: bytes, url: str, tune_lists: dict) -> "object":
+    """The searcher as `study resume` restores it: Tune lists ``tune_lists`` (trial id -> member
+    table) and hands it the searcher's file, which may be older."""
+    import pickle
+
+    from study import search
+
+    search.use_storage(url)
+    search.use_restored_populations(tune_lists)
+    try:
+        return pickle.loads(searcher_file)
+    finally:
+        search.use_restored_populations(None)
+
+
+def _table(searcher, trial_id: str) -> list[dict]:
+    from study.population import POPULATION_KEY
+
+    return searcher.suggest(trial_id)[POPULATION_KEY]
+
+
+def test_a_population_tune_lists_is_not_handed_out_again_by_an_older_searcher_file(tmp_path):
+    """A kill between Tune's two writes (its trial list, then the searcher's file) leaves a trial
+    list that holds a population the searcher's file does not: the population resumes in Tune,
+    so its Optuna trials are no orphans, and the next population is the sampler's next
+    suggestions (its state comes from Optuna's storage, not the older file)."""
+    import pickle
+
+    searcher, url = _searcher(tmp_path)
+    first = _table(searcher, "t1")
+    older = pickle.dumps(searcher)  # the searcher's file as Tune last saved it: t1 only
+    second = _table(searcher, "t2")
+    restored = _restored(older, url, {"t1": first, "t2": second})
+    # Tune resumes t2 with the config it saved (it asks no suggestion for it) and asks for t3.
+    third = _table(restored, "t3")
+    assert [c["number"] for c in first + second + third] == list(range(6))
+    assert [c["params"] for c in first + second + third] == _reference(6)
+    assert restored.suggest("t4") == restored.FINISHED  # six configurations, each asked once
+
+
+@pytest.mark.parametrize("kind", sorted(PLAIN_SAMPLERS))
+def test_a_population_tune_lost_is_trained_with_its_own_values_and_the_next_is_new(tmp_path, kind):
+    """A kill after Tune's last save: Optuna holds a population Tune's state does not. Its trials
+    are handed to the next population with their own values, and the sampler goes on from where
+    the storage says it was, not from the older file (whose generator would draw the lost
+    population's values again). QMC passed before too: its place in the sequence is in the
+    storage."""
+    import pickle
+
+    searcher, url = _searcher(tmp_path, kind)
+    first = _table(searcher, "t1")
+    older = pickle.dumps(searcher)
+    second = _table(searcher, "t2")  # lost with the kill
+    restored = _restored(older, url, {"t1": first})
+    orphans = _table(restored, "t3")
+    assert [(c["number"], c["params"]) for c in orphans] == [(c["number"], c["params"]) for c in second]
+    assert [c["params"] for c in first + orphans + _table(restored, "t4")] == _reference(6, kind)
+
+
+def test_a_sampler_state_older_than_the_last_ask_is_reseeded_not_replayed(tmp_path):
+    """The same kill, but right after the second population's asks, before the sampler's state
+    after them was written: the storage's state is older than the trials it holds, and the
+    sampler is reseeded: the next values are new ones."""
+    import pickle
+
+    from study import search
+
+    searcher, url = _searcher(tmp_path)
+    first = _table(searcher, "t1")
+    study = searcher._ot_study
+    after_first = study._storage.get_study_system_attrs(study._study_id)[search.SAMPLER_ATTR]
+    older = pickle.dumps(searcher)
+    second = _table(searcher, "t2")
+    study._storage.set_study_system_attr(study._study_id, search.SAMPLER_ATTR, after_first)
+    restored = _restored(older, url, {"t1": first})
+    assert _table(restored, "t3") == [dict(c, config_id=f"t3-{j}") for j, c in enumerate(second)]
+    fourth = _table(restored, "t4")
+    values = [c["params"]["lr"] for c in first + second + fourth]
+    assert len(set(values)) == 6, values

@@ -125,10 +125,18 @@ def test_yaml_spec_with_duplicate_keys_or_aliases_is_refused_naming_the_line(tmp
 def test_a_cuda_device_without_a_gpu_in_resources_is_refused():
     from conftest import quick_spec
 
-    raw = quick_spec("cuda-no-gpu")
+    raw = quick_spec("cuda-no-gpu", resources={"gpus": 0})
     raw["config"]["device"] = "cuda"
     with pytest.raises(SpecError, match=r"config.device='cuda' is not allowed with resources.gpus=0"):
         load_spec(raw)
+    # With gpus: auto (the default) it depends on the machine: refused where it resolves to the CPU.
+    from study import plan
+
+    raw.pop("resources")
+    spec = load_spec(raw)
+    with pytest.raises(SpecError, match=r"config.device='cuda' is not allowed here: resources.gpus='auto' gives the trials no GPU"):
+        plan.make_plan(spec, plan.Machine("this machine", 2.0, 0.0, 8 << 30))
+    assert plan.make_plan(spec, plan.Machine("a GPU node", 2.0, 1.0, 8 << 30, 16 << 30)).device == "gpu"
 
 
 def test_fuse_off_written_bare_in_yaml_means_off():
@@ -146,3 +154,68 @@ def test_a_sequence_too_short_for_a_searched_problem_is_refused_before_anything_
             "search: {task: {type: grid, values: [addition, mem20]}}\nsampler: grid\n")
     with pytest.raises(SpecError, match=r"seq_length=20 is not allowed for task 'mem20': mem20 needs T >= 21"):
         load_spec(text)
+
+
+# --- sizes and values refused at validation (issue 18) -------------------------------------------
+
+
+def _grid_spec(counts: dict[str, int]) -> dict:
+    search = {field: {"type": "grid", "values": list(range(1, n + 1))} for field, n in counts.items()}
+    return quick_spec("g", search=search, sampler={"type": "grid", "seed": 0}, num_samples=None)
+
+
+def test_a_grid_at_the_limit_runs_and_one_point_more_per_row_is_refused():
+    """The limit is on the product of the counts (100,000 = MAX_TRIALS), checked before Optuna's
+    GridSampler (built at validation) enumerates the points."""
+    spec = load_spec(_grid_spec({"init_scale": 1000, "spectral_radius": 100}))
+    assert spec.trials == 100_000
+    with pytest.raises(SpecError) as info:
+        load_spec(_grid_spec({"init_scale": 1000, "spectral_radius": 100, "lr": 2}))
+    assert "search is a grid of 200,000 configurations (init_scale: 1,000 x spectral_radius: 100 x lr: 2 values), " \
+           "which is not allowed: at most 100,000" in str(info.value)
+
+
+def _float_fields() -> list[str]:
+    """Every TaskConfig field that takes a float, alone or in a list (eps, lr, mu_max, scales, ...)."""
+    import typing
+
+    from trainables.config import TaskConfig
+
+    def takes_float(annotation) -> bool:
+        return annotation is float or any(takes_float(a) for a in typing.get_args(annotation))
+
+    return [name for name, f in TaskConfig.model_fields.items() if takes_float(f.annotation)]
+
+
+@pytest.mark.parametrize("field", _float_fields())
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")], ids=["inf", "-inf", "nan"])
+def test_no_float_field_of_the_training_config_takes_inf_or_nan(field, value):
+    """config.eps: .inf used to pass validation; every configuration then failed in its trial."""
+    from trainables.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as info:
+        parse_config({"task": "curves", "optimizer": "adam", field: value})
+    assert f"{field}={value!r} is not allowed" in str(info.value)
+
+
+def test_the_float_fields_checked_include_every_numeric_setting():
+    assert {"eps", "lr", "mu_max", "mu_0", "init_scale", "spectral_radius", "final_momentum", "polyak_decay",
+            "adam_beta1", "adam_beta2", "rms_decay"} <= set(_float_fields())
+
+
+def test_max_members_below_repeats_is_refused_and_at_repeats_allowed():
+    with pytest.raises(SpecError, match=r"max_members=3 is not allowed with repeats=4: .*use max_members >= 4"):
+        load_spec(quick_spec("m", repeats=4, max_members=3))
+    assert load_spec(quick_spec("m", repeats=4, max_members=4)).max_members == 4
+
+
+def test_a_relative_data_dir_is_taken_from_where_the_spec_is_loaded(tmp_path, monkeypatch):
+    """Ray Tune runs each trial in a directory of its own, where `data_dir: data` named nothing."""
+    monkeypatch.chdir(tmp_path)
+    raw = {"name": "d", "task": "curves", "config": {"dataset": "original", "data_dir": "data", "updates": 8},
+           "search": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2}}}
+    assert load_spec(raw).config["data_dir"] == str(tmp_path / "data")
+    del raw["config"]["data_dir"]  # the loaders' default, ./data, from here too
+    spec = load_spec(raw)
+    assert spec.config["data_dir"] == str(tmp_path / "data")
+    assert load_spec(spec.model_dump(mode="json")).config == spec.config  # stored so, read back the same

@@ -297,3 +297,103 @@ def test_a_configuration_finished_again_in_the_same_state_keeps_its_first_end(tm
     with results.session_scope(url) as s:
         row = results._trial(s, sid, "t-0")
         assert (row.state, row.ended_at, row.error_message) == ("failed", later, "boom")
+
+
+# --- a study's end state tells the truth (issue 18) -----------------------------------------------
+
+
+def test_the_study_end_rule():
+    from study.outcome import ALL_FAILED, study_state
+
+    def state(**ended):
+        return study_state(ended, 4, "s")
+
+    assert state(completed=4) == ("completed", None)
+    assert state(diverged=2, pruned=2) == ("completed", None)  # results of the search, not failures
+    s, reason = study_state({"completed": 1, "failed": 3}, 4, "s", first_error="ValueError: x")
+    assert s == "completed" and reason.startswith("3 of 4 configurations failed") and "ValueError: x" in reason
+    s, reason = study_state({"failed": 4}, 4, "s", first_error="ValueError: x")
+    assert s == "failed" and reason.startswith(f"{ALL_FAILED} (4 of 4); the first error: ValueError: x")
+    assert state(failed=2)[0] == "interrupted"  # configurations left: resume goes on
+    assert study_state({"failed": 4}, 4, "s", failure=("interrupted", "by the user")) == ("interrupted", "by the user")
+    s, reason = study_state({"completed": 4}, 4, "s", store_problem="results database unreachable")
+    assert s == "failed" and "results database unreachable" in reason
+
+
+# A tiny Curves study on the authors' file; data_dir holds a digs3pts_1.mat that is not one, which
+# only reading it finds out (validation checks that the file is there).
+def _corrupt_curves(tmp_path, name: str, **overrides) -> Path:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    (data / "digs3pts_1.mat").write_bytes(b"MATLAB 5.0 MAT-file, cut short by a failed copy")
+    raw = {
+        "name": name,
+        "task": "curves",
+        "config": {"dataset": "original", "data_dir": str(data), "updates": 8, "report_every": 4,
+                   "train_cases": 20, "eval_cases": 20, "batch_size": 5},
+        "search": {"lr": {"type": "grid", "values": [1e-3, 2e-3]}},
+        "sampler": {"type": "grid", "seed": 0},
+        "max_concurrent_trials": 1,
+        **overrides,
+    }
+    for searched in raw["search"]:
+        raw["config"].pop(searched, None)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _parent_run(loc, name):
+    client = MlflowClient(loc.mlflow_uri)
+    experiment = client.get_experiment_by_name(name)
+    row = results.get_study(loc.results_db, name)
+    return client.get_run(row.mlflow_parent_run_id), experiment
+
+
+def test_a_study_whose_every_configuration_failed_ends_failed_and_exits_1(study_env, tmp_path):
+    """Every configuration failed (a data file that cannot be read) used to end `completed`, exit 0."""
+    path = _corrupt_curves(tmp_path, "all-failed")
+    env = _env(study_env)
+    done = subprocess.run([STUDY_BIN, "run", str(path)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "study all-failed failed: every configuration failed (2 of 2); the first error: " in done.stdout
+    assert "continue it with" not in done.stdout  # a resume would not rerun them
+    loc = resolve("all-failed")
+    row = results.get_study(loc.results_db, "all-failed")
+    assert row.state == "failed" and row.state_reason.startswith("every configuration failed (2 of 2)")
+    errors = api.query("all-failed", "SELECT error_message FROM ms_trials", results_db=loc.results_db)["error_message"]
+    # The reason quotes the exception a failed configuration's traceback ends with (scipy's, here).
+    assert any(f"the first error: {e.strip().splitlines()[-1].strip()}" in row.state_reason for e in errors)
+    assert sorted(api.trials("all-failed")["state"]) == ["failed", "failed"]
+    parent, _ = _parent_run(loc, "all-failed")
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["state"] == "failed" and parent.data.tags["state_reason"] == row.state_reason
+    # A resume reruns no failed configuration: it ends the same way, and says so.
+    again = subprocess.run([STUDY_BIN, "resume", "all-failed"], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "every configuration failed (2 of 2)" in again.stdout
+    assert results.get_study(loc.results_db, "all-failed").state == "failed"
+    assert len(api.trials("all-failed")) == 2
+
+
+def test_a_study_with_some_failed_configurations_completes_and_counts_them(ray_session, study_env, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from study.cli import _report_end
+
+    path = _corrupt_curves(tmp_path, "some-failed", search={"dataset": {"type": "grid", "values": ["replica", "original"]}})
+    spec = load_spec(path)
+    loc = resolve(spec.name)
+    assert runner.run(spec, loc) == "completed"
+    trials = api.trials(spec.name).set_index("dataset")
+    assert trials.loc["replica", "state"] == "completed" and trials.loc["original", "state"] == "failed"
+    row = results.get_study(loc.results_db, spec.name)
+    assert row.state == "completed"
+    assert row.state_reason.startswith("1 of 2 configurations failed (`study results some-failed` shows which)")
+    parent, _ = _parent_run(loc, spec.name)
+    assert parent.info.status == "FINISHED" and parent.data.tags["state_reason"] == row.state_reason
+    printed = io.StringIO()
+    assert _report_end(spec.name, "completed", Console(file=printed, width=400), loc) == 0
+    assert f"study some-failed completed: {row.state_reason}" in printed.getvalue()

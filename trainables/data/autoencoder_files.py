@@ -116,6 +116,11 @@ class DataFileNotFoundError(FileNotFoundError):
             f"{self.directory!r})"
         )
 
+    def __reduce__(self):
+        # Ray sends a trial's exception to the driver by pickling it; the default rebuilds it from
+        # ``args`` (the message alone), which this __init__ cannot take.
+        return (type(self), (self.name, self.directory, self.url))
+
 
 class ChecksumError(ValueError):
     """A file's digest differs from the expected one."""
@@ -127,6 +132,9 @@ class ChecksumError(ValueError):
             f"checksum mismatch for {name!r} ({source}): expected {algorithm} {expected}, "
             f"got {actual}"
         )
+
+    def __reduce__(self):
+        return (type(self), (self.name, self.source, self.algorithm, self.expected, self.actual))
 
 
 class DownloadError(OSError):

@@ -83,10 +83,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-OPTIMIZERS = ["cm", "nag"]
-MOMENTA = [0.0, 0.9, 0.98, 0.995]
-LRS = [3e-3, 1e-3, 3e-4, 1e-4]
-SEEDS = [0, 1]
+from addition_grid import LRS, MOMENTA, OPTIMIZERS, SEEDS  # noqa: E402  (shared with gpu_benchmark.py)
 SEQ_LENGTH = 20
 BATCH = 100
 EVAL_CASES = 100

@@ -150,13 +150,28 @@ class AutoencoderWorkload:
         return total / n
 
 
-def build(cfg: TaskConfig, device: torch.device, dtype: torch.dtype) -> AutoencoderWorkload:
+def training_data(cfg: TaskConfig) -> np.ndarray:
+    """The (N, D) float32 training cases a run of ``cfg`` trains on, subnormal numbers set to 0.
+
+    Why the flush: the Curves replica's Gaussian pen leaves about 4% of its pixels between 1e-45
+    and 1.2e-38, subnormal in float32. On x86 CPUs that penalise subnormal operands (many Intel
+    cores: a microcode assist per vector instruction that meets one) every matmul and elementwise
+    op that reads the minibatch then runs several times slower, which made Curves training on such
+    hosts half as fast as a loop over data without them. As intensities they are 0 to within 1e-38;
+    the flush is done once, in float32, so float32 and float64 runs still see the same cases.
+    """
     from trainables.data.autoencoder_files import load_autoencoder_data
 
     if cfg.dataset == "noise":
         data = np.random.default_rng(0).random((cfg.train_cases or 2000, ENCODERS[cfg.task][0]), dtype=np.float32)
     else:
         data = load_autoencoder_data(cfg.task, cfg.dataset, cfg.data_dir, cfg.train_cases, 0)
+    data = np.asarray(data, dtype=np.float32)
+    return np.where(np.abs(data) < np.finfo(np.float32).tiny, np.float32(0), data)
+
+
+def build(cfg: TaskConfig, device: torch.device, dtype: torch.dtype) -> AutoencoderWorkload:
+    data = training_data(cfg)
     batch = cfg.batch_size or PAPER_BATCH_SIZE
     if batch > data.shape[0]:
         raise ValueError(f"batch_size={batch} is not allowed: larger than the {data.shape[0]} training cases")
@@ -171,4 +186,43 @@ def build(cfg: TaskConfig, device: torch.device, dtype: torch.dtype) -> Autoenco
         eval_cases=cfg.eval_cases or data.shape[0],
         device=device,
         dtype=dtype,
+    )
+
+
+# Training cases of each data set when train_cases is not given (trainables/data/autoencoder_files.py).
+FULL_TRAIN_CASES = {"curves": 20_000, "mnist": 60_000, "faces": 103_500}
+NOISE_TRAIN_CASES = 2000
+
+
+def memory_estimate(cfg: TaskConfig):
+    """Bytes this task allocates, per member and shared (trainables/tasks/memory.py): the weights
+    about six times over; for training, each layer's output and its gradient for a minibatch,
+    the minibatch and the loss's per-case terms; for evaluation (one chunk of at most EVAL_CHUNK
+    cases at a time, without a graph) two layers' outputs and four reconstruction-sized terms.
+    Training and evaluation do not overlap, so a member needs the larger of the two. The data set
+    is shared by every member (a float32 host copy besides it when it trains in float64)."""
+    from trainables.tasks.memory import MemoryEstimate, Part, dtype_bytes, weight_copies
+
+    size = dtype_bytes(cfg)
+    sizes = layer_sizes(cfg.task)
+    D = sizes[0]
+    full = NOISE_TRAIN_CASES if cfg.dataset == "noise" else FULL_TRAIN_CASES[cfg.task]
+    cases = (cfg.train_cases or full) if cfg.dataset == "noise" else min(cfg.train_cases or full, full)
+    batch = cfg.batch_size or PAPER_BATCH_SIZE
+    chunk = min(cfg.eval_cases or cases, cases, EVAL_CHUNK)
+    weights = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    train = batch * (3 * sum(sizes) + 3 * D) * size
+    evaluation = chunk * (2 * max(sizes) + 4 * D) * size
+    activations = (
+        Part("minibatch activations", train, ("batch_size",))
+        if train >= evaluation
+        else Part("evaluation activations", evaluation, ("eval_cases",))
+    )
+    return MemoryEstimate(
+        per_member=(
+            Part("weights and optimizer state", weight_copies(cfg) * weights * size, ("task", "optimizer", "dtype")),
+            activations,
+            Part("minibatch order", cases * 8, ("train_cases",)),
+        ),
+        shared=(Part("training data", cases * D * (size + (4 if size != 4 else 0)), ("train_cases", "dataset")),),
     )

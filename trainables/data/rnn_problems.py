@@ -1,10 +1,25 @@
 """The long-range RNN problems of sec. 4 (Hochreiter & Schmidhuber 1997), as Table 5 uses them.
 
-A minibatch is a pure function of a key (e.g. ``(seed, stream, index)``): the key seeds a host
-RNG for the one draw that sets a shape (the length of an addition/multiplication minibatch) and a
-``torch.Generator`` on the training device for everything else, so minibatches are made where
-they are used, without a host round trip, and a resumed run needs no RNG state. Layouts follow
-Sutskever's 2011 HF-RNN release as summarised in the task definitions ("RNN problems").
+Every random number comes from the counter-based generator of ``trainables.data.counter_rng``:
+the minibatch of a key (seed, stream, index) is a pure function of it, the same bit for bit on
+the CPU and on CUDA, drawn where it is used (no host round trip), and a resumed run needs no RNG
+state. The K members of a population draw their minibatches in one batched computation
+(``draw``), left-padded to the longest; ``sample`` draws the minibatch of one key, unpadded.
+Layouts follow Sutskever's 2011 HF-RNN release as summarised in the task definitions ("RNN
+problems").
+
+Where each number comes from, in batch ``(stream, index)`` of B sequences, with the positions of
+``counter_rng`` (word ``w``, uniform ``u = (w >> 8) / 2^24``, integer ``lo + floor(u (hi - lo))``):
+
+- marked pairs (addition, multiplication, xor), minibatch length L (shared by its B sequences):
+  L is the integer in [f(100), f(110)) at position 2^31; the value of sequence b at step t
+  (0 <= t < L) is at position ``(L - 1 - t) B + b`` (counted from the end, so a member's values
+  do not depend on how far it is padded): for addition/multiplication the midpoint
+  ``(c + 1/2) / 2^24`` of the 24-bit code ``c = w >> 8`` (so the mean is exactly 1/2), for xor
+  the top bit of ``w``; I of sequence b is the integer in [f(1), f(10)) at position ``2^32 - 1 - 2b``, J in
+  [f(10), f(50)) at ``2^32 - 2 - 2b``.
+- memorization: symbol j (0 <= j < n) of sequence b is the integer in [0, alphabet) at position
+  ``j B + b``.
 
 Centring. Sec. 4.1: "we found centering (mean subtraction) of both the inputs and the outputs to
 be important". Every input channel and every regression target has a fixed mean subtracted. The
@@ -17,20 +32,27 @@ so they depend only on the problem and the nominal length T:
 - classification targets are class ids and are not centred; the softmax output bias carries their
   average instead (Table 4, "out-bias: average of outputs"), see ``output_bias``.
 
-Arrays are time-major: ``(T, B, ...)``, torch tensors on the requested device.
+Every centred input and target is rounded to float32 once (the values themselves are exact in
+float32), so float32 and float64 runs train on the same numbers. Arrays are time-major:
+``(T, B, ...)`` per sequence batch, ``(K, T, B, ...)`` per population.
 """
 
 from __future__ import annotations
 
-import random
+import functools
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
 
+from trainables.data import counter_rng
+from trainables.data.counter_rng import MemberKeys
+
 # Sec. 4.2: "the fraction of cases where ... the error in the final output prediction exceeded 0.04".
 REGRESSION_TOLERANCE = 0.04
+LENGTH_POSITION = 1 << 31
+_TOP = (1 << 32) - 1
 
 
 @dataclass(frozen=True)
@@ -66,6 +88,47 @@ class SequenceBatch:
         return int(self.inputs.shape[1])
 
 
+@dataclass(frozen=True)
+class PopulationBatch:
+    """The minibatches of K members for one (stream, index), left-padded to the longest, T steps.
+
+    ``inputs``: (K, T, B, n_in + 1) in the requested dtype: the problem's n_in channels, then the
+    step indicator, 1 on a member's own steps and 0 on its padding; every channel is 0 on padding
+    (the RNN folds its hidden bias into the indicator's weights, so padding adds exact zeros).
+    ``targets``: the targets at steps ``target_from`` .. T-1 only, (K, S, B, n_out) float in the
+    requested dtype or (K, S, B) int64 class ids; at earlier steps every target is ``target_fill``.
+    Sequences end together at step T-1, so the steps that enter the loss (the error) are the same
+    for every member: ``loss_from`` (``error_from``) .. T-1, both >= ``target_from``.
+    ``lengths``: each member's own length (host ints, the shape is known without the device);
+    None where only the computation reads the batch (it needs no lengths: the padding is in the
+    inputs).
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    target_from: int
+    target_fill: float | int
+    loss_from: int
+    error_from: int
+    lengths: tuple[int, ...] | None
+
+    @property
+    def steps(self) -> int:
+        return int(self.inputs.shape[1])
+
+    def member(self, k: int) -> SequenceBatch:
+        """Member k's minibatch, unpadded, as ``sample`` gives it (float32 inputs, full targets)."""
+        T, L = self.steps, self.lengths[k]
+        pad = T - L
+        inputs = self.inputs[k, pad:, :, :-1].to(torch.float32)
+        known = self.targets[k].to(torch.float32) if self.targets.is_floating_point() else self.targets[k]
+        targets = known.new_full((L, *known.shape[1:]), self.target_fill)
+        targets[self.target_from - pad:] = known
+        step = torch.arange(L, device=inputs.device)[:, None].expand(L, inputs.shape[1])
+        return SequenceBatch(inputs, targets, step >= self.loss_from - pad, step >= self.error_from - pad,
+                             loss_from=self.loss_from - pad, error_from=self.error_from - pad)
+
+
 class SequenceProblem:
     """The interface every RNN problem implements; the trainer never branches on the name."""
 
@@ -78,33 +141,49 @@ class SequenceProblem:
     # Table 4: scale of the dense input-to-hidden weights, 0.001 (add, mul) or 0.1 (memorization).
     input_scale: float
 
+    def lengths(self, keys: MemberKeys, stream: int, index: int, length: int) -> list[int]:
+        """Each member's length of minibatch (stream, index), computed on the host (it sets a shape)."""
+        raise NotImplementedError
+
+    def draw(self, keys: MemberKeys, stream: int, index: int, batch: int, length: int,
+             dtype: torch.dtype = torch.float32) -> PopulationBatch:
+        """The members' minibatches of (stream, index) for nominal length ``length``, on the keys'
+        device, as one batched computation whose operations do not depend on K."""
+        _check_batch(batch)
+        key0, key1 = keys.batch(stream, index)
+        return self._draw(key0, key1, self.lengths(keys, stream, index, length), batch, length, keys.device, dtype)
+
     def sample(
         self,
         key: int | Sequence[int],
         batch: int,
         length: int,
         device: torch.device | str = "cpu",
-        generator: torch.Generator | None = None,
+        generator: Any = None,
     ) -> SequenceBatch:
-        """The minibatch of ``key``: the same key gives the same minibatch on the same device.
+        """The minibatch of ``key`` = (seed, stream, index) (an int is (seed, 0, 0), missing parts
+        are 0): the same on every device, and member k's minibatch of ``draw`` for seed k.
 
-        ``generator``: a ``torch.Generator`` for ``device`` to reuse (it is reseeded from the
-        key); by default a new one. The length of a marked-pair minibatch is drawn on the host.
-        """
+        ``generator`` is not used (the numbers come from the counter-based generator); it is
+        accepted so that callers written for the earlier torch-generator draws keep running."""
         _check_batch(batch)
-        host_seed, device_seed = np.random.SeedSequence(key).generate_state(2, dtype=np.uint64).tolist()
-        device = torch.device(device)
-        if generator is None:
-            # CUDA draws need a CUDA generator; the CPU's serves the CPU and the meta device.
-            generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
-        generator.manual_seed(device_seed & (2**63 - 1))
-        return self._sample(random.Random(host_seed), generator, batch, length, device)
+        seed, stream, index = (*np.atleast_1d(np.asarray(key, dtype=object)).tolist(), 0, 0)[:3]
+        s0, s1 = counter_rng.seed_words(int(seed))
+        c0, c1 = counter_rng.batch_words(int(stream), int(index))
+        key0, key1 = s0 ^ c0, s1 ^ c1  # Python ints: nothing is copied to the device
+        lengths = [self._length(key0, key1, length)]
+        return self._draw(key0, key1, lengths, batch, length, torch.device(device), torch.float32).member(0)
 
-    def _sample(self, host: random.Random, g: torch.Generator, batch: int, length: int, device: torch.device) -> SequenceBatch:
+    def _length(self, key0: Any, key1: Any, length: int) -> Any:
+        return length
+
+    def _draw(self, key0: Any, key1: Any, lengths: list[int], batch: int, length: int,
+              device: torch.device, dtype: torch.dtype) -> PopulationBatch:
         raise NotImplementedError
 
-    def zero_one_errors(self, outputs: torch.Tensor, targets: torch.Tensor, error_mask: torch.Tensor) -> torch.Tensor:
-        """The zero-one error per leading index: outputs (..., T, B, n_out), masks (..., T, B)."""
+    def zero_one_errors(self, outputs: torch.Tensor, targets: torch.Tensor, error_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The zero-one error per leading index: outputs (..., T, B, n_out), masks (..., T, B);
+        no mask: every step given counts."""
         raise NotImplementedError
 
     def zero_one_error(self, outputs: Any, batch: SequenceBatch) -> float:
@@ -137,6 +216,42 @@ def _check_batch(batch: int) -> None:
         raise ValueError(f"Invalid batch size: {batch} (must be >= 1)")
 
 
+def _float32(x: float) -> float:
+    """x rounded to float32, as a Python float (exact in either dtype)."""
+    return float(np.float32(x))
+
+
+def _vector(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Python numbers as a tensor made on the device, one fill each: a fill's number is a kernel
+    argument, where torch.tensor(values, device=...) is a copy from the host that waits on CUDA."""
+    out = torch.empty(len(values), dtype=dtype, device=device)
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _arange(n: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(n, dtype=torch.int64, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _marked_pair_positions(T: int, B: int, device: torch.device) -> torch.Tensor:
+    """Positions of a padded marked-pair batch: the values at padded steps t = 0..T-1 (as
+    ``(T - 1 - t) B + b``), the length, then I and J of each sequence interleaved."""
+    t = torch.arange(T - 1, -1, -1, dtype=torch.int64, device=device)[:, None]
+    b = torch.arange(B, dtype=torch.int64, device=device)
+    pairs = _TOP - torch.arange(2 * B, dtype=torch.int64, device=device)
+    length = torch.full((1,), LENGTH_POSITION, dtype=torch.int64, device=device)
+    return torch.cat([(t * B + b).reshape(-1), length, pairs])
+
+
+@functools.lru_cache(maxsize=16)
+def _pair_ranges(ranges: tuple[tuple[int, int], tuple[int, int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    lo, hi = zip(*ranges)
+    return _vector(lo, torch.int64, device), _vector(hi, torch.int64, device)
+
+
 class MarkedPairProblem(SequenceProblem):
     """Addition, multiplication (and XOR): combine the values at two marked steps.
 
@@ -152,6 +267,12 @@ class MarkedPairProblem(SequenceProblem):
     there (it is the marker that carries the task). T must be >= 10 for every range to be
     non-empty.
 
+    Values are drawn as integer codes: a 24-bit code c whose value is the midpoint (c + 1/2) / 2^24
+    (``value_bits`` 24), or one bit whose value is itself (1). Centred inputs are exact in float32
+    either way. ``combine`` takes the codes at I and J and returns the raw target in float64,
+    exactly (sums and products of 25-bit numbers fit a float64), before centring and the one
+    rounding to float32.
+
     Zero-one error (sec. 4.2): the fraction of sequences whose final prediction is off by more
     than 0.04.
     """
@@ -163,7 +284,7 @@ class MarkedPairProblem(SequenceProblem):
     def __init__(
         self,
         name: str,
-        draw_values: Callable[[torch.Generator, tuple[int, int], torch.device], torch.Tensor],
+        value_bits: int,
         combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         value_mean: float,
         target_mean: float,
@@ -171,7 +292,7 @@ class MarkedPairProblem(SequenceProblem):
         input_scale: float = 0.001,
     ) -> None:
         self.name = name
-        self._draw_values = draw_values
+        self._value_bits = value_bits
         self._combine = combine
         self._value_mean = value_mean
         self._target_mean = target_mean
@@ -205,36 +326,76 @@ class MarkedPairProblem(SequenceProblem):
         # Targets are centred with their exact mean, so the average centred output is 0.
         return np.zeros(self.n_out)
 
-    def _sample(self, host: random.Random, g: torch.Generator, batch: int, length: int, device: torch.device) -> SequenceBatch:
-        r = self.ranges(length)
-        steps = host.randrange(*r["length"])  # sets the shape: drawn on the host
-        values = self._draw_values(g, (steps, batch), device)
-        i = torch.randint(*r["I"], (1, batch), generator=g, device=device)
-        j = torch.randint(*r["J"], (1, batch), generator=g, device=device)
+    def lengths(self, keys: MemberKeys, stream: int, index: int, length: int) -> list[int]:
+        key0, key1 = keys.batch(stream, index, on_device=False)
+        return [int(n) for n in np.ravel(self._length(key0, key1, length))]
 
-        marker = torch.zeros(steps, batch, dtype=torch.float64, device=device)
-        marker[0] = -1.0
-        marker[steps - 3] = -1.0
-        marker.scatter_(0, i, 1.0).scatter_(0, j, 1.0)
+    def _length(self, key0: Any, key1: Any, length: int) -> Any:
+        words = counter_rng.words_at(LENGTH_POSITION, key0, key1)
+        return counter_rng.integers(words, *self.ranges(length)["length"])
+
+    def _draw(self, key0: Any, key1: Any, lengths: list[int], batch: int, length: int,
+              device: torch.device, dtype: torch.dtype) -> PopulationBatch:
+        r = self.ranges(length)
+        T, B = max(lengths), batch
+        if T * B >= LENGTH_POSITION:
+            raise ValueError(f"Invalid batch size: {batch} (sequences of up to {T} steps need batch * steps < 2^31)")
+        positions = _marked_pair_positions(T, B, device)
+        words = counter_rng.words_at(positions, key0, key1).view(-1, positions.shape[0])
+        K, n = words.shape[0], T * B
+        # The length again, on the device (the host's ``lengths`` set the shape): the same integer
+        # function of the same words, so the two agree without a copy either way.
+        pad = (T - counter_rng.integers(words[:, n], *r["length"])).view(K, 1, 1)
+        lo, hi = _pair_ranges((r["I"], r["J"]), device)
+        marked = counter_rng.integers(words[:, n + 1:].view(K, B, 2), lo, hi).add_(pad).transpose(1, 2)  # (K, 2, B): I, J
+        codes = words[:, :n].view(K, T, B) >> (32 - self._value_bits)
+        absent = _arange(T, device).view(1, T, 1) < pad  # (K, T, 1): padding
 
         mean = self.input_mean(length)
-        inputs = torch.stack([values - float(mean[0]), marker - float(mean[1])], dim=-1)
-        targets = torch.zeros(steps, batch, 1, dtype=torch.float32, device=device)
-        targets[-1, :, 0] = self._combine(values.gather(0, i)[0], values.gather(0, j)[0]) - self._target_mean
-        last_step = torch.zeros(steps, batch, dtype=torch.bool, device=device)
-        last_step[-1] = True
-        return SequenceBatch(
-            inputs=inputs.to(torch.float32),
-            targets=targets,
-            loss_mask=last_step,
-            error_mask=last_step.clone(),
-            loss_from=steps - 1,
-            error_from=steps - 1,
-        )
+        m_zero, m_minus, m_plus = (_float32(v - mean[1]) for v in (0.0, -1.0, 1.0))
+        inputs = torch.empty(K, T, B, 3, dtype=dtype, device=device)
+        value, marker, indicator = inputs.unbind(-1)
+        # value - 1/2 as (2c + 1 - 2^24) / 2^25 (midpoints) or (2c - 1) / 2 (bits): integers below
+        # 2^24 in magnitude, then one exact scaling.
+        if self._value_bits == 1:
+            value.copy_(codes).mul_(2.0).sub_(1.0).mul_(0.5)
+        else:
+            value.copy_(codes).mul_(2.0).add_(1.0 - 2.0 ** self._value_bits).mul_(2.0 ** -(self._value_bits + 1))
+        marker.fill_(m_zero)
+        marker.select(1, T - 3).fill_(m_minus)
+        marker.scatter_(1, pad.expand(K, 1, B), m_minus)
+        marker.scatter_(1, marked, m_plus)  # after the -1s: the +1 wins where I = 0
+        indicator.fill_(1.0)
+        inputs.masked_fill_(absent.unsqueeze(-1), 0.0)
 
-    def zero_one_errors(self, outputs: torch.Tensor, targets: torch.Tensor, error_mask: torch.Tensor) -> torch.Tensor:
+        pair = codes.gather(1, marked)  # (K, 2, B): the codes at I and J
+        raw = self._combine(pair[:, 0], pair[:, 1])
+        targets = raw.sub_(self._target_mean).to(torch.float32).to(dtype).view(K, 1, B, 1)
+        return PopulationBatch(inputs, targets, target_from=T - 1, target_fill=0.0, loss_from=T - 1,
+                               error_from=T - 1, lengths=tuple(lengths))
+
+    def zero_one_errors(self, outputs: torch.Tensor, targets: torch.Tensor, error_mask: torch.Tensor | None = None) -> torch.Tensor:
         off = (outputs - targets).abs().amax(dim=-1) > REGRESSION_TOLERANCE
-        return (off & error_mask).any(dim=-2).to(torch.float64).mean(dim=-1)
+        if error_mask is not None:
+            off &= error_mask
+        return off.any(dim=-2).to(torch.float64).mean(dim=-1)
+
+
+@functools.lru_cache(maxsize=64)
+def _memorization_layout(problem: "MemorizationProblem", length: int, device: torch.device,
+                         dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the inputs at steps n..T-1, (T - n, 1, C); the centred one-hot values of a symbol step,
+    where a channel is on and off, (C,); the channel ids (C,)), C = n_in + 1 with the indicator."""
+    n, C = problem.n_symbols, problem.n_in + 1
+    mean = problem.input_mean(length)
+    on = [_float32(1.0 - m) for m in mean] + [1.0]
+    off = [_float32(0.0 - m) for m in mean] + [1.0]
+    rest = _vector(off, dtype, device).repeat(length - n, 1)
+    rest[:, problem.blank] = on[problem.blank]
+    rest[length - 2 * n - 1, problem.blank] = off[problem.blank]
+    rest[length - 2 * n - 1, problem.trigger] = on[problem.trigger]
+    return (rest.view(length - n, 1, C), _vector(on, dtype, device), _vector(off, dtype, device),
+            torch.arange(C, device=device))
 
 
 class MemorizationProblem(SequenceProblem):
@@ -297,58 +458,58 @@ class MemorizationProblem(SequenceProblem):
         # Table 4's "average of outputs" for softmax units: softmax(log p) = p.
         return np.log(self.target_distribution(length))
 
-    def _sample(self, host: random.Random, g: torch.Generator, batch: int, length: int, device: torch.device) -> SequenceBatch:
+    def lengths(self, keys: MemberKeys, stream: int, index: int, length: int) -> list[int]:
         self._check_length(length)
-        n = self.n_symbols
-        symbols = torch.randint(0, self.alphabet, (n, batch), generator=g, device=device)
+        return [length] * len(keys)
 
-        channel = torch.full((length, batch), self.blank, dtype=torch.int64, device=device)
-        channel[:n] = symbols
-        channel[length - n - 1] = self.trigger
-        # scatter, not one_hot: one_hot checks the class range on the host on some devices.
-        inputs = torch.zeros(length, batch, self.n_in, dtype=torch.float64, device=device)
-        inputs.scatter_(-1, channel.unsqueeze(-1), 1.0)
-        for c, m in enumerate(self.input_mean(length).tolist()):  # Python numbers: no host-to-device copy
-            inputs[..., c] -= m
+    def _draw(self, key0: Any, key1: Any, lengths: list[int], batch: int, length: int,
+              device: torch.device, dtype: torch.dtype) -> PopulationBatch:
+        self._check_length(length)
+        n, B, T = self.n_symbols, batch, length
+        words = counter_rng.words_at(_arange(n * B, device), key0, key1).view(-1, n * B)
+        K = words.shape[0]
+        symbols = counter_rng.integers(words, 0, self.alphabet).view(K, n, B)
 
-        targets = torch.full((length, batch), self.blank, dtype=torch.int64, device=device)
-        targets[length - n :] = symbols
-        error_mask = torch.zeros(length, batch, dtype=torch.bool, device=device)
-        error_mask[length - n :] = True
-        return SequenceBatch(
-            inputs=inputs.to(torch.float32),
-            targets=targets,
-            loss_mask=torch.ones(length, batch, dtype=torch.bool, device=device),
-            error_mask=error_mask,
-            loss_from=0,
-            error_from=length - n,
-        )
+        rest, on, off, channel = _memorization_layout(self, T, device, dtype)
+        inputs = torch.empty(K, T, B, self.n_in + 1, dtype=dtype, device=device)
+        inputs[:, n:] = rest
+        torch.where(symbols.unsqueeze(-1) == channel, on, off, out=inputs[:, :n])
+        targets = torch.empty(K, T, B, dtype=torch.int64, device=device)
+        targets[:, : T - n] = self.blank
+        targets[:, T - n:] = symbols
+        return PopulationBatch(inputs, targets, target_from=0, target_fill=self.blank, loss_from=0,
+                               error_from=T - n, lengths=tuple(lengths))
 
-    def zero_one_errors(self, outputs: torch.Tensor, targets: torch.Tensor, error_mask: torch.Tensor) -> torch.Tensor:
+    def zero_one_errors(self, outputs: torch.Tensor, targets: torch.Tensor, error_mask: torch.Tensor | None = None) -> torch.Tensor:
         predicted = outputs[..., : self.alphabet].argmax(dim=-1)
-        wrong = (predicted != targets) & error_mask
+        wrong = predicted != targets
+        if error_mask is not None:
+            wrong &= error_mask
         return wrong.sum(dim=-2).to(torch.float64).mean(dim=-1)
 
 
-def _uniform_values(g: torch.Generator, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
-    return torch.rand(shape, generator=g, device=device, dtype=torch.float64)
+def _sum_codes(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # (a + 1/2) / 2^24 + (b + 1/2) / 2^24
+    return (a + b + 1).to(torch.float64).mul_(2.0 ** -24)
 
 
-def _binary_values(g: torch.Generator, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
-    return torch.randint(0, 2, shape, generator=g, device=device).to(torch.float64)
+def _product_codes(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # (2a + 1)(2b + 1) / 2^50 < 2^50 / 2^50: exact in float64
+    return ((2 * a + 1) * (2 * b + 1)).to(torch.float64).mul_(2.0 ** -50)
 
 
-def _xor(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.logical_xor(a != 0, b != 0).to(a.dtype)
+def _xor_bits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a ^ b).to(torch.float64)
 
 
 PROBLEMS: dict[str, SequenceProblem] = {
-    # E[v_I + v_J] = 1 and E[v_I * v_J] = 1/4 for independent U[0,1] values (I != J always).
-    "addition": MarkedPairProblem("addition", _uniform_values, torch.add, 0.5, 1.0),
-    "multiplication": MarkedPairProblem("multiplication", _uniform_values, torch.mul, 0.5, 0.25),
+    # E[v_I + v_J] = 1 and E[v_I * v_J] = 1/4 for independent values of mean 1/2 (I != J always):
+    # exactly, for the midpoints of 2^24 equal cells as for U(0, 1).
+    "addition": MarkedPairProblem("addition", 24, _sum_codes, 0.5, 1.0),
+    "multiplication": MarkedPairProblem("multiplication", 24, _product_codes, 0.5, 0.25),
     # Optional extra of the same family (task-definitions.md); not in Table 5, layout unverified:
-    # fair bits instead of U[0,1] values, target v_I XOR v_J, scored like addition.
-    "xor": MarkedPairProblem("xor", _binary_values, _xor, 0.5, 0.5),
+    # fair bits instead of U(0, 1) values, target v_I XOR v_J, scored like addition.
+    "xor": MarkedPairProblem("xor", 1, _xor_bits, 0.5, 0.5),
     "mem5": MemorizationProblem("mem5", n_symbols=5, alphabet=2, default_length=200),
     "mem20": MemorizationProblem("mem20", n_symbols=10, alphabet=5, default_length=80),
 }

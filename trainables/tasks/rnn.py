@@ -6,52 +6,43 @@ each (dW_hh = H_prev^T dA over all steps), which leaves one sequential matmul pe
 and one backward. tests/test_rnn_model.py checks these gradients against autograd through
 torch.nn.RNN with the same weights.
 
-Population: weights carry a leading member dimension K; member k samples its own minibatches from
-its own seed. The addition/multiplication minibatches of different members can have different
-lengths: they are left-padded to the longest and the hidden state is held at h0 = 0 through the
-padding (mask m_t), which adds exact zeros to every sum, so member k computes what its solo run
-computes.
+Population: weights carry a leading member dimension K, and every operation is batched over the
+members: an update is the same fixed sequence of operations whatever K is (three per time step
+forward, two backward; tests/test_op_counts.py counts them). Member k draws its own minibatches
+from its own seed, all members in one draw (trainables/data/rnn_problems.py).
+
+Padding. Addition/multiplication minibatches of different members can have different lengths:
+they are left-padded to the longest, so every member's sequence ends at the last step. Every
+input channel is 0 on padding, the hidden bias included: it is folded into the weights of an
+indicator channel that is 1 on a member's own steps and 0 on its padding. So at a padded step the
+pre-activation is a sum of exact zeros, h = tanh(0) = 0 exactly, and the hidden state stays at
+h0 = 0 until the member's first own step, where the pre-activation is its input term plus exact
+zeros. Backward, the gradients of the padded steps meet only zero inputs and zero hidden states,
+so they add exact zeros to every weight gradient. Member k therefore computes what its solo run
+computes, up to the order in which the matmuls sum (tested in float64).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from trainables.config import TaskConfig
+from trainables.data.counter_rng import MemberKeys
+from trainables.data.rnn_problems import PopulationBatch
 from trainables.init import esn_recurrent, gaussian, glorot_uniform, orthogonal
 
 HIDDEN_UNITS = 100
 PAPER_BATCH_SIZE = 100
 HID_TO_OUT_SCALE = 0.1  # Table 4
 
-
-def _tanh_of_half_(x: torch.Tensor) -> torch.Tensor:
-    """In place: ``x`` holding 2a becomes tanh(a) = 2 sigmoid(2a) - 1.
-
-    Why not torch.tanh: in this CPU build it takes about 3x as long as sigmoid, and in the RNN's
-    time step it cost as much as the matmul. The result is within 2e-7 of the exact tanh in
-    float32 (torch.tanh: 3e-8); the caller folds the doubling into the matmul that produces a.
-    """
-    return x.sigmoid_().mul_(2.0).sub_(1.0)
-
-
-@dataclass
-class PaddedBatch:
-    inputs: torch.Tensor  # (K, T, B, n_in)
-    active: torch.Tensor | None  # (K, T, 1, 1) 1.0 where the step is real, None when no padding
-    targets: torch.Tensor  # (K, T, B, n_out) float (regression) or (K, T, B) long (classification)
-    loss_mask: torch.Tensor  # (K, T, B, 1) float
-    error_mask: torch.Tensor  # (K, T, B) bool
-    raw: list  # the members' unpadded SequenceBatch objects
-    pads: list[int]
-    # Every step where some member's loss (error) is read lies in [loss_from, T) ([error_from, T)):
-    # known from the problem's layout, so the readout is a slice, found without a host round trip.
-    loss_from: int = 0
-    error_from: int = 0
+# tanh(a) = 1 - 2 sigmoid(-2a). Why not torch.tanh: in this CPU build it takes many times as long
+# as sigmoid and cost more than the recurrent matmul. The pre-activation is held as z = -2a, the
+# -2 folded into the weights (an exact scaling), so a step is sigmoid_ then one add: 1 - 2 s.
+PRE_SCALE = -2.0
 
 
 def recurrent_init(kind: str, n: int, radius: float, g: torch.Generator) -> torch.Tensor:
@@ -79,10 +70,11 @@ class RNNWorkload:
         self.eval_cases = cfg.eval_cases or 1000
         self.device, self.dtype = device, dtype
         self.classification = self.problem.kind == "classification"
-        self._eval_batches: list[PaddedBatch] | None = None
+        self.keys = MemberKeys(self.seeds, device)  # the members' seed words, on the device once
+        self._eval_batches: list[PopulationBatch] | None = None
         self._workspaces: dict[str, torch.Tensor] = {}
-        # CUDA draws need a CUDA generator; the CPU's serves the CPU and the meta device.
-        self._generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
+        self._one = torch.ones(1, device=device, dtype=dtype)
+        self._minus_one = torch.full((1,), -1.0, device=device, dtype=dtype)
         recurrent_init(self.init, 2, 1.0, torch.Generator().manual_seed(0))  # fail early on a bad kind
 
     # -- parameters -----------------------------------------------------------------------
@@ -109,92 +101,56 @@ class RNNWorkload:
         self.seeds = [self.seeds[i] for i in keep]
         self.radii = [self.radii[i] for i in keep]
         self.in_scales = [self.in_scales[i] for i in keep]
+        self.keys = self.keys.select(keep)
         self._eval_batches = None
 
     # -- data -----------------------------------------------------------------------------
-    def _pad(self, batches: list) -> PaddedBatch:
-        """The members' batches as (K, T, ...) tensors, shorter ones left-padded (on the device)."""
-        K = len(batches)
-        T = max(b.inputs.shape[0] for b in batches)
-        pads = [T - b.inputs.shape[0] for b in batches]
-
-        def stacked(name: str) -> torch.Tensor:
-            parts = [getattr(b, name) for b in batches]
-            if not any(pads):
-                return torch.stack(parts)
-            out = parts[0].new_zeros((K, T, *parts[0].shape[1:]))
-            for k, (part, p) in enumerate(zip(parts, pads)):
-                out[k, p:] = part
-            return out
-
-        active = None
-        if any(pads):
-            active = torch.ones(K, T, 1, 1, device=self.device, dtype=self.dtype)
-            for k, p in enumerate(pads):
-                if p:
-                    active[k, :p] = 0.0
-        targets = stacked("targets")
-        return PaddedBatch(
-            inputs=stacked("inputs").to(self.dtype),
-            active=active,
-            targets=targets if self.classification else targets.to(self.dtype),
-            loss_mask=stacked("loss_mask").to(self.dtype)[..., None],
-            error_mask=stacked("error_mask"),
-            raw=batches,
-            pads=pads,
-            loss_from=min(p + b.loss_from for p, b in zip(pads, batches)),
-            error_from=min(p + b.error_from for p, b in zip(pads, batches)),
-        )
-
-    def _sample(self, stream: int, index: int) -> PaddedBatch:
+    def _sample(self, stream: int, index: int) -> PopulationBatch:
         # Stateless in the step: batch `index` of a stream is a function of (seed, stream, index),
-        # so a resumed run needs no RNG state; it is drawn on the training device (a generator
-        # there, reseeded per batch). Members with equal seeds share one draw.
-        cache: dict[int, object] = {}
-        for seed in self.seeds:
-            if seed not in cache:
-                cache[seed] = self.problem.sample(
-                    (seed, stream, index), self.batch_size, self.length, self.device, self._generator
-                )
-        return self._pad([cache[s] for s in self.seeds])
+        # so a resumed run needs no RNG state; all members' batches are one draw on the device.
+        return self.problem.draw(self.keys, stream, index, self.batch_size, self.length, self.dtype)
 
     # -- model ----------------------------------------------------------------------------
-    def hidden_states(self, params: list[torch.Tensor], batch: PaddedBatch, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden states (K, T, B, H), written into ``out`` when given. Each step works in place on
-        its (K, B, H) slice (no allocation); member-major storage makes the weight gradients of
-        all steps plain views for one matmul each, with no transposed copies."""
+    def hidden_states(self, params: list[torch.Tensor], batch: PopulationBatch, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (K, T, B, H), written into ``out`` when given. Member-major storage makes
+        the weight gradients of all steps plain views for one matmul each, with no transposed
+        copies; each step works on its (K, B, H) slice."""
         W_ih, W_hh, b_h = params[:3]
-        K, T, B, n_in = batch.inputs.shape
-        hs = torch.empty(K, T, B, W_hh.shape[-1], device=W_hh.device, dtype=W_hh.dtype) if out is None else out
-        # Every slice first holds 2 a_t (twice the pre-activation), for _tanh_of_half_. The input
-        # term of all steps is one matmul per member: a 2-D addmm writes its result in one pass,
-        # where baddbmm first copies the broadcast bias into the output.
-        x = batch.inputs.reshape(K, T * B, n_in)
-        for k, pre_k in enumerate(hs.view(K, T * B, -1)):
-            torch.addmm(b_h[k], x[k], W_ih[k], beta=2, alpha=2, out=pre_k)
-        h, hW = None, torch.empty_like(hs[:, 0])  # h_{-1} = 0
-        for t in range(T):
-            h_t = hs[:, t]
-            if h is not None:
-                # bmm then add: baddbmm_ on a strided slice runs as K separate addmm_ calls.
-                h_t.add_(torch.bmm(h, W_hh, out=hW), alpha=2)
-            _tanh_of_half_(h_t)
-            if batch.active is not None:
-                if h is None:
-                    h_t.mul_(batch.active[:, t])
-                else:
-                    # where, not h + m (h_t - h): that rounds h_t in its last bit where m = 1.
-                    torch.where(batch.active[:, t] > 0, h_t, h, out=h_t)
-            h = h_t
+        K, T, B, C = batch.inputs.shape
+        H = W_hh.shape[-1]
+        hs = torch.empty(K, T, B, H, device=W_hh.device, dtype=W_hh.dtype) if out is None else out
+        # The input term of all steps, the bias with it (its weights on the indicator channel):
+        # one matmul, written as z = -2 (x W_ih + b) in every step's slice.
+        W_in = torch.cat([W_ih, b_h], dim=1).mul_(PRE_SCALE)
+        torch.bmm(batch.inputs.view(K, T * B, C), W_in, out=hs.view(K, T * B, H))
+        W_rec = W_hh.mul(PRE_SCALE)
+        s = self._workspace("step", (K, B, H))
+        steps = hs.unbind(1)
+        steps[0].sigmoid_()  # h_{-1} = 0: no recurrent term
+        torch.add(self._one, steps[0], alpha=-2.0, out=steps[0])
+        for t in range(1, T):
+            # The recurrent term added by the matmul into a contiguous buffer (baddbmm_ in place
+            # on the strided slice would run as K separate matmuls), then back into the slice.
+            # Element-wise operations write the (K, B, H) slice, never the contiguous buffer: on
+            # the slice they loop over each member's B x H block as a solo run does, where on a
+            # contiguous buffer the vectorized loop would split K B H elements differently, and
+            # the last few of a member would take the scalar tail path in one run and not the other.
+            torch.sigmoid(torch.baddbmm(steps[t], steps[t - 1], W_rec, out=s), out=steps[t])
+            torch.add(self._one, steps[t], alpha=-2.0, out=steps[t])
         return hs
 
     def readout(self, params: list[torch.Tensor], h: torch.Tensor) -> torch.Tensor:
         """Outputs (K, S, B, n_out) of the hidden states h (K, S, B, H) at the steps read."""
         W_ho, b_o = params[3:]
         K, S, B, H = h.shape
-        # (W_ho^T hs^T)^T: with few outputs, BLAS is much faster this way round than hs W_ho.
-        h_t = h.reshape(K, S * B, H).transpose(1, 2)
-        return torch.bmm(W_ho.transpose(1, 2), h_t).transpose(1, 2).add(b_o).reshape(K, S, B, -1)
+        if W_ho.shape[-1] == 1:
+            # One output: a product and a sum. A matmul of this shape is a matrix-vector product,
+            # which MKL computes one way for a single member and another for a batch of them, so
+            # member k would round differently from its solo run.
+            return torch.mul(h, W_ho.view(K, 1, 1, H)).sum(-1, keepdim=True).add_(b_o.view(K, 1, 1, 1))
+        # (W_ho^T hs^T + b_o^T)^T: with few outputs, BLAS is much faster this way round than hs W_ho.
+        out_t = torch.baddbmm(b_o.transpose(1, 2), W_ho.transpose(1, 2), h.reshape(K, S * B, H).transpose(1, 2))
+        return out_t.transpose(1, 2).view(K, S, B, -1)
 
     @staticmethod
     def _from(hs: torch.Tensor, start: int) -> torch.Tensor:
@@ -203,64 +159,77 @@ class RNNWorkload:
         another kernel, and a member would then round differently from its solo run)."""
         return hs if start == 0 else hs[:, start:].contiguous()
 
-    def _loss_and_dout(self, out: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-member loss, summed over the loss steps and averaged over sequences, and d loss/d out.
+    def _loss_and_dout(self, out: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-member loss, summed over the loss steps (every step given) and averaged over
+        sequences, and d loss/d out.
 
         Regression: squared error without 1/2 (as the Faces autoencoder). Classification: softmax
         cross-entropy. Both are the paper's losses for these problems (sec. 4.2)."""
         B = out.shape[2]
         if self.classification:
             logp = torch.log_softmax(out, dim=-1)
-            onehot = torch.zeros_like(out).scatter_(-1, targets.unsqueeze(-1), 1.0)
-            loss = -(logp * onehot * mask).sum(dim=(1, 2, 3)) / B
-            dout = (logp.exp() - onehot) * mask / B
+            index = targets.unsqueeze(-1)
+            loss = logp.gather(-1, index).sum(dim=(1, 2, 3)).div_(-B)
+            dout = logp.exp_().scatter_add_(-1, index, self._minus_one.expand(index.shape)).div_(B)
         else:
-            diff = (out - targets) * mask
-            loss = diff.pow(2).sum(dim=(1, 2, 3)) / B
-            dout = 2.0 * diff / B
+            diff = out - targets
+            loss = diff.square().sum(dim=(1, 2, 3)).div_(B)
+            dout = diff.mul_(2.0 / B)
         return loss, dout
 
+    def batch(self, step: int) -> PopulationBatch:
+        """The members' training minibatch of update ``step``, as ``loss_and_grads_on`` reads it.
+
+        Without the members' lengths: they change from step to step, the update does not read them
+        (the padding is in the inputs), and a captured update (trainables/graphs.py) is keyed by a
+        minibatch's shapes and host fields."""
+        return dataclasses.replace(self._sample(1, step), lengths=None)
+
+    def scratch(self) -> list[torch.Tensor]:
+        """The buffers kept from one update to the next (``_workspace``)."""
+        return list(self._workspaces.values())
+
     def loss_and_grads(self, params: list[torch.Tensor], step: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        batch = self._sample(1, step)
+        return self.loss_and_grads_on(params, self.batch(step))
+
+    def loss_and_grads_on(self, params: list[torch.Tensor], batch: PopulationBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
         W_ih, W_hh, b_h, W_ho, b_o = params
-        K, T, B, _ = batch.inputs.shape
+        K, T, B, C = batch.inputs.shape
         H = W_hh.shape[-1]
         hs = self.hidden_states(params, batch, out=self._workspace("hs", (K, T, B, H)))
         start = batch.loss_from
         S = T - start
         h_read = self._from(hs, start)
         out = self.readout(params, h_read)
-        loss, dout = self._loss_and_dout(out, batch.targets[:, start:], batch.loss_mask[:, start:])
-        d_o = dout.reshape(K, S * B, -1)
-        g_W_ho = torch.bmm(d_o.transpose(1, 2), h_read.reshape(K, S * B, H)).transpose(1, 2).contiguous()
+        loss, dout = self._loss_and_dout(out, batch.targets[:, start - batch.target_from:])
+        d_o = dout.view(K, S * B, -1)
+        g_W_ho = torch.bmm(d_o.transpose(1, 2), h_read.view(K, S * B, H)).transpose(1, 2).contiguous()
         g_b_o = d_o.sum(1, keepdim=True)
         dh_out = self._workspace("dh_out", (K, S, B, H))
         torch.bmm(d_o, W_ho.transpose(1, 2), out=dh_out.view(K, S * B, H))
 
-        # Backward through time: one matmul per step; the weight gradients of all steps are one
-        # large matmul each afterwards. da_t = dh_t * (1 - h_t^2), computed per step on a slice
-        # that is still in cache.
+        # Backward through time, two operations per step: da_t = dh_t (1 - h_t^2) (tanh_backward,
+        # on a slice still in cache), then dh_{t-1} = da_t W_hh^T plus the readout's gradient at
+        # t-1 where it is read (one baddbmm). The weight gradients of all steps are one large
+        # matmul each afterwards.
         da = self._workspace("da", (K, T, B, H))
         W_hh_T = W_hh.transpose(1, 2).contiguous()
-        dh = torch.zeros_like(hs[:, 0])
-        for t in range(T - 1, -1, -1):
-            if t >= start:
-                dh.add_(dh_out[:, t - start])
-            d_t, h_t = da[:, t], hs[:, t]
-            torch.mul(h_t, h_t, out=d_t)
-            torch.addcmul(dh, dh, d_t, value=-1.0, out=d_t)
-            if batch.active is None:
-                torch.bmm(d_t, W_hh_T, out=dh)
+        dh = self._workspace("dh", (K, B, H))
+        h_steps, da_steps, read = hs.unbind(1), da.unbind(1), dh_out.unbind(1)
+        tanh_backward = torch.ops.aten.tanh_backward.grad_input
+        tanh_backward(read[T - 1 - start], h_steps[T - 1], grad_input=da_steps[T - 1])
+        for t in range(T - 1, 0, -1):
+            if t - 1 >= start:
+                torch.baddbmm(read[t - 1 - start], da_steps[t], W_hh_T, out=dh)
             else:
-                m = batch.active[:, t]
-                d_t.mul_(m)
-                torch.baddbmm(dh * (1.0 - m), d_t, W_hh_T, out=dh)
+                torch.bmm(da_steps[t], W_hh_T, out=dh)
+            tanh_backward(dh, h_steps[t - 1], grad_input=da_steps[t - 1])
         # h_{-1} = 0 adds nothing to dW_hh, so the sum runs over t >= 1 on views of hs and da.
         g_W_hh = torch.bmm(hs[:, :-1].reshape(K, (T - 1) * B, H).transpose(1, 2), da[:, 1:].reshape(K, (T - 1) * B, H))
-        da_flat = da.reshape(K, T * B, H)
-        g_W_ih = torch.bmm(batch.inputs.reshape(K, T * B, -1).transpose(1, 2), da_flat)
-        g_b_h = da_flat.sum(1, keepdim=True)
-        return loss, [g_W_ih, g_W_hh, g_b_h, g_W_ho, g_b_o]
+        # The input weights and the bias (the indicator channel's weights) in one matmul.
+        g_in = torch.bmm(batch.inputs.view(K, T * B, C).transpose(1, 2), da.view(K, T * B, H))
+        n_in = W_ih.shape[1]
+        return loss, [g_in[:, :n_in], g_W_hh, g_in[:, n_in:], g_W_ho, g_b_o]
 
     def _workspace(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         """A tensor of ``shape`` whose storage is kept from one update to the next (contents undefined).
@@ -289,9 +258,38 @@ class RNNWorkload:
             hs = self.hidden_states(params, batch, out=self._workspace("hs", (K, T, B, H)))
             start = batch.error_from
             out = self.readout(params, self._from(hs, start))
-            total += self.problem.zero_one_errors(out, batch.targets[:, start:], batch.error_mask[:, start:])
+            total += self.problem.zero_one_errors(out, batch.targets[:, start - batch.target_from:])
         return total / len(self._eval_batches)
 
 
 def build(cfg: TaskConfig, device: torch.device, dtype: torch.dtype) -> RNNWorkload:
     return RNNWorkload(cfg, device, dtype)
+
+
+def memory_estimate(cfg: TaskConfig):
+    """Bytes this task allocates per member (trainables/tasks/memory.py), with T the longest
+    minibatch (addition and multiplication draw lengths up to 1.1 T) and B the minibatch size:
+    the weights about six times over; BPTT's (T, B, H) arrays of every time step (hidden states,
+    their gradients, the readout's gradient and a copy of the steps read), kept from one update to
+    the next; the readout's outputs and loss terms; a minibatch (its inputs, targets and masks,
+    and the draw's own temporaries); and the evaluation set, ceil(eval_cases / B) such minibatches
+    kept for the whole run."""
+    from trainables.data.rnn_problems import PROBLEMS
+    from trainables.tasks.memory import MemoryEstimate, Part, dtype_bytes, weight_copies
+
+    size = dtype_bytes(cfg)
+    problem = PROBLEMS[cfg.task]
+    length = cfg.seq_length or problem.default_length
+    T = problem.ranges(length)["length"][1] - 1 if hasattr(problem, "ranges") else length
+    B = cfg.batch_size or PAPER_BATCH_SIZE
+    H, n_in, n_out = HIDDEN_UNITS, problem.n_in, problem.n_out
+    weights = n_in * H + H * H + H + H * n_out + n_out
+    targets = 16 if problem.kind == "classification" else n_out * (size + 4)
+    batch = T * B * ((n_in + 1) * (size + 4) + targets + size + 3 + 2 * n_in * 4)
+    eval_batches = -(-(cfg.eval_cases or 1000) // B)
+    return MemoryEstimate(per_member=(
+        Part("weights and optimizer state", weight_copies(cfg) * weights * size, ("optimizer", "dtype")),
+        Part("BPTT activations", T * B * (4 * H + 6 * n_out) * size, ("batch_size", "seq_length")),
+        Part("minibatch", batch, ("batch_size", "seq_length")),
+        Part("evaluation set", eval_batches * batch, ("eval_cases", "seq_length")),
+    ))

@@ -14,6 +14,8 @@ benchmark", says how to read each figure):
    plain loop (cuDNN ``nn.RNN`` / ``nn.Sequential`` + ``torch.optim.SGD``, one configuration,
    same sizes). Each point runs for a fixed short wall time (set by ``--time-budget``), not a fixed
    number of updates; set-up and the first two report intervals (warm-up) are not counted.
+   Addition and mem5 at K = 1 and 256 run a second time with CUDA graphs off (``cuda_graphs:
+   false``): updates/s with and without graphs (on the CPU both runs are eager).
 2. kernels per update and busy fraction, from ``torch.profiler`` over one report interval at
    the ``--profile-ks`` points: CUDA kernels (copies and memsets not counted) per update, and the
    union of GPU activity over the interval's wall time. On the CPU: ATen calls made outside
@@ -80,6 +82,8 @@ GAP_MEMBERS = 3
 GAP_ORDER = ["addition", "curves", "mem5", "multiplication", "mem20", "mnist", "faces"]
 # Shares of the time budget; a section that finishes early leaves its rest to the next ones.
 SHARES = {"rates": 0.5, "study": 0.33, "gaps": 0.17}
+# The points also measured with CUDA graphs off (cuda_graphs: false), to show what graphs give.
+GRAPH_TASKS, GRAPH_KS = ("addition", "mem5"), (1, 256)
 FAILURES: list[str] = []  # sections that failed, recorded in the JSON's meta
 
 
@@ -184,11 +188,11 @@ def point_config(task: str, k: int, device: torch.device, report_every: int, qui
 
 
 def measure_ours(task: str, k: int, device: torch.device, window_s: float, report_every: int,
-                 profile: bool, quick: bool) -> dict:
+                 profile: bool, quick: bool, extra: dict | None = None) -> dict:
     """Member-updates/s of ``train`` for a population of K: every interval after the first two
     (set-up, warm-up) until ``window_s`` seconds have passed; then, if ``profile``, one interval
     under the profiler."""
-    cfg = point_config(task, k, device, report_every, quick)
+    cfg = {**point_config(task, k, device, report_every, quick), **(extra or {})}
     times: list[float] = []
     state: dict[str, Any] = {}
     t_call = clock(device)
@@ -297,6 +301,12 @@ def run_rates(args: argparse.Namespace, device: torch.device, deadline: float) -
             try:
                 row.update(measure_ours(task, k, device, window, args.report_every, k in args.profile_ks, args.quick))
                 row["status"] = "ok"
+                if task in GRAPH_TASKS and k in GRAPH_KS:
+                    # The same point with the updates run eagerly (on the CPU both runs are eager).
+                    eager = measure_ours(task, k, device, window, args.report_every, False, args.quick,
+                                         {"cuda_graphs": False})
+                    row["eager_member_updates_per_s"] = eager["member_updates_per_s"]
+                    row["graphs_speedup"] = row["member_updates_per_s"] / eager["member_updates_per_s"]
                 last_setup[task] = (k, row["setup_s"])
             except torch.cuda.OutOfMemoryError:
                 row["status"] = stopped[task] = "skipped: out of memory"
@@ -520,6 +530,14 @@ def markdown(result: dict) -> str:
         busy = f"{100 * p['busy_fraction']:.0f}%" if p else ""
         lines.append(f"| {r['task']} | {r['K']} | {r['member_updates_per_s']:,.0f} | {r['plain_updates_per_s']:,.1f} "
                      f"| {r['ratio']:.2f}x | {kern} | {busy} |")
+    graphed = [r for r in result["rates"] if r["status"] == "ok" and "graphs_speedup" in r]
+    if graphed:
+        note = "" if meta["device"] == "cuda" else " (on the CPU graphs are not used: both runs are eager)"
+        lines += ["", f"CUDA graphs on and off{note}:", "",
+                  "| task | K | updates/s, graphs | updates/s, eager | graphs / eager |", "| --- | ---: | ---: | ---: | ---: |"]
+        for r in graphed:
+            lines.append(f"| {r['task']} | {r['K']} | {r['member_updates_per_s'] / r['K']:,.1f} "
+                         f"| {r['eager_member_updates_per_s'] / r['K']:,.1f} | {r['graphs_speedup']:.2f}x |")
     lines += ["", "The plain loop (one configuration):", "", "| task | updates/s | kernels/update | busy |",
               "| --- | ---: | ---: | ---: |"]
     for task, p in result["plain"].items():

@@ -90,6 +90,10 @@ class TaskConfig(BaseModel):
     # identity, so a checkpoint resumes under another device.
     device: str = "auto"
     dtype: Literal["float32", "float64"] = "float32"
+    # On CUDA, the updates between two reports replay as captured CUDA graphs (trainables/graphs.py);
+    # False runs them eagerly (same results, to rounding). Ignored on the CPU. Like ``device``, it
+    # does not affect a run's identity: a checkpoint resumes with either setting.
+    cuda_graphs: bool = True
 
     @field_validator("lr", "init_scale", "spectral_radius")
     @classmethod
@@ -153,8 +157,8 @@ class TaskConfig(BaseModel):
     @field_validator("eps")
     @classmethod
     def _eps(cls, v: float) -> float:
-        if not v > 0:
-            raise ValueError(f"eps={v!r} is not allowed: must be > 0")
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"eps={v!r} is not allowed: must be a finite number > 0")
         return v
 
     @model_validator(mode="after")

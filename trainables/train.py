@@ -16,6 +16,7 @@ import torch
 from trainables import schedules
 from trainables.api import MemberMetrics, MemberStatus, Report, Reporter
 from trainables.config import ConfigError, TaskConfig, parse_config
+from trainables.graphs import update_graphs
 from trainables.optim import make_optimizer, polyak_update
 from trainables.tasks import ALLOWED_INITS, DEFAULT_SCHEDULE, TASKS, family
 
@@ -138,6 +139,8 @@ def train(
     params = opt.params
     mu_of = member_schedules(cfg)
     averages = [p.clone() for p in params] if cfg.polyak_decay is not None else None
+    # On CUDA (cuda_graphs), the updates between two reports replay as captured graphs; None: eager.
+    graphs = update_graphs(workload, opt, cfg.polyak_decay, device, cfg.cuda_graphs)
 
     step = 0
     ids = list(range(K))  # the members in the computation: position j of every tensor is member ids[j]
@@ -158,6 +161,8 @@ def train(
         if positions == list(range(len(ids))):
             return
         ids = [ids[j] for j in positions]
+        if graphs is not None:
+            graphs.reset()  # every per-member tensor moves: captured again for the survivors
         workload.select(positions)
         opt.select(positions)
         params, points = opt.params, None
@@ -241,7 +246,7 @@ def train(
         mu_table = torch.tensor([[mu_of[k](t) for k in ids] for t in range(step, step + n)],
                                 dtype=dtype, device=device)
         points = run_updates(workload, opt, params, averages, cfg.polyak_decay, mu_table, step, points,
-                             finite, first_nonfinite, loss_sum, loss_count)
+                             finite, first_nonfinite, loss_sum, loss_count, graphs=graphs)
         step += n
 
         # The report: the one place the host reads the device.
@@ -280,14 +285,18 @@ def run_updates(
     first_nonfinite: torch.Tensor,
     loss_sum: torch.Tensor,
     loss_count: torch.Tensor,
+    graphs: Any = None,
 ) -> list[torch.Tensor]:
     """The updates between two reports, ``len(mu_table)`` of them, without a host round trip.
 
     A member whose loss turns NaN or inf is only noted (``finite``, ``first_nonfinite``, on the
     device); its slice goes on computing NaN, which no other member's slice reads (every batched
     op is per member), until the next report drops it from the computation. Returns the last gradient point, whose
-    tensors the next call reuses.
+    tensors the next call reuses. With ``graphs`` (trainables/graphs.py, on CUDA) the same updates
+    replay as captured graphs.
     """
+    if graphs is not None:
+        return graphs.run(params, averages, mu_table, first_step, points, finite, first_nonfinite, loss_sum, loss_count)
     for i in range(mu_table.shape[0]):
         opt.mu = mu_table[i]
         points = opt.gradient_point(points)  # into the last update's point: no copy of every weight allocated
@@ -319,8 +328,8 @@ class _WhileReporting:
 
 
 def _identity(config: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What makes two configs the same run: all but the device it runs on."""
-    return None if config is None else {k: v for k, v in config.items() if k != "device"}
+    """What makes two configs the same run: all but the device it runs on and how (CUDA graphs)."""
+    return None if config is None else {k: v for k, v in config.items() if k not in ("device", "cuda_graphs")}
 
 
 def _to_cpu(x: Any) -> Any:

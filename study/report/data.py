@@ -34,7 +34,7 @@ CONFIG_FIELDS = tuple(TaskConfig.model_fields)
 # Config fields that do not make a setting: the seed is what the members of a setting differ in
 # (its repeats, fused as one population or run as separate trials), the device only where it ran.
 # Every other field that a study varied keeps settings apart in every table (tables.other_varied).
-NOT_SETTINGS = ("seed", "device")
+NOT_SETTINGS = ("seed", "device", "cuda_graphs")
 # Momentum coefficients: near 1 what matters is 1 - mu (0.99 vs 0.999 is a factor of 10), so
 # every axis of one of these is 1 - mu on a log scale.
 MOMENTUM_FIELDS = ("mu_max", "mu_0", "final_momentum")

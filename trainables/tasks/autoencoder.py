@@ -95,11 +95,16 @@ class AutoencoderWorkload:
             self._epoch_cache = {epoch: order}
         return self._epoch_cache[epoch]
 
+    def batch(self, step: int) -> torch.Tensor:
+        """(K, B): the indices of member k's training cases at update ``step``. The cases
+        themselves are gathered in ``loss_and_grads_on``: a captured update (trainables/graphs.py)
+        then copies K*B indices into its static input instead of K*B*D pixels."""
+        epoch, i = divmod(step, self.batches_per_epoch)
+        return self._epoch_order(epoch)[:, i * self.batch_size : (i + 1) * self.batch_size]
+
     def minibatch(self, step: int) -> torch.Tensor:
         """(K, B, D): member k's minibatch at update ``step``."""
-        epoch, i = divmod(step, self.batches_per_epoch)
-        idx = self._epoch_order(epoch)[:, i * self.batch_size : (i + 1) * self.batch_size]
-        return self.data[idx]
+        return self.data[self.batch(step)]
 
     # -- model ----------------------------------------------------------------------------
     def forward(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -125,7 +130,11 @@ class AutoencoderWorkload:
         return per_case.mean(-1)
 
     def loss_and_grads(self, params: list[torch.Tensor], step: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x = self.minibatch(step)
+        return self.loss_and_grads_on(params, self.batch(step))
+
+    def loss_and_grads_on(self, params: list[torch.Tensor], batch: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Loss (K,) and gradients on the cases ``batch`` (K, B): what a CUDA graph captures."""
+        x = self.data[batch]
         solo = x.shape[0] == 1
         # One member: differentiate with respect to the 2-D slices themselves. Slicing inside the
         # graph would make autograd scatter every gradient into a fresh zero (1, ...) tensor.

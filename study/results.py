@@ -212,6 +212,12 @@ def migrate(engine: Engine) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
     with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            # pysqlite opens no transaction before DDL, so two processes opening one new file (a
+            # driver creating its study, `study results` reading it) could both find no schema and
+            # both create it ("table ms_studies already exists"). BEGIN IMMEDIATE takes the write
+            # lock first: the second waits (busy timeout) and then finds the schema at head.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

@@ -19,7 +19,7 @@ does. The plain loop of (c) does the same (torch.optim.SGD's ``momentum`` = that
 The three ways, timed with time.perf_counter on one local Ray started once by this script (2
 CPUs, 1 CPU per trial, at most 2 trials at once; Ray's start-up is not counted):
 
-(a) ``fuse: auto``: a study spec run with ``study.runner.run`` into a temporary studies root
+(a) ``fuse: auto``: a study spec run with ``study.run.runner.run`` into a temporary studies root
     (results DB, MLflow store and Tune's experiment under it): configurations that share the
     computation's shape train together as fused populations; ``repeats: 2`` trains the two seeds
     of a configuration as members of the same population.
@@ -68,12 +68,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# Before anything imports ray: study.local_ray must be imported first for a loopback-only Ray.
+# Before anything imports ray: study.run.local_ray must be imported first for a loopback-only Ray.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # all three: MLflow is the logger
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 try:
-    from study.local_ray import start_local_ray
+    from study.run.local_ray import start_local_ray
 except Exception:  # the study package mid-rewrite: (c) still runs on a plain local Ray
     start_local_ray = None  # type: ignore[assignment]
 
@@ -99,7 +99,7 @@ WAYS = {"a": "fused study (fuse: auto)", "b": "study, fuse: off", "c": "plain Ra
 def study_unavailable() -> str | None:
     """Why ways (a) and (b) cannot run in this checkout, or None."""
     try:
-        from study.spec import StudySpec
+        from study.spec.model import StudySpec
     except Exception as exc:
         return f"the study package cannot be imported ({type(exc).__name__}: {exc})"
     if "fuse" not in StudySpec.model_fields:
@@ -139,9 +139,9 @@ def study_spec(name: str, grid: dict[str, list], updates: int, report_every: int
 
 def run_study(root: Path, name: str, spec_dict: dict) -> tuple[float, str]:
     """(wall seconds, final state) of one study run in this process."""
-    from study import runner
+    from study.run import runner
     from study.locations import resolve
-    from study.spec import load_spec
+    from study.spec.model import load_spec
 
     spec = load_spec(spec_dict)
     loc = resolve(spec.name, root, None, None, None)
@@ -153,7 +153,7 @@ def run_study(root: Path, name: str, spec_dict: dict) -> tuple[float, str]:
 def overheads(root: Path, name: str) -> str:
     """The study's own overhead figures, which the runner logs on its MLflow parent run: the
     driver's bookkeeping against the trials' compute, a trial's set-up before its first update,
-    and the gap between two trials in one worker process (study/trial.py, study/recorder.py)."""
+    and the gap between two trials in one worker process (study/run/trial.py, study/record/recorder.py)."""
     from mlflow import MlflowClient
 
     from study import api
@@ -322,7 +322,7 @@ def summarize_plain(results: Any, runs: int) -> None:
 
 
 def quiet() -> None:
-    # Without Tune's file loggers (disabled above for all three ways, as study/runner.py does) the
+    # Without Tune's file loggers (disabled above for all three ways, as study/run/runner.py does) the
     # ExperimentAnalysis of (c) warns about every trial's missing result.json; the results are in
     # memory and in MLflow.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)

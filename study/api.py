@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from study import results
+from study.record import results
 from study.locations import redact, resolve, studies_root
 
 # `study query` defaults (docs/results-db.md): --timeout, --max-rows and --max-bytes. In query()

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from study.results import sqlite_url
+from study.record.results import sqlite_url
 
 ENV_DIR = "MOMENTUM_STUDY_DIR"
 ENV_RESULTS_DB = "MOMENTUM_STUDY_RESULTS_DB"
@@ -74,10 +74,10 @@ def studies_root(directory: str | os.PathLike[str] | None = None) -> Path:
 
 
 def named_study_dir(root: Path, name: str) -> Path:
-    """``root/name`` for a NAME that is a study's name (study/names.py), never a path; a study
+    """``root/name`` for a NAME that is a study's name (study/spec/names.py), never a path; a study
     directory that is a symbolic link must stay inside ``root`` (commands read, write and delete
     what it names)."""
-    from study.names import name_problem
+    from study.spec.names import name_problem
 
     problem = name_problem(name, "NAME")
     if problem:

@@ -67,9 +67,9 @@ def quick_spec(name: str, **overrides):
 def quick_study(ray_session, tmp_path_factory):
     """A finished 3-trial study (repeats 2: each trial a fused population of two seeds), run once
     per session in this process on the session's Ray; yields its Locations."""
-    from study import runner
+    from study.run import runner
     from study.locations import resolve
-    from study.spec import load_spec
+    from study.spec.model import load_spec
 
     root = tmp_path_factory.mktemp("studies")
     spec = load_spec(quick_spec("quick-test", repeats=2))

@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from study.servers import LOCALHOST, free_port
+from study.cluster.servers import LOCALHOST, free_port
 
 
 def postgres_bindir() -> Path | None:
@@ -83,7 +83,7 @@ class LocalPostgres:
                 )
                 return self
             except subprocess.CalledProcessError:
-                # free_port is racy (study/servers.py): another process took the port first.
+                # free_port is racy (study/cluster/servers.py): another process took the port first.
                 if attempt == 2 or "Address already in use" not in (log.read_text() if log.exists() else ""):
                     raise
                 log.unlink()

@@ -21,9 +21,10 @@ import pytest
 import yaml
 
 from conftest import STUDY_BIN, quick_spec
-from study import api, preflight
+from study import api
+from study.plan import preflight
 from study.cli import main
-from study.spec import SpecError, load_spec
+from study.spec.model import SpecError, load_spec
 
 
 def closed_port() -> int:

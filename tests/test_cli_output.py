@@ -81,7 +81,7 @@ def _finished(db: Path) -> int:
 
 @pytest.mark.parametrize("key", ["author", "authored_by", "authority", "max_tokens", "tokenizer", "compass"])
 def test_credential_rule_lets_ordinary_words_pass(key):
-    from study.spec import SpecError, find_credentials, load_spec
+    from study.spec.model import SpecError, find_credentials, load_spec
 
     assert find_credentials({"config": {key: "x"}}) is None
     with pytest.raises(SpecError) as refused:  # refused as an unknown field, not as a credential
@@ -96,7 +96,7 @@ def test_credential_rule_lets_ordinary_words_pass(key):
     "credentials", "oauth_client", "bearer",
 ])
 def test_credential_rule_refuses_credential_keys(key):
-    from study.spec import SpecError, load_spec
+    from study.spec.model import SpecError, load_spec
 
     with pytest.raises(SpecError, match="looks like a credential"):
         load_spec(quick_spec("cred-test", sampler={"type": "tpe", "options": {key: "x"}}))
@@ -284,9 +284,9 @@ def test_stop_interrupts_a_running_study_and_a_moved_copy_resumes(ray_session, s
 
 
 def test_delete_asks_then_removes_rows_optuna_mlflow_and_the_tune_directory(ray_session, study_env, tmp_path):
-    from study import runner
+    from study.run import runner
     from study.locations import resolve
-    from study.spec import load_spec
+    from study.spec.model import load_spec
 
     name = "deletable"
     mlflow_uri = f"sqlite:///{tmp_path / 'shared-mlflow.db'}"  # a store outside the study directory

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from conftest import STUDY_BIN, quick_spec
-from study import cluster
-from study.servers import free_port
+from study.cluster import jobs as cluster
+from study.cluster.servers import free_port
 
 RAY_BIN = str(Path(sys.executable).with_name("ray"))
 

@@ -86,7 +86,7 @@ def test_image_entrypoint_is_the_study_console_script():
     rayjob = next(d for _, d in _k8s_docs() if d["kind"] == "RayJob")
     assert rayjob["spec"]["entrypoint"].split()[:2] == ["study", "run"]
     # Commands given to the image (whose entrypoint is `study`) are study subcommands.
-    from study.cli import COMMANDS
+    from study.cli.main import COMMANDS
 
     compose = _docs(DEPLOY / "compose.yaml")[0]
     assert compose["services"]["mlflow"]["command"][0] in COMMANDS
@@ -180,8 +180,8 @@ def test_services_bind_localhost_unless_configured_otherwise():
             if c["name"].startswith("ray-") or c["name"] == "submitter":
                 env = {e["name"]: e for e in c["env"]}
                 assert env["RAY_AUTH_MODE"]["value"] == "token" and "RAY_AUTH_TOKEN" in env
-    from study.servers import mlflow_server_command
-    from study.cli import parser
+    from study.cluster.servers import mlflow_server_command
+    from study.cli.main import parser
 
     assert mlflow_server_command("sqlite:///x")[mlflow_server_command("sqlite:///x").index("--host") + 1] == "127.0.0.1"
     assert parser().parse_args(["mlflow-server"]).host == "127.0.0.1"
@@ -204,8 +204,8 @@ def test_spec_resources_become_rays_placement(gpus, bundle):
     from ray.tune.execution.placement_groups import PlacementGroupFactory
 
     from conftest import quick_spec
-    from study.runner import trainable
-    from study.spec import load_spec
+    from study.run.runner import trainable
+    from study.spec.model import load_spec
 
     spec = load_spec(quick_spec("gpu-test", resources={"cpus": 1, "gpus": gpus}))
     pgf = trainable(spec)._resources
@@ -215,7 +215,7 @@ def test_spec_resources_become_rays_placement(gpus, bundle):
 
 def test_fractional_gpus_above_one_are_refused():
     from conftest import quick_spec
-    from study.spec import SpecError, load_spec
+    from study.spec.model import SpecError, load_spec
 
     with pytest.raises(SpecError, match="gpus=1.5 is not allowed"):
         load_spec(quick_spec("gpu-test", resources={"cpus": 1, "gpus": 1.5}))
@@ -242,7 +242,7 @@ def test_device_auto_picks_cpu_without_cuda():
 ])
 def test_spec_validator_rejects_credential_looking_fields(field, value):
     from conftest import quick_spec
-    from study.spec import SpecError, load_spec
+    from study.spec.model import SpecError, load_spec
 
     with pytest.raises(SpecError, match="looks like a credential"):
         load_spec(quick_spec("cred-test", **{field: value}))

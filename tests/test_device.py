@@ -1,6 +1,6 @@
 """Trials on a device other than the CPU, checked without a GPU.
 
-- The trial's device follows what Ray assigned (study/devices.py, a pure function).
+- The trial's device follows what Ray assigned (study/plan/devices.py, a pure function).
 - Every optimizer, task and the update loop run on the ``meta`` device (shapes and placement, no
   values), standing in for CUDA: no tensor they touch lives on the CPU.
 - Between two reports the loop makes no call that waits on the device (``.item()``, ``bool()``,
@@ -17,7 +17,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from study.devices import DeviceError, trial_device
+from study.plan.devices import DeviceError, trial_device
 from trainables.config import parse_config
 from trainables.optim import OPTIMIZERS, make_optimizer, polyak_init
 from trainables.tasks import TASKS
@@ -89,7 +89,7 @@ def test_trial_device_refuses_what_it_cannot_honour_with_a_clear_error(requested
 
 
 def test_checkpoint_loads_with_map_location_onto_the_trials_device():
-    # What study/trial.py does with a checkpoint saved on any device: the tensors land on the
+    # What study/run/trial.py does with a checkpoint saved on any device: the tensors land on the
     # trial's device (meta standing in for a GPU), and train() copies them into its own.
     import io
 

@@ -19,7 +19,7 @@ def test_docs_cite_no_file_outside_the_repository():
 
 
 def test_the_schema_page_lists_every_column():
-    from study import results
+    from study.record import results
 
     text = (REPO / "docs" / "results-db.md").read_text()
     for model in (results.StudyRow, results.TrialRow, results.MetricPointRow):

@@ -43,7 +43,7 @@ from faults_util import (
     wait_for,
 )
 from pg import LocalPostgres, postgres_bindir
-from study.servers import (
+from study.cluster.servers import (
     free_port,
     mlflow_server_command,
     mlflow_server_env,

@@ -17,9 +17,11 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import QUICK_ADDITION
-from study import api, population, runner
+from study import api
+from study.plan import population
+from study.run import runner
 from study.locations import resolve
-from study.spec import load_spec
+from study.spec.model import load_spec
 
 LRS = [1e-3, 3e-3, 1e-2, 1e8]  # the last one diverges at updates 16 and 17 (seeds 0 and 1)
 BAD = LRS[-1]
@@ -254,7 +256,7 @@ def test_member_rungs_keep_the_best_fraction_at_each_rung():
 
 
 def test_batched_asks_get_a_constant_liar_for_tpe_and_a_popsize_for_cmaes_unless_the_spec_sets_them():
-    from study import search
+    from study.run import searcher as search
 
     def spec(kind, **options):
         return load_spec({"name": "s", "task": "addition", "sampler": {"type": kind, "options": options},
@@ -271,7 +273,7 @@ def test_a_resumed_population_stops_again_what_it_had_stopped_at_the_checkpointe
     it, the trial returns those members again so the trainer drops them (it ignores ended ones)."""
     from trainables.api import MemberMetrics, Report
 
-    from study.trial import PopulationReporter
+    from study.run.trial import PopulationReporter
 
     spec = _grid("resumed", scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2})
     table = [population.Configuration(f"t-{j}", j, {"lr": lr}) for j, lr in enumerate(LRS[:3])]

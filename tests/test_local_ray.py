@@ -1,4 +1,4 @@
-"""A study's local Ray (study.local_ray): on 127.0.0.1 only, its own even beside a running
+"""A study's local Ray (study.run.local_ray): on 127.0.0.1 only, its own even beside a running
 `ray start` cluster, and gone within seconds of its driver's `kill -9` (issue #9).
 
 Each test runs a real driver, a small Python process that calls start_local_ray, runs two tasks
@@ -25,14 +25,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from study.servers import free_port
+from study.cluster.servers import free_port
 
 RAY_BIN = str(Path(sys.executable).with_name("ray"))
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}  # the last: 127.0.0.1 on an IPv6 socket
 
 DRIVER = """
 import json, os, sys, time
-from study.local_ray import start_local_ray
+from study.run.local_ray import start_local_ray
 import ray
 
 local = start_local_ray(num_cpus=1)
@@ -243,7 +243,7 @@ def test_earlier_local_ray_directories_are_pruned_but_recent_and_live_ones_kept(
     (tmp_path / "ms-ray-notadir").write_text("x")  # a file of that name is not touched
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", f"--temp-dir={dirs[5]}"])
     try:
-        prune = ("import json, sys; from study.local_ray import prune_temp_dirs; "
+        prune = ("import json, sys; from study.run.local_ray import prune_temp_dirs; "
                  "print(json.dumps(prune_temp_dirs(sys.argv[1], keep=2, min_age_s=3600)))")
         out = subprocess.run([sys.executable, "-c", prune, str(tmp_path)], capture_output=True, text=True,
                              timeout=60, cwd=Path(__file__).resolve().parents[1])

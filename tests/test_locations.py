@@ -78,7 +78,7 @@ def test_a_studies_directory_that_is_a_symbolic_link_loop_is_a_clean_error(tmp_p
 
 _KILLED_WRITER = """
 import os, sys
-from study import results
+from study.record import results
 url = sys.argv[1]
 results.upsert_study(url, name="kept", task="addition", metric="error", mode="min", num_samples=3, repeats=1,
                      state="interrupted", spec_yaml="name: kept", tune_path="tune", mlflow_uri="sqlite://")
@@ -114,7 +114,7 @@ def _rows(db: Path, sql: str) -> list[tuple]:
 
 
 def test_checkpoint_moves_the_write_ahead_log_into_the_database_file(tmp_path):
-    from study import results
+    from study.record import results
 
     db = tmp_path / "results.db"
     _killed_writer(db)

@@ -1,6 +1,6 @@
-"""The README's main example (search_spaces/quick.yaml) and the verdict that ends it (study/verdict.py).
+"""The README's main example (search_spaces/quick.yaml) and the verdict that ends it (study/report/verdict.py).
 
-The verdict logic runs on results databases built here with study.results (no Ray); the shipped
+The verdict logic runs on results databases built here with study.record.results (no Ray); the shipped
 spec runs for real (local Ray, SQLite, MLflow) at a reduced budget, twice, as `make run` does.
 """
 
@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from conftest import STUDY_BIN
-from study import results
+from study.record import results
 from study.report.bias_only import bias_only_error
-from study.spec import load_spec
-from study.verdict import LEARNS_BELOW, LEARNS_NOT_ABOVE, study_verdict
+from study.spec.model import load_spec
+from study.report.verdict import LEARNS_BELOW, LEARNS_NOT_ABOVE, study_verdict
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "search_spaces" / "quick.yaml"

@@ -1,5 +1,5 @@
 """A trial's memory is known before any is spent: each task estimates its own
-(trainables/tasks/memory.py), study/plan.py sizes populations by it and refuses a configuration
+(trainables/tasks/memory.py), study/plan/sizing.py sizes populations by it and refuses a configuration
 that cannot fit the memory its trial gets, naming the fields, the size and the limit.
 
 The estimates are checked against the peak resident memory of real small runs on the CPU
@@ -19,8 +19,9 @@ import pytest
 import yaml
 
 from conftest import STUDY_BIN
-from study import plan, population
-from study.spec import SpecError, load_spec
+from study.plan import sizing as plan
+from study.plan import population
+from study.spec.model import SpecError, load_spec
 from trainables.config import parse_config
 from trainables.tasks import TASKS
 from trainables.tasks.memory import estimate

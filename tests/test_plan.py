@@ -1,4 +1,4 @@
-"""`study plan` and the sizing rule it shares with `study run` (study/plan.py).
+"""`study plan` and the sizing rule it shares with `study run` (study/plan/sizing.py).
 
 The plan is the run's: `study run` sizes its populations with the same ``make_plan`` (checked on
 a real study of the session's Ray), ``resources.gpus: auto`` resolves from the Ray cluster (CPU
@@ -17,8 +17,9 @@ import textwrap
 import pytest
 
 from conftest import REPO, STUDY_BIN, quick_spec
-from study import plan, rates
-from study.spec import load_spec
+from study.plan import sizing as plan
+from study.plan import rates
+from study.spec.model import load_spec
 
 GiB = 1 << 30
 SHIPPED = ["table5-rnn", "table1-curves", "quick"]
@@ -96,7 +97,7 @@ def _asked(trainable) -> dict:
 def test_auto_resolves_to_the_cpu_on_a_ray_without_gpus(ray_session):
     import ray
 
-    from study import runner
+    from study.run import runner
 
     spec = load_spec(quick_spec("auto-cpu"))
     assert spec.resources.gpus == "auto"
@@ -111,8 +112,9 @@ def test_auto_asks_for_one_gpu_per_trial_on_a_ray_that_has_gpus(tmp_path):
     script = textwrap.dedent(
         f"""
         import json, ray
-        from study import plan, runner
-        from study.spec import load_spec
+        from study.plan import sizing as plan
+        from study.run import runner
+        from study.spec.model import load_spec
         ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
         spec = load_spec({str(REPO / "search_spaces" / "table5-rnn.yaml")!r})
         p = plan.make_plan(spec, plan.ray_machine(local=True))
@@ -145,7 +147,8 @@ def test_study_run_trains_the_populations_the_plan_shows(quick_study):
     """The session's quick study (3 configurations x 2 seeds, 2 trials at once) as it ran."""
     from sqlalchemy import select
 
-    from study import results, runner
+    from study.record import results
+    from study.run import runner
 
     spec = load_spec(quick_spec("quick-test", repeats=2))
     p = plan.make_plan(spec, plan.ray_machine(local=True))
@@ -194,7 +197,7 @@ def test_study_plan_of_a_shipped_spec_adds_up_and_writes_nothing(empty_dir, name
 
 def test_study_plan_prints_a_table_without_importing_ray(empty_dir):
     """Table 1 (Curves): hours on one GPU, days on a two-core machine."""
-    script = ("import sys; from study.cli import main; rc = main(['plan', sys.argv[1]]); "
+    script = ("import sys; from study.cli.main import main; rc = main(['plan', sys.argv[1]]); "
               "print('RAY IMPORTED' if 'ray' in sys.modules else 'no ray'); sys.exit(rc)")
     out = subprocess.run([sys.executable, "-c", script, str(REPO / "search_spaces" / "table1-curves.yaml")],
                          capture_output=True, text=True, timeout=120, cwd=empty_dir,

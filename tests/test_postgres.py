@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 
 from conftest import STUDY_BIN, quick_spec
 from pg import LocalPostgres, postgres_bindir
-from study.servers import free_port, wait_http
+from study.cluster.servers import free_port, wait_http
 
 pytestmark = pytest.mark.skipif(
     postgres_bindir() is None,
@@ -183,7 +183,7 @@ def test_local_postgres_refuses_tcp_logins_without_the_password(postgres):
 
 
 def test_mlflow_server_command_binds_to_localhost_by_default():
-    from study.servers import mlflow_server_command, printable
+    from study.cluster.servers import mlflow_server_command, printable
 
     cmd = mlflow_server_command("/srv/artifacts", basic_auth=True)
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"

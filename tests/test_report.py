@@ -1,4 +1,4 @@
-"""study.report on results databases with known values, written through study.results (real SQLite
+"""study.report on results databases with known values, written through study.record.results (real SQLite
 files), a real local MLflow SQLite store, and the `study report` command line."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from study import results, tracking
+from study.record import results
+from study.record import tracking
 from study.report import build_report, load_study, log_to_mlflow, published_value
 from study.report import figures, tables
 from trainables.config import parse_config
@@ -380,7 +381,7 @@ def test_table2_before_and_after_carry_intervals(curves_study):
 
 def test_table3_specs_use_the_papers_settings_and_search_table1s_lr_grid():
     from study.report import load_published
-    from study.spec import load_spec
+    from study.spec.model import load_spec
 
     published = load_published()
     scales = [r["init_scale"] for r in published["table3"]]

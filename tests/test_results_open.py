@@ -9,13 +9,13 @@ import time
 
 import sqlalchemy
 
-from study import results
+from study.record import results
 
 # Each opener imports first, says it is ready, then waits for "go": the race is between finding
 # no schema and creating it, so they must open at the same instant.
 OPENER = """
 import os, sys, time
-from study import results
+from study.record import results
 open(sys.argv[2], "w").close()
 while not os.path.exists(sys.argv[3]):
     time.sleep(0.001)

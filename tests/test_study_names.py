@@ -142,7 +142,8 @@ def test_a_study_name_still_deletes_its_own_directory_and_nothing_else(tree):
 
 
 def test_the_spec_and_the_command_line_share_one_name_rule():
-    from study import names, spec
+    from study.spec import names
+    from study.spec import model as spec
     from study.locations import LocationError, named_study_dir
 
     assert spec.NAME_RULE is names.NAME_RULE

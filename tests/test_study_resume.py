@@ -136,7 +136,7 @@ def _parent_status(uri: str) -> str:
 # --- a searcher restored from a file older than Optuna's storage (issue 18) ---------------------
 
 
-# Each sampler as plain Optuna builds it for a study asking two at a time (study/search.py adds
+# Each sampler as plain Optuna builds it for a study asking two at a time (study/run/searcher.py adds
 # the constant liar to TPE and the batch as CMA-ES's popsize).
 PLAIN_SAMPLERS = {
     "tpe": lambda: optuna.samplers.TPESampler(seed=0, constant_liar=True),
@@ -161,8 +161,8 @@ def _reference(n: int, kind: str = "tpe") -> list[dict]:
 
 
 def _searcher(tmp_path, kind: str = "tpe"):
-    from study import search
-    from study.spec import load_spec
+    from study.run import searcher as search
+    from study.spec.model import load_spec
 
     spec = load_spec(yaml.safe_dump(quick_spec("stale-searcher", num_samples=6, max_members=2,
                                                sampler={"type": kind, "seed": 0})))
@@ -175,7 +175,7 @@ def _restored(searcher_file: bytes, url: str, tune_lists: dict) -> "object":
     table) and hands it the searcher's file, which may be older."""
     import pickle
 
-    from study import search
+    from study.run import searcher as search
 
     search.use_storage(url)
     search.use_restored_populations(tune_lists)
@@ -186,7 +186,7 @@ def _restored(searcher_file: bytes, url: str, tune_lists: dict) -> "object":
 
 
 def _table(searcher, trial_id: str) -> list[dict]:
-    from study.population import POPULATION_KEY
+    from study.plan.population import POPULATION_KEY
 
     return searcher.suggest(trial_id)[POPULATION_KEY]
 
@@ -235,7 +235,7 @@ def test_a_sampler_state_older_than_the_last_ask_is_reseeded_not_replayed(tmp_pa
     sampler is reseeded: the next values are new ones."""
     import pickle
 
-    from study import search
+    from study.run import searcher as search
 
     searcher, url = _searcher(tmp_path)
     first = _table(searcher, "t1")

@@ -12,9 +12,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import STUDY_BIN, quick_spec
-from study import api, runner
+from study import api
+from study.run import runner
 from study.locations import resolve
-from study.spec import load_spec
+from study.spec.model import load_spec
 from trainables.config import TaskConfig
 
 

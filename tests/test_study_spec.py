@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from conftest import STUDY_BIN, quick_spec
-from study import results
-from study.spec import SpecError, load_spec, task_config_dict
+from study.record import results
+from study.spec.model import SpecError, load_spec, task_config_dict
 
 SPECS = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
 
@@ -130,7 +130,7 @@ def test_a_cuda_device_without_a_gpu_in_resources_is_refused():
     with pytest.raises(SpecError, match=r"config.device='cuda' is not allowed with resources.gpus=0"):
         load_spec(raw)
     # With gpus: auto (the default) it depends on the machine: refused where it resolves to the CPU.
-    from study import plan
+    from study.plan import sizing as plan
 
     raw.pop("resources")
     spec = load_spec(raw)

@@ -21,9 +21,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import STUDY_BIN, quick_spec
-from study import api, results, runner
+from study import api
+from study.record import results
+from study.run import runner
 from study.locations import resolve
-from study.spec import SpecError, load_spec
+from study.spec.model import SpecError, load_spec
 
 
 def _spec(**overrides):
@@ -48,7 +50,7 @@ def test_asha_still_stops_trials_after_a_rung_of_diverged_trials():
     stopped any more. Schedulers get a finite worst value; Optuna keeps +inf."""
     from ray.tune.experiment import Trial
 
-    from study.trial import summarize
+    from study.run.trial import summarize
 
     spec = _spec(scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3}, fuse="off")
     asha = runner.scheduler(spec, reports=4)
@@ -175,7 +177,7 @@ def test_a_long_reader_never_blocks_the_drivers_writes(tmp_path):
 def test_a_checkpoint_deleted_under_tunes_saved_state_falls_back_to_the_newest(tmp_path):
     from ray import tune
 
-    from study.trial import CHECKPOINT_FILE, _load_checkpoint
+    from study.run.trial import CHECKPOINT_FILE, _load_checkpoint
 
     trial_dir = tmp_path / "trial_x"
     for i, step in ((1, 10), (2, 20)):
@@ -262,7 +264,7 @@ def test_a_trial_resumed_from_its_last_checkpoint_reports_its_end_again():
     """Killed after its final checkpoint but before Tune took the result, a trial resumed from that
     checkpoint has nothing left to train; it must still report its end, or it is recorded as
     stopped early (it was recorded failed or pruned although its work was done)."""
-    from study.trial import train_to_the_end
+    from study.run.trial import train_to_the_end
     from trainables.config import parse_config
 
     cfg = parse_config({"task": "addition", "updates": 20, "report_every": 10, "seq_length": 20,
@@ -281,7 +283,7 @@ def test_a_configuration_finished_again_in_the_same_state_keeps_its_first_end(tm
     """A trial resumed at its end reports its end again: the row's end time must not move."""
     import datetime as dt
 
-    from study import results
+    from study.record import results
 
     url = results.sqlite_url(tmp_path / "r.db")
     sid = results.upsert_study(url, name="s", task="addition", metric="error", mode="min", num_samples=1, repeats=1,
@@ -303,7 +305,7 @@ def test_a_configuration_finished_again_in_the_same_state_keeps_its_first_end(tm
 
 
 def test_the_study_end_rule():
-    from study.outcome import ALL_FAILED, study_state
+    from study.record.outcome import ALL_FAILED, study_state
 
     def state(**ended):
         return study_state(ended, 4, "s")
@@ -381,7 +383,7 @@ def test_a_study_with_some_failed_configurations_completes_and_counts_them(ray_s
 
     from rich.console import Console
 
-    from study.cli import _report_end
+    from study.cli.main import _report_end
 
     path = _corrupt_curves(tmp_path, "some-failed", search={"dataset": {"type": "grid", "values": ["replica", "original"]}})
     spec = load_spec(path)

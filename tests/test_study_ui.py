@@ -20,7 +20,7 @@ import time
 import psutil
 import pytest
 
-from study.servers import wait_http
+from study.cluster.servers import wait_http
 from mlflow.tracking import MlflowClient
 
 from conftest import STUDY_BIN
@@ -276,7 +276,7 @@ def test_optuna_names_the_objective_and_links_each_trial_to_its_runs(quick_study
 def test_setup_study_puts_the_description_on_the_parent_and_the_runs_view_on_the_experiment(tmp_path):
     import json
 
-    from study import tracking
+    from study.record import tracking
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     spec = {"name": "described", "task": "curves", "metric": "error", "mode": "min",
@@ -293,7 +293,7 @@ def test_setup_study_puts_the_description_on_the_parent_and_the_runs_view_on_the
 
 
 def test_child_runs_take_the_trials_own_start_and_end(tmp_path):
-    from study import tracking
+    from study.record import tracking
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     spec = {"name": "timed", "task": "addition", "metric": "error", "mode": "min"}
@@ -315,7 +315,7 @@ def _system_metrics(uri: str, run_id: str) -> list[str]:
 def test_a_trial_shorter_than_the_sampling_interval_still_logs_system_metrics(tmp_path):
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    from study import tracking
+    from study.record import tracking
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     c = MlflowClient(uri)
@@ -328,5 +328,5 @@ def test_a_trial_shorter_than_the_sampling_interval_still_logs_system_metrics(tm
         monitor.finish()
     assert "system/cpu_utilization_percentage" in _system_metrics(uri, ours)
     # MLflow's own monitor drops that sample: if this starts to fail, MLflow fixed it and
-    # TrialSystemMetrics can go (study/tracking.py).
+    # TrialSystemMetrics can go (study/record/tracking.py).
     assert _system_metrics(uri, plain) == []

@@ -86,7 +86,7 @@ class TaskConfig(BaseModel):
     rms_decay: float = 0.9
     eps: float = 1e-8
     # "auto": CUDA when present (scripts); "cpu"; "cuda" or "cuda:N". The study service replaces it
-    # with the device Ray assigned to the trial (study/devices.py); it does not affect results'
+    # with the device Ray assigned to the trial (study/plan/devices.py); it does not affect results'
     # identity, so a checkpoint resumes under another device.
     device: str = "auto"
     dtype: Literal["float32", "float64"] = "float32"

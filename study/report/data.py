@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 from sqlalchemy import select
 
-from study import results
+from study.record import results
 from study.locations import resolve
 from trainables.config import POPULATION_FIELDS, TaskConfig, parse_config
 

@@ -13,7 +13,7 @@ driver. Three things make it the study's own (issue #9):
   off with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, an environment variable Ray reads once, when
   ``ray`` is first imported. Importing this module sets it when ``ray`` is not imported yet; the
   study code imports this module before anything that imports Ray.
-- Gone with its driver: a watchdog (``study.reaper``) ends every process of this Ray within a
+- Gone with its driver: a watchdog (``study.run.reaper``) ends every process of this Ray within a
   couple of seconds after the driver ends, ``kill -9`` included.
 
 On a cluster none of this applies: the driver connects to the cluster's Ray (docs/cluster.md).
@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from study.reaper import SESSION_ENV
+from study.run.reaper import SESSION_ENV
 
 LOOPBACK = "127.0.0.1"
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -65,7 +65,7 @@ class LocalRay:
     """A directory of its own under /tmp (Ray's unix sockets need a short path); kept after the
     study, like Ray's /tmp/ray/session_*, for its logs, until ``prune_temp_dirs`` removes it."""
     watchdog_pid: int
-    """The ``study.reaper`` process that ends this Ray's processes when the driver ends."""
+    """The ``study.run.reaper`` process that ends this Ray's processes when the driver ends."""
 
 
 def start_local_ray(
@@ -89,8 +89,8 @@ def start_local_ray(
         raise RuntimeError("Ray is already initialised in this process; a local study starts its own")
     if ray_constants.ENABLE_RAY_CLUSTER:
         raise RuntimeError(
-            f"ray was imported before study.local_ray, without {LOOPBACK_ENV}=0: its local Ray would "
-            "listen on this machine's network address. Import study.local_ray before ray."
+            f"ray was imported before study.run.local_ray, without {LOOPBACK_ENV}=0: its local Ray would "
+            "listen on this machine's network address. Import study.run.local_ray before ray."
         )
     if os.environ.get("RAY_ADDRESS"):
         log.warning("RAY_ADDRESS is set, but a study without --address runs on a local Ray of its own")
@@ -102,9 +102,9 @@ def start_local_ray(
     env[LOOPBACK_ENV] = "0"
     with open(os.path.join(temp_dir, "watchdog.log"), "ab") as watchdog_log:
         watchdog = subprocess.Popen(
-            [sys.executable, "-m", "study.reaper", str(os.getpid()), token, temp_dir],
+            [sys.executable, "-m", "study.run.reaper", str(os.getpid()), token, temp_dir],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=watchdog_log,
-            # -m study.reaper from the directory that holds the study package, installed or not.
+            # -m study.run.reaper from the directory that holds the study package, installed or not.
             env=env, cwd=Path(__file__).resolve().parents[1],
             start_new_session=True,  # a signal to the driver's process group spares it
         )

@@ -135,7 +135,7 @@ def submit(
     entrypoint_num_cpus: float | None = None,
 ) -> str:
     """Validates the spec here, then submits it as a Ray job; returns the job's submission id."""
-    from study.spec import load_spec, spec_to_yaml
+    from study.spec.model import load_spec, spec_to_yaml
 
     spec = load_spec(str(spec_path))  # bad input fails here, before the cluster is contacted
     jobs = client(address)

@@ -1,7 +1,7 @@
 """The results database: the analysis store (docs/results-db.md).
 
 Typed SQLAlchemy 2 models with their constraints, one session helper that commits or rolls back,
-Alembic migrations (study/migrations) applied whenever a database is opened, and idempotent
+Alembic migrations (study/record/migrations) applied whenever a database is opened, and idempotent
 upserts keyed by (study, trial id) and (trial, step, member), so a retried or resumed trial never
 writes a row twice. Table names carry the ``ms_`` prefix because Optuna's own tables (``studies``,
 ``trials``, ...) live in the same database.
@@ -205,7 +205,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def migrate(engine: Engine) -> None:
-    """Applies study/migrations up to head (Alembic, own version table beside Optuna's)."""
+    """Applies study/record/migrations up to head (Alembic, own version table beside Optuna's)."""
     from alembic import command
     from alembic.config import Config
 
@@ -337,7 +337,7 @@ def start_trial(url: str, study_id: int, trial_id: str, started_at: dt.datetime,
 
 def adopt_trial(url: str, study_id: int, optuna_trial_number: int, trial_id: str) -> bool:
     """Re-keys the row of an Optuna trial that a new Tune trial took over after a hard kill (see
-    study/search.py: orphans); True if there was one. Its metric points stay; the new trial
+    study/run/searcher.py: orphans); True if there was one. Its metric points stay; the new trial
     rewrites each step it reports."""
     with session_scope(url) as s:
         rows = s.execute(
@@ -365,7 +365,7 @@ def report_trial(url: str, study_id: int, trial_id: str, mode: str, **values: An
     diverged; once a member diverges the configuration has no best (None), so a study whose trials
     all diverged shows no best at all. It is kept in the row, so a resumed study goes on from it.
     """
-    from study.outcome import better
+    from study.record.outcome import better
 
     with session_scope(url) as s:
         row = _trial(s, study_id, trial_id)

@@ -2,8 +2,8 @@
 start that fails after it leaves nothing behind), fit the Ray Tune Tuner, and conclude in a true
 state (completed, interrupted or failed, with the reason) whatever happened in between.
 
-The search lives in study/search.py, the recording in study/recorder.py, the rule for a trial's
-final state in study/outcome.py; this module only puts them together.
+The search lives in study/run/searcher.py, the recording in study/record/recorder.py, the rule for a trial's
+final state in study/record/outcome.py; this module only puts them together.
 """
 
 from __future__ import annotations
@@ -14,13 +14,17 @@ import os
 import shutil
 from typing import Any, Callable
 
-from study import outcome, preflight, results, search, tracking
-from study.journal import JOURNAL_FILE, Journal, scrub
-from study.lock import StudyLock
+from study.record import outcome
+from study.plan import preflight
+from study.record import results
+from study.run import searcher as search
+from study.record import tracking
+from study.record.journal import JOURNAL_FILE, Journal, scrub
+from study.run.lock import StudyLock
 from study.locations import Locations, redact
-from study.progress import Progress
-from study.spec import SpecError, StudySpec, check_configs, spec_to_yaml
-from study.trial import CONTEXT_KEY, MLFLOW_URI_ENV, run_trial
+from study.run.progress import Progress
+from study.spec.model import SpecError, StudySpec, check_configs, spec_to_yaml
+from study.run.trial import CONTEXT_KEY, MLFLOW_URI_ENV, run_trial
 
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -54,13 +58,13 @@ def trial_dirname(trial: Any) -> str:
 
 def scheduler(spec: StudySpec, reports: int) -> Any:
     """Ray Tune's ASHA for ``fuse: off`` (a trial is one configuration); a fused study stops
-    configurations inside their population instead (study/population.py, MemberRungs)."""
+    configurations inside their population instead (study/plan/population.py, MemberRungs)."""
     if spec.scheduler.type == "asha" and spec.fuse == "off":
         from ray.tune.schedulers import ASHAScheduler
 
         return ASHAScheduler(
             time_attr="training_iteration",
-            metric="scheduler_objective",  # finite for diverged trials (study/outcome.py)
+            metric="scheduler_objective",  # finite for diverged trials (study/record/outcome.py)
             mode=spec.mode,
             max_t=spec.scheduler.max_t or reports,
             grace_period=spec.scheduler.grace_period,
@@ -99,11 +103,11 @@ def prepare(spec: StudySpec, loc: Locations) -> int:
 
 
 def configs_per_trial(spec: StudySpec, loc: Locations | None = None) -> int:
-    """How many configurations a Ray trial trains, for the Ray just started: study/plan.py's
+    """How many configurations a Ray trial trains, for the Ray just started: study/plan/sizing.py's
     make_plan, the function `study plan` prints (the trials that can run at once are
     ``max_concurrent_trials``, else what the cluster's resources hold; the device and its memory
     size the population)."""
-    from study import plan
+    from study.plan import sizing as plan
 
     local = loc is None or not loc.ray_address
     return plan.make_plan(spec, plan.ray_machine(local)).configs_per_trial
@@ -146,11 +150,11 @@ def init_ray(loc: Locations, spec: StudySpec) -> None:
         env = {MLFLOW_URI_ENV: secret} if secret else {}
         ray.init(address=loc.ray_address, runtime_env={"env_vars": env} if env else None, **kwargs)
         preflight.check_resources(spec, _node_resources())
-        from study.plan import ray_machine
+        from study.plan.sizing import ray_machine
 
         preflight.check_memory(spec, ray_machine(local=False))
         return
-    from study.local_ray import start_local_ray
+    from study.run.local_ray import start_local_ray
 
     start_local_ray(**kwargs)
 
@@ -163,7 +167,7 @@ def _node_resources() -> dict[str, dict[str, float]]:
 
 def trainable(spec: StudySpec) -> Any:
     """The trial with its resources; ``gpus: auto`` resolved against the Ray this driver is on."""
-    from study.plan import trial_resources
+    from study.plan.sizing import trial_resources
 
     gpus = 0.0
     if spec.resources.gpus == "auto":
@@ -181,7 +185,7 @@ def run_config(spec: StudySpec, loc: Locations, callbacks: list) -> Any:
         storage_path=storage_path,
         failure_config=tune.FailureConfig(max_failures=spec.retries),
         # Keep every checkpoint: Tune's experiment snapshot may name one that a smaller
-        # num_to_keep deleted since, and a trial killed then could not resume (study/trial.py
+        # num_to_keep deleted since, and a trial killed then could not resume (study/run/trial.py
         # falls back to the newest checkpoint that exists, this keeps that rare).
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         callbacks=callbacks,
@@ -246,7 +250,7 @@ def _start(spec: StudySpec, loc: Locations, reports: int, console: Any, undo: li
         "experiment_id": experiment_id,
         "parent_run_id": parent_run_id,
     }
-    from study.recorder import Recorder
+    from study.record.recorder import Recorder
 
     recorder = Recorder(spec, loc, study_id, experiment_id, parent_run_id, Journal(loc.study_dir / JOURNAL_FILE))
     progress = Progress(spec.name, spec.trials, spec.mode, console)
@@ -289,7 +293,7 @@ def _undo_start(loc: Locations, created_dir: bool, undo: list[Callable[[], None]
 def resume(name: str, loc: Locations, console: Any = None) -> str:
     """Continues a study: replays writes a store missed, then Tuner.restore (trials, checkpoints,
     the searcher, whose Optuna study lives in the results DB); finished trials are not rerun."""
-    from study.spec import load_spec
+    from study.spec.model import load_spec
 
     row = results.get_study(loc.results_db, name) if results.sqlite_path_exists(loc.results_db) else None
     if row is None:
@@ -321,12 +325,12 @@ def resume(name: str, loc: Locations, console: Any = None) -> str:
         init_ray(loc, spec)
         search.use_storage(loc.results_db)  # the restored searcher re-attaches to it
         # ... and takes the populations of the trials Tune restores as those that exist, not the
-        # older ones its own pickle may hold (study/search.py).
+        # older ones its own pickle may hold (study/run/searcher.py).
         search.use_restored_populations(_restored_populations(path))
         # Restored before anything is written: an experiment that cannot be restored leaves the
         # study's state, its MLflow runs and the journal as they were.
         tuner = _restore(name, path, spec)
-        from study.recorder import Recorder
+        from study.record.recorder import Recorder
 
         experiment_id, parent_run_id = tracking.setup_study(
             loc.mlflow_uri, spec.name, spec.model_dump(mode="json"), row.spec_yaml, loc.artifact_location
@@ -367,7 +371,7 @@ def _restore(name: str, path: str, spec: StudySpec) -> Any:
 def _restored_populations(path: str) -> dict[str, list[dict[str, Any]]] | None:
     """The member table of every trial in the experiment state Tune resumes from (the newest), or
     None if it cannot be read (Tuner.restore then says why; the searcher goes by its own file)."""
-    from study.population import POPULATION_KEY
+    from study.plan.population import POPULATION_KEY
 
     try:
         trials = tune.ExperimentAnalysis(path).trials

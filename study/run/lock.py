@@ -17,7 +17,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from study.spec import SpecError
+from study.spec.model import SpecError
 
 LOCK_FILE = ".lock"
 
@@ -57,7 +57,7 @@ class StudyLock:
     def _pg_lock(self) -> None:
         from sqlalchemy import text
 
-        from study.results import engine_for
+        from study.record.results import engine_for
 
         key = int.from_bytes(hashlib.sha256(f"momentum-study:{self.name}".encode()).digest()[:8], "big", signed=True)
         conn = engine_for(self.results_db).connect()

@@ -1,7 +1,7 @@
 """Live progress of a running study on the driver, fed by a Tune callback.
 
 On a terminal: a rich Live table, one row per configuration (a Ray trial trains several at once:
-study/population.py; "trial" is a configuration here, as in the results database). Without one (``study run ... > log``, nohup,
+study/plan/population.py; "trial" is a configuration here, as in the results database). Without one (``study run ... > log``, nohup,
 CI, a cluster job read with ``study logs -f``): plain lines, one at each trial's end and one every
 ``MOMENTUM_STUDY_PROGRESS_EVERY`` seconds (default 30), each with the finished and running
 counts, the elapsed time, an estimate of the time left and the best so far:
@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from study import population
-from study.outcome import better, trial_state
+from study.plan import population
+from study.record.outcome import better, trial_state
 
 PROGRESS_EVERY_ENV = "MOMENTUM_STUDY_PROGRESS_EVERY"
 DEFAULT_EVERY_S = 30.0
@@ -90,7 +90,7 @@ class Progress(tune.Callback):
             self._plain = False
 
     # --- what is known -----------------------------------------------------------------------
-    # Rows are configurations (study/population.py): a Ray trial trains several at once.
+    # Rows are configurations (study/plan/population.py): a Ray trial trains several at once.
 
     def _finished_and_running(self) -> tuple[int, int]:
         # Finished: what ended in this run (Tune's callbacks), and what had ended before it (a
@@ -202,7 +202,7 @@ class Progress(tune.Callback):
             row = self._rows.get(cid, {})
             best, diverged = row.get("best"), bool(row.get("diverged") or c.get("members_diverged"))
             if diverged:
-                best = None  # a diverged configuration has no best (study/outcome.py)
+                best = None  # a diverged configuration has no best (study/record/outcome.py)
             elif value is not None and math.isfinite(value) and better(value, best, self.mode):
                 best = value
             self._update(cid, state="diverged" if diverged else "running", step=c.get("step"), value=value,
@@ -225,7 +225,7 @@ class Progress(tune.Callback):
 
 
 def _config_ids(trial: Any) -> list[str]:
-    from study.population import member_table
+    from study.plan.population import member_table
 
     return [c.config_id for c in member_table(getattr(trial, "config", None) or {})]
 
@@ -247,7 +247,7 @@ def _every() -> float:
 
 
 def _context(trial: Any) -> dict[str, Any]:
-    from study.trial import CONTEXT_KEY
+    from study.run.trial import CONTEXT_KEY
 
     config = getattr(trial, "config", None) or {}
     return config.get(CONTEXT_KEY) or {}

@@ -1,8 +1,8 @@
-"""Alembic environment for the results database; run by study.results.migrate on every open."""
+"""Alembic environment for the results database; run by study.record.results.migrate on every open."""
 
 from alembic import context
 
-from study.results import VERSION_TABLE, Base
+from study.record.results import VERSION_TABLE, Base
 
 config = context.config
 connection = config.attributes.get("connection")

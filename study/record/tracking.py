@@ -22,7 +22,7 @@ from typing import Any
 # in the URI that is a credential in every log (docs/cluster.md).
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 # A tracking server that is down must fail a write in seconds (the driver then journals it,
-# study/journal.py), not after MLflow's default minutes of retries.
+# study/record/journal.py), not after MLflow's default minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
@@ -32,7 +32,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
 ROLE_TAG = "momentum_study.role"
-# The Ray trial whose population trained the configuration (study/population.py).
+# The Ray trial whose population trained the configuration (study/plan/population.py).
 POPULATION_TAG = "population"
 TRIAL_TAG = "trial_id"  # the configuration id: ms_trials.trial_id
 OPTUNA_TAG = "optuna_trial_number"
@@ -136,7 +136,7 @@ def find_trial_run(uri: str, experiment_id: str, trial_id: str) -> str | None:
 
 def adopt_trial_run(uri: str, experiment_id: str, optuna_number: int, trial_id: str) -> bool:
     """Re-tags the run of an Optuna trial that a new Tune trial took over after a hard kill (see
-    study/search.py: orphans), so the configuration keeps one run; True if there was one."""
+    study/run/searcher.py: orphans), so the configuration keeps one run; True if there was one."""
     c = client(uri)
     found = c.search_runs(
         [experiment_id], filter_string=f"tags.`{OPTUNA_TAG}` = '{optuna_number}' and tags.`{ROLE_TAG}` = 'trial'"
@@ -222,7 +222,7 @@ class MetricLog:
 
     Beside each report it logs ``best_<metric>``: the best of the study's metric over the run's
     reports while no member had diverged, the rule of the results DB's ``best_metric_value``
-    (study/results.py); once a member diverged it is no longer logged (the state tag says why).
+    (study/record/results.py); once a member diverged it is no longer logged (the state tag says why).
     """
 
     def __init__(self, uri: str, metric: str = "error", mode: str = "min"):
@@ -238,7 +238,7 @@ class MetricLog:
         return self._last[run_id]
 
     def log(self, run_id: str, step: int, metrics: dict[str, float], timestamp_ms: int) -> bool:
-        from study.outcome import better
+        from study.record.outcome import better
 
         if step <= self.last_step(run_id):
             return False
@@ -261,7 +261,7 @@ class MetricLog:
 def finish_trial(uri: str, run_id: str, state: str, extra_tags: dict[str, str] | None = None,
                  end_time_ms: int | None = None) -> None:
     """The trial's state tag and end; ``end_time_ms`` is when the trial ended (default: now)."""
-    from study.outcome import MLFLOW_STATUS
+    from study.record.outcome import MLFLOW_STATUS
 
     c = client(uri)
     tags = [RunTag(STATE_TAG, state)] + [RunTag(k, str(v)) for k, v in (extra_tags or {}).items()]
@@ -275,7 +275,7 @@ def study_summary(uri: str, parent_run_id: str) -> dict[str, float]:
     The best is over the trials that did not diverge (a diverged configuration has no best), as
     ``study status`` counts it from the results DB.
     """
-    from study.outcome import better
+    from study.record.outcome import better
 
     c = client(uri)
     parent = c.get_run(parent_run_id)

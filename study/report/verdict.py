@@ -23,7 +23,7 @@ is the study metric at the trial's last report, the mean over seeds; the seeds' 
 spread. A configuration with a diverged seed has no error: it "diverges", and ranks last.
 `study run` and `study resume` print ``best_line()`` and ``line()`` when a study completes::
 
-    from study.verdict import study_verdict
+    from study.report.verdict import study_verdict
     v = study_verdict("quick", directory="studies")
     print(v.best_line()); print(v.line())
 """

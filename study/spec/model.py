@@ -7,12 +7,10 @@ reported with its field, the value and what is allowed before Ray, MLflow or a d
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import math
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -20,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # A study's name follows one rule, shared with every command that takes a NAME.
-from study.names import NAME_RULE, check_name  # noqa: F401 - NAME_RULE stays importable from here
+from study.spec.names import NAME_RULE, check_name  # noqa: F401 - NAME_RULE stays importable from here
 from trainables.config import ConfigError, TaskConfig
 from trainables.train import check_config
 
@@ -40,7 +38,7 @@ MAX_REPEATS = 1024
 MAX_MEMBERS = 4096
 MAX_UPDATES = 10_000_000
 # Sizes no study of these models needs (the paper: minibatches of 100 and 200, T <= 200, at most
-# 103,500 training cases); whether a size that passes fits the machine is study/plan.py's check.
+# 103,500 training cases); whether a size that passes fits the machine is study/plan/sizing.py's check.
 MAX_SIZES = {"batch_size": 1_000_000, "eval_cases": 10_000_000, "train_cases": 10_000_000, "seq_length": 100_000}
 MAX_INT = 2**63 - 1
 # Credentials come from the environment or a secret store, never from a spec (docs/cluster.md):
@@ -374,7 +372,7 @@ class SchedulerSpec(_Strict):
 class ResourcesSpec(_Strict):
     """Per trial: a trial trains its whole population on one device, so ``gpus: 0.25`` puts four
     trials (each a fused population) on one GPU. ``gpus: auto`` (the default): one GPU per trial
-    where the Ray cluster has GPUs, the CPU elsewhere (resolved by the driver, study/plan.py)."""
+    where the Ray cluster has GPUs, the CPU elsewhere (resolved by the driver, study/plan/sizing.py)."""
 
     cpus: float = Field(1.0, gt=0)
     gpus: float | Literal["auto"] = "auto"
@@ -416,7 +414,7 @@ class StudySpec(_Strict):
     # population per Ray trial (docs/study-specs.md, "Fused studies"); "off": one per trial.
     fuse: Literal["auto", "off"] = "auto"
     # The most members (configurations x repeats) one Ray trial trains; None: from a memory
-    # estimate of the model (study/population.py).
+    # estimate of the model (study/plan/population.py).
     max_members: int | None = Field(None, ge=1, le=MAX_MEMBERS)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
@@ -649,94 +647,6 @@ def check_configs(spec: StudySpec) -> TaskConfig:
     return resolved
 
 
-SAMPLERS = {"tpe": "TPESampler", "cmaes": "CmaEsSampler", "gp": "GPSampler", "random": "RandomSampler",
-            "qmc": "QMCSampler", "grid": "GridSampler"}
-
-
-def optuna_sampler(spec: StudySpec, extra: dict[str, Any] | None = None) -> Any:
-    """The spec's Optuna sampler, built with ``seed`` and ``options``; a misspelt or bad option is a
-    SpecError naming ``sampler.options.<key>`` (so it is found at validation, not in the driver)."""
-    import optuna.samplers
-
-    kind, seed, opts = spec.sampler.type, spec.sampler.seed, dict(spec.sampler.options)
-    cls = getattr(optuna.samplers, SAMPLERS[kind])
-    extra = extra or {}
-    allowed = [p for p in inspect.signature(cls).parameters if p not in ("seed", "search_space")]
-    for key in opts:
-        if key in ("seed", "search_space"):
-            raise SpecError(
-                f"sampler.options.{key} is not allowed: "
-                + ("give the seed as sampler.seed" if key == "seed" else "the grid comes from search")
-            )
-        if key not in allowed:
-            raise SpecError(
-                f"sampler.options.{key}={opts[key]!r} is not allowed: {cls.__name__} has no option {key!r}; "
-                f"allowed: {', '.join(allowed) or '(none)'}"
-            )
-        opts[key] = _checked_option(cls, key, opts[key])
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning for some samplers and options
-            if kind == "grid":
-                grid = {param_name(f, p): list(p.values) for f, p in spec.search.items()}  # type: ignore[union-attr]
-                return cls(grid, seed=seed, **opts)
-            return cls(seed=seed, **opts, **extra)
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise SpecError(
-            f"sampler={{type: {kind}, seed: {seed!r}, options: {opts!r}}} is not allowed: {cls.__name__}: {exc}"
-        ) from None
-
-
-def _checked_option(cls: type, key: str, value: Any) -> Any:
-    """``value`` checked against the type the sampler's constructor declares for ``key`` (Optuna
-    accepts e.g. n_startup_trials='ten' at construction and fails only when it samples, in the
-    driver). An annotation that cannot be resolved here (a type imported only for type checkers)
-    is not checked."""
-    import collections.abc
-    import sys
-    import typing
-
-    from pydantic import TypeAdapter
-
-    bad = _non_finite(value)
-    if bad is not None:
-        # pydantic's float takes inf and nan; no sampler setting means them.
-        raise SpecError(f"sampler.options.{key}={value!r} is not allowed: {bad!r} is not a finite number")
-    annotation = inspect.signature(cls).parameters[key].annotation
-    if isinstance(annotation, str):  # Optuna's modules use postponed annotations
-        names = {**vars(typing), **vars(collections.abc), **vars(sys.modules[cls.__module__])}
-        try:
-            annotation = eval(annotation, names)  # noqa: S307 - a library's own annotation, not input
-        except Exception:
-            return value
-    if annotation is inspect.Parameter.empty:
-        return value
-    try:
-        adapter = TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True))
-    except Exception:  # a type pydantic cannot describe: left to the sampler
-        return value
-    try:
-        return adapter.validate_python(value)
-    except ValidationError as exc:
-        wanted = getattr(annotation, "__name__", None) or str(annotation).replace("collections.abc.", "")
-        raise SpecError(
-            f"sampler.options.{key}={value!r} is not allowed: {cls.__name__} takes {key} as {wanted} "
-            f"({exc.errors()[0]['msg'].lower()})"
-        ) from None
-
-
-def _non_finite(value: Any) -> float | None:
-    """The first inf or nan in a plain value (lists and mappings searched), or None."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else value
-    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
-    for v in items:
-        found = _non_finite(v)
-        if found is not None:
-            return found
-    return None
-
-
 def load_spec(source: str | Path | dict[str, Any]) -> StudySpec:
     """Reads and validates a spec from a YAML path, YAML text or a mapping; raises SpecError."""
     where = "spec"
@@ -762,6 +672,8 @@ def load_spec(source: str | Path | dict[str, Any]) -> StudySpec:
         raise SpecError(f"{where}: nested too deeply, which is not allowed") from None
     check_configs(spec)
     try:
+        from study.run.optuna_study import optuna_sampler  # Optuna's owner; imports this module
+
         optuna_sampler(spec)
     except SpecError as exc:
         raise SpecError(f"{where}: {exc}") from None

@@ -1,6 +1,6 @@
 """`study plan SPEC`: what a study will do, printed before anything is written or started.
 
-The populations are study/plan.py's ``make_plan``, the function `study run` sizes its populations
+The populations are study/plan/sizing.py's ``make_plan``, the function `study run` sizes its populations
 with: once for this machine (what `study run` would do here), and the expected wall time both on
 the CPU and on a GPU (this machine's, or the one `--gpus`/`--gpu-memory` describe; by default
 one of the GPU the rates were measured on).
@@ -16,9 +16,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from study import plan as plans
-from study import rates
-from study.spec import ResourcesSpec, SpecError, StudySpec, load_spec
+from study.plan import sizing as plans
+from study.plan import rates
+from study.spec.model import ResourcesSpec, SpecError, StudySpec, load_spec
 
 
 def add_parser(sub: Any) -> None:
@@ -88,7 +88,7 @@ def command(args: argparse.Namespace, out: Console, err: Console) -> int:
         table.add_row(r.shape or "(one shape)", str(r.count), str(r.configs), str(r.members),
                       plans.size_text(r.memory).split(" (")[0], duration(r.seconds))
     out.print(table)
-    times = Table(title="expected wall time (training only, from measured rates: study/rates.py)")
+    times = Table(title="expected wall time (training only, from measured rates: study/plan/rates.py)")
     for col in ("device", "where", "trials at once", "populations", "largest population", "wall time"):
         times.add_column(col, justify="left" if col in ("device", "where") else "right")
     for device in ("cpu", "gpu"):

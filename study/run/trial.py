@@ -1,7 +1,7 @@
 """What runs inside a Ray Tune trial: the adapter from trainables' reporter to ``tune.report``.
 
 One trial trains one fused population: the configurations of its member table
-(study/population.py), each with its ``repeats`` seeds, as one batched computation. Every report
+(study/plan/population.py), each with its ``repeats`` seeds, as one batched computation. Every report
 carries a summary per configuration (``configs``: the mean over its seeds as its metric, its
 objective, its members' figures); the recorder and the searcher read those.
 """
@@ -18,7 +18,7 @@ import ray
 import torch
 from ray import tune
 
-from study.outcome import objectives
+from study.record.outcome import objectives
 
 CONTEXT_KEY = "study"
 CHECKPOINT_FILE = "train_state.pt"
@@ -58,7 +58,7 @@ def summarize(report: Any, seeds: list[int], metric: str, mode: str) -> dict[str
 
     value = mean(metric)
     # A diverged member makes the configuration as bad as it gets: +-inf for Optuna, a finite
-    # worst value for schedulers (study/outcome.py); charts stay finite because the per-member
+    # worst value for schedulers (study/record/outcome.py); charts stay finite because the per-member
     # figures keep their last good values (docs/study-specs.md).
     objective, scheduler_objective = objectives(value, diverged, mode)
     return {
@@ -142,9 +142,9 @@ class PopulationReporter:
 def run_trial(config: dict[str, Any]) -> None:
     """Tune's function trainable for every study (importable by workers from the installed package):
     trains the member table's configurations as one population."""
-    from study.devices import ray_trial_device
-    from study.population import MemberRungs, member_table, training_config
-    from study.spec import StudySpec
+    from study.plan.devices import ray_trial_device
+    from study.plan.population import MemberRungs, member_table, training_config
+    from study.spec.model import StudySpec
 
     global _previous_end
     entered = time.time()
@@ -152,7 +152,7 @@ def run_trial(config: dict[str, Any]) -> None:
     spec = StudySpec.model_validate(ctx["spec"])
     table = member_table(config)
     task_config = training_config(spec, table)
-    # The device Ray assigned (none for gpus: 0, even where CUDA is visible): study/devices.py.
+    # The device Ray assigned (none for gpus: 0, even where CUDA is visible): study/plan/devices.py.
     task_config = task_config.model_copy(update={"device": ray_trial_device(task_config.device)})
     seeds = [int(s) for s in task_config.member_values("seed")]
     trial_id = tune.get_context().get_trial_id()
@@ -269,7 +269,7 @@ def _load_checkpoint(checkpoint: Any) -> dict[str, Any] | None:
 
 def _mlflow_uri(ctx: dict[str, Any]) -> str:
     """The tracking URI with its password: the context carries it redacted (Tune writes trial
-    configs to disk); the secret comes from the worker's environment (study/runner.py)."""
+    configs to disk); the secret comes from the worker's environment (study/run/runner.py)."""
     return os.environ.get(MLFLOW_URI_ENV) or ctx["mlflow_uri"]
 
 
@@ -278,7 +278,7 @@ def _system_metrics(uri: str, experiment_id: str, config_ids: list[str]) -> Any:
     the population's first configuration (the process is the population's: one monitor, not one
     per configuration), which the driver created before the trial started."""
     try:
-        from study.tracking import TrialSystemMetrics, find_trial_run
+        from study.record.tracking import TrialSystemMetrics, find_trial_run
 
         run_id = find_trial_run(uri, experiment_id, config_ids[0])
         if run_id is None:

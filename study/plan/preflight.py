@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from study.locations import ENV_DIR, ENV_MLFLOW, ENV_RAY, ENV_RESULTS_DB, ENV_STORAGE, redact
-from study.spec import SpecError
+from study.spec.model import SpecError
 
 # Seconds to wait for each remote location to answer.
 MLFLOW_TIMEOUT_S = 5.0
@@ -90,7 +90,7 @@ def check_resources(spec: Any, cluster_resources: dict[str, dict[str, float]] | 
     where = "this machine" if cluster_resources is None else "the cluster"
     if not nodes:
         raise SpecError(f"resources are not available: {where} has no live node")
-    from study.devices import trial_gpus
+    from study.plan.devices import trial_gpus
 
     cpus = float(spec.resources.cpus)
     gpus = trial_gpus(spec.resources.gpus, sum(n.get("GPU", 0) for n in nodes.values()))
@@ -117,9 +117,9 @@ def check_resources(spec: Any, cluster_resources: dict[str, dict[str, float]] | 
 def check_memory(spec: Any, machine: Any) -> None:
     """Refuses a study one of whose configurations cannot fit the memory its trial gets: this
     machine's (``machine`` None: the memory available now, or its GPU's where the trials get one)
-    or a Ray cluster's (study.plan.ray_machine). The sizes are the tasks' own estimates; the error
-    names the fields that set them (study/plan.py, check_fits)."""
-    from study import plan
+    or a Ray cluster's (study.plan.sizing.ray_machine). The sizes are the tasks' own estimates; the error
+    names the fields that set them (study/plan/sizing.py, check_fits)."""
+    from study.plan import sizing as plan
 
     plan.make_plan(spec, plan.this_machine() if machine is None else machine)
 

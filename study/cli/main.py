@@ -34,7 +34,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="path to a study spec (YAML)")
     _locations_args(p, ray=True)
 
-    from study.plan_command import add_parser as add_plan
+    from study.cli.plan import add_parser as add_plan
 
     add_plan(sub)
 
@@ -124,10 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sqlalchemy.exc import DBAPIError
 
     from study.api import QueryError
-    from study.cluster import ClusterError
+    from study.cluster.jobs import ClusterError
     from study.locations import LocationError
-    from study.results import ResultsDBError
-    from study.spec import SpecError
+    from study.record.results import ResultsDBError
+    from study.spec.model import SpecError
 
     try:
         if getattr(args, "name", None) is not None:
@@ -174,18 +174,18 @@ def _loc(args: argparse.Namespace, name: str):
 
 def _local_ray_first(args: argparse.Namespace) -> None:
     """Without a cluster address the study starts its own Ray on 127.0.0.1, which needs
-    study.local_ray imported before ray (it sets what Ray reads at import). With an address the
+    study.run.local_ray imported before ray (it sets what Ray reads at import). With an address the
     driver joins the cluster under the machine's own address, so nothing is set."""
     if not (getattr(args, "ray_address", None) or os.environ.get("RAY_ADDRESS")):
-        import study.local_ray  # noqa: F401
+        import study.run.local_ray  # noqa: F401
 
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from study.spec import load_spec
+    from study.spec.model import load_spec
 
     spec = load_spec(args.spec)  # before Ray, MLflow or any database is touched
     _local_ray_first(args)
-    from study import runner
+    from study.run import runner
 
     loc = _loc(args, spec.name)
     try:
@@ -202,7 +202,7 @@ def cmd_resume(args: argparse.Namespace, out: Console, err: Console) -> int:
         out.print(f"study {args.name} is already completed: nothing to do", highlight=False)
         return 0
     _local_ray_first(args)
-    from study import runner
+    from study.run import runner
 
     state = runner.resume(args.name, loc, err)
     return _report_end(args.name, state, out, loc)
@@ -211,8 +211,8 @@ def cmd_resume(args: argparse.Namespace, out: Console, err: Console) -> int:
 def _nothing_to_resume(name: str, loc) -> bool:
     """runner.resume's early return, checked before Ray is imported: the study completed and no
     write waits in its journal."""
-    from study import results
-    from study.journal import JOURNAL_FILE, Journal
+    from study.record import results
+    from study.record.journal import JOURNAL_FILE, Journal
 
     if not results.sqlite_path_exists(loc.results_db):
         return False
@@ -221,7 +221,7 @@ def _nothing_to_resume(name: str, loc) -> bool:
 
 
 def _report_end(name: str, state: str, out: Console, loc) -> int:
-    from study import results
+    from study.record import results
     from study.locations import redact
 
     try:
@@ -234,7 +234,7 @@ def _report_end(name: str, state: str, out: Console, loc) -> int:
         out.print(f"continue it with: study resume {name}", highlight=False)
         return EXIT_INTERRUPTED
     if state == "failed":
-        from study.outcome import ALL_FAILED
+        from study.record.outcome import ALL_FAILED
 
         out.print(f"study {name} failed: {reason or 'see the log above'}", highlight=False, soft_wrap=True)
         if not (reason or "").startswith(ALL_FAILED):  # the reason says what to do then
@@ -249,9 +249,9 @@ def _report_end(name: str, state: str, out: Console, loc) -> int:
         highlight=False, soft_wrap=True,
     )
     if state == "completed":
-        # The best configuration and the one-line verdict (study/verdict.py); the study's outcome
+        # The best configuration and the one-line verdict (study/report/verdict.py); the study's outcome
         # is recorded already, so a verdict that cannot be computed only says why.
-        from study.verdict import study_verdict
+        from study.report.verdict import study_verdict
 
         try:
             verdict = study_verdict(name, results_db=loc.results_db)
@@ -398,7 +398,7 @@ def _mode(args: argparse.Namespace) -> str:
 
 def _driver_alive(args: argparse.Namespace) -> bool:
     """Whether a driver holds the study's lock (only knowable for a study directory on this machine)."""
-    from study.lock import is_locked
+    from study.run.lock import is_locked
 
     loc = _loc(args, args.name)
     if not loc.study_dir.exists():
@@ -413,7 +413,7 @@ def cmd_stop(args: argparse.Namespace, out: Console, err: Console) -> int:
     import signal
     import time
 
-    from study.lock import LOCK_FILE, is_locked
+    from study.run.lock import LOCK_FILE, is_locked
 
     if args.job:
         return _stop_job(args, out, err)
@@ -462,7 +462,7 @@ def cmd_stop(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def _stop_job(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from study import cluster
+    from study.cluster import jobs as cluster
 
     info = cluster.job_info(args.job, args.address)
     if not cluster.stop(args.job, args.address):
@@ -483,8 +483,8 @@ def cmd_delete(args: argparse.Namespace, out: Console, err: Console) -> int:
     results database, its MLflow experiment with its runs, Ray Tune's directory, the study directory."""
     import shutil
 
-    from study import results
-    from study.lock import StudyLock, StudyBusyError, is_locked
+    from study.record import results
+    from study.run.lock import StudyLock, StudyBusyError, is_locked
     from study.locations import LocationError, redact
 
     loc = _loc(args, args.name)
@@ -562,7 +562,7 @@ def _study_mlflow_uri(loc, stored: str | None) -> str:
     """The study's MLflow store, as `study resume` finds it: the stored URI (with a password it
     was stored without, from the options), but the study directory's own store wherever the
     directory was moved, unless --mlflow-uri or MLFLOW_TRACKING_URI names another."""
-    from study import results
+    from study.record import results
 
     uri = loc.mlflow_uri if not stored or "***" in stored else stored
     own = loc.study_dir / "mlflow.db"
@@ -589,7 +589,7 @@ def _inside(path: str, directory) -> bool:
 
 def _mlflow_experiment(uri: str, name: str) -> tuple[str, int] | None:
     """(experiment id, number of runs) of the study's MLflow experiment, or None."""
-    from study import results
+    from study.record import results
 
     if uri.startswith("sqlite") and not results.sqlite_path_exists(uri):
         return None
@@ -725,9 +725,9 @@ def _size(text: str, option: str) -> int:
 
 
 def cmd_ui(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from study import tracking
-    from study.spec import load_spec
-    from study.ui import is_server, run_ui, without_login
+    from study.record import tracking
+    from study.spec.model import load_spec
+    from study.cli.ui import is_server, run_ui, without_login
 
     row = _study_row(args, "mlflow_uri, mlflow_experiment_id, spec_yaml", err)
     if row is None:
@@ -753,7 +753,7 @@ def cmd_ui(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def _serving(start, what: str, err: Console) -> int:
     """Runs a server until it ends: a busy port is bad input (exit 2), a server that did not start exit 1."""
-    from study.servers import PortBusy
+    from study.cluster.servers import PortBusy
 
     try:
         return start()
@@ -766,7 +766,7 @@ def _serving(start, what: str, err: Console) -> int:
 
 
 def _job_status(args: argparse.Namespace, out: Console) -> int:
-    from study import cluster
+    from study.cluster import jobs as cluster
 
     info = cluster.job_info(args.job, args.address)
     if args.format != "table":
@@ -784,7 +784,7 @@ def _job_status(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from study import cluster
+    from study.cluster import jobs as cluster
 
     env = cluster.job_env(args.dir, args.results_db, args.mlflow_uri, args.storage)
     job_id = cluster.submit(args.spec, args.address, env, args.job_id, args.python)
@@ -802,7 +802,7 @@ def cmd_submit(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from study import cluster
+    from study.cluster import jobs as cluster
 
     if args.follow:
         for chunk in cluster.follow_logs(args.job, args.address):
@@ -815,7 +815,7 @@ def cmd_logs(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def cmd_mlflow_server(args: argparse.Namespace, out: Console, err: Console) -> int:
     from study.locations import redact
-    from study.servers import mlflow_server_command, mlflow_server_env, printable, serve
+    from study.cluster.servers import mlflow_server_command, mlflow_server_env, printable, serve
 
     backend = args.backend_store_uri or os.environ.get("MLFLOW_BACKEND_STORE_URI")
     if not backend:
@@ -841,7 +841,7 @@ def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from study.plan_command import command
+    from study.cli.plan import command
 
     return command(args, out, err)
 

@@ -3,13 +3,13 @@ each Ray trial a population of configurations, with the Optuna study stored in t
 
 ``PopulationSearch`` is a Ray Tune ``Searcher`` written for this service rather than Ray's
 ``OptunaSearch``, which asks Optuna for one configuration per Ray trial and tells one value back;
-a fused study needs a member table per trial (study/population.py) and a value per configuration:
+a fused study needs a member table per trial (study/plan/population.py) and a value per configuration:
 
 - Asking: a population's configurations are asked one after the other (Optuna's ask-and-tell;
   the sampler settings for batches are in ``sampler``). A grid is walked by the searcher in an
   order that keeps one shape together, each point an enqueued Optuna trial; a suggestion of
   another shape than the population being filled waits for the next one.
-- Telling: every configuration is told its own state by the study's rule (study/outcome.py): a
+- Telling: every configuration is told its own state by the study's rule (study/record/outcome.py): a
   configuration stopped early is PRUNED with its last intermediate value, a diverged one
   COMPLETE with +-inf and a ``state`` user attribute, a failed one FAIL. A configuration that
   ends before its population (stopped at a rung) is told at once.
@@ -41,25 +41,26 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from study import outcome, population
-from study.journal import scrub
-from study.spec import (
+from study.record import outcome
+from study.plan import population
+from study.record.journal import scrub
+from study.spec.model import (
     CategoricalParam,
     FloatParam,
     GridParam,
     IntParam,
     StudySpec,
     grid_points,
-    optuna_sampler,
     param_name,
 )
+from study.run.optuna_study import optuna_sampler
 
 log = logging.getLogger(__name__)
 
 
 # The results-DB URL of the study this process runs (with its password, never pickled).
 _storage_url: str | None = None
-# Ray trial id -> its MLflow run, from the driver's recorder (study/recorder.py), for the Optuna
+# Ray trial id -> its MLflow run, from the driver's recorder (study/record/recorder.py), for the Optuna
 # trial's user attributes (optuna-dashboard links a trial to its run with them).
 _mlflow_runs: dict[str, str] = {}
 # Ray trial id -> member table of every trial Tune restores, from the experiment state Tune

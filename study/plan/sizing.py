@@ -16,9 +16,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from study import population, rates
-from study.devices import trial_gpus
-from study.spec import SpecError, StudySpec, param_name
+from study.plan import population
+from study.plan import rates
+from study.plan.devices import trial_gpus
+from study.spec.model import SpecError, StudySpec, param_name
 from trainables.config import POPULATION_FIELDS, TaskConfig
 from trainables.tasks import family
 from trainables.tasks.memory import MemoryEstimate, estimate
@@ -114,7 +115,7 @@ class Shape:
 
 
 def shapes(spec: StudySpec) -> list[Shape]:
-    """The study's shapes. A grid's are exact (its points grouped by study/population.py's
+    """The study's shapes. A grid's are exact (its points grouped by study/plan/population.py's
     shape_key); with another sampler every shape it can pick is listed (categorical values,
     int and float edges), and the configurations are given to the first one."""
     fixed = {}  # the population fields at their first values: they do not change the shape
@@ -127,7 +128,7 @@ def shapes(spec: StudySpec) -> list[Shape]:
             varying.append((f, param_name(f, p), values))
     grid = spec.sampler.type == "grid"
     count = math.prod(len(v) for _, _, v in varying)
-    if grid or count <= MAX_SHAPES:  # a grid's count is bounded by its size (study/spec.py)
+    if grid or count <= MAX_SHAPES:  # a grid's count is bounded by its size (study/spec/model.py)
         combos = [dict(zip((n for _, n, _ in varying), c)) for c in itertools.product(*(v for _, _, v in varying))]
     else:
         base = {n: v[0] for _, n, v in varying}
@@ -158,7 +159,7 @@ class PopulationRow:
     configs: int  # configurations in each
     members: int  # members in each (configurations x repeats)
     memory: int  # bytes each, by the task's estimate
-    seconds: float  # expected training time of each, from study/rates.py
+    seconds: float  # expected training time of each, from study/plan/rates.py
 
 
 @dataclass

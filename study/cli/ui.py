@@ -2,10 +2,10 @@
 the study's runs table.
 
 The address printed is the experiment's training-runs table (MLflow 3 opens a bare experiment on
-its GenAI overview) through the view study/tracking.py stores with the experiment: one row per
+its GenAI overview) through the view study/record/tracking.py stores with the experiment: one row per
 run sorted by the study's metric, with the metric, its best, the trial's state and the paper's
 parameters as columns. The store's URL goes to the server in its environment
-(``servers.mlflow_server_env``), never on its command line; study/servers.py's ``serve`` starts
+(``servers.mlflow_server_env``), never on its command line; study/cluster/servers.py's ``serve`` starts
 and stops it, as it does ``study mlflow-server``.
 """
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable
 
-from study import tracking
+from study.record import tracking
 from study.locations import redact
-from study.servers import LOCALHOST, PortBusy, mlflow_server_env, port_is_free, serve
+from study.cluster.servers import LOCALHOST, PortBusy, mlflow_server_env, port_is_free, serve
 
 
 def mlflow_ui_command(port: int, host: str = LOCALHOST) -> list[str]:

@@ -1,8 +1,8 @@
 """The watchdog of a study's local Ray: when the driver goes, so does every process of its Ray.
 
 Ray's agents and workers notice a dead driver only when they next poll the raylet or the GCS,
-10-60 s after a ``kill -9`` (issue #9). ``study.local_ray.start_local_ray`` therefore starts this
-module as ``python -m study.reaper DRIVER_PID TOKEN TEMP_DIR`` in a session of its own, with a pipe from
+10-60 s after a ``kill -9`` (issue #9). ``study.run.local_ray.start_local_ray`` therefore starts this
+module as ``python -m study.run.reaper DRIVER_PID TOKEN TEMP_DIR`` in a session of its own, with a pipe from
 the driver on its stdin, before it starts Ray.
 
 Which processes are that Ray's: those ``ray.init`` started inherit ``TOKEN`` in the environment
@@ -171,7 +171,7 @@ def main(argv: list[str]) -> int:
     recorded = wait_for_driver(driver_pid, token)
     n = end_session(token, recorded, directory=directory)
     if n:
-        print(f"study.reaper: driver {driver_pid} gone; ended {n} processes of its Ray", file=sys.stderr)
+        print(f"study.run.reaper: driver {driver_pid} gone; ended {n} processes of its Ray", file=sys.stderr)
     return 0
 
 

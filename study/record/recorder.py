@@ -1,11 +1,11 @@
 """The driver's Tune callback that records every configuration in the results DB and in MLflow.
 
-A Ray trial trains a population of configurations (study/population.py); what is recorded is per
+A Ray trial trains a population of configurations (study/plan/population.py); what is recorded is per
 configuration: one results-DB trial row (keyed by its configuration id) with its seeds as
 members, one MLflow child run, and the population (the Ray trial) as a column and a tag on it.
 Every write is idempotent (keyed by study and configuration id) and goes through a WriteQueue per
-store (study/journal.py): a store that fails is retried, then journaled, and the study goes on;
-what a trial ends as comes from study/outcome.py, the rule the searcher and the progress display
+store (study/record/journal.py): a store that fails is retried, then journaled, and the study goes on;
+what a trial ends as comes from study/record/outcome.py, the rule the searcher and the progress display
 use too. The driver creates each trial's MLflow child run (the trial process only attaches
 MLflow's system-metrics monitor to it), so a trial needs no MLflow credentials of its own.
 """
@@ -19,10 +19,14 @@ from typing import Any
 
 from ray import tune
 
-from study import outcome, population, results, search, tracking
-from study.journal import Journal, WriteQueue, scrub
+from study.record import outcome
+from study.plan import population
+from study.record import results
+from study.run import searcher as search
+from study.record import tracking
+from study.record.journal import Journal, WriteQueue, scrub
 from study.locations import Locations
-from study.spec import StudySpec
+from study.spec.model import StudySpec
 
 
 def _timed(method: Any) -> Any:
@@ -61,7 +65,7 @@ class Recorder(tune.Callback):
         self.busy_s = 0.0
         self.trial_s = 0.0
         # Per trial: its set-up before the first update, and the gap since the previous trial in
-        # the same worker process (study/trial.py, _Overhead).
+        # the same worker process (study/run/trial.py, _Overhead).
         self.setup_s: list[float] = []
         self.gap_s: list[float] = []
 
@@ -77,7 +81,7 @@ class Recorder(tune.Callback):
 
     @_timed
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        from study.population import member_table, solo_config
+        from study.plan.population import member_table, solo_config
 
         for c in member_table(trial.config):
             cfg = solo_config(self._spec, c.params)
@@ -93,7 +97,7 @@ class Recorder(tune.Callback):
                                "sampled": c.params, "population": trial.trial_id, "started_ms": _now_ms()})
 
     def _unfinished(self, trial: Any) -> list[str]:
-        from study.population import member_table
+        from study.plan.population import member_table
 
         return [c.config_id for c in member_table(trial.config) if c.config_id not in self.finished]
 

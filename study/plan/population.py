@@ -3,7 +3,7 @@
 A study's unit of record is the *configuration* (one set of sampled values, with its ``repeats``
 seeds); a Ray trial trains a *population* of configurations that share the shape of the
 computation, as one batched computation (docs/study-specs.md, "Fused studies"). The searcher
-(study/search.py) builds each population's member table; the trial, the recorder and the searcher
+(study/run/searcher.py) builds each population's member table; the trial, the recorder and the searcher
 read it, and nothing rebuilds a configuration's config in another way.
 
 Member ``m`` of the training population is seed ``r`` of configuration ``j`` with
@@ -17,7 +17,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from study.spec import MAX_MEMBERS, StudySpec, task_config_dict
+from study.spec.model import MAX_MEMBERS, StudySpec, task_config_dict
 # MIXABLE_OPTIMIZERS: those one population may mix (one Nesterov and one momentum flag per member);
 # any other optimizer trains only beside configurations of the same optimizer.
 from trainables.config import MIXABLE_OPTIMIZERS, POPULATION_FIELDS, TaskConfig, parse_config
@@ -26,7 +26,7 @@ from trainables.config import MIXABLE_OPTIMIZERS, POPULATION_FIELDS, TaskConfig,
 POPULATION_KEY = "population"
 # Without ``max_members``, on the CPU: members per trial at most this many, and no more than fit
 # MEMORY_BUDGET by the task's estimate. 16 is where a population stops paying on two CPU cores
-# (docs/benchmarks.md). On a GPU the device's memory sets the size (study/plan.py).
+# (docs/benchmarks.md). On a GPU the device's memory sets the size (study/plan/sizing.py).
 DEFAULT_MAX_MEMBERS = 16
 MEMORY_BUDGET = 2 << 30
 
@@ -53,7 +53,7 @@ def member_table(config: dict[str, Any]) -> list[Configuration]:
 
 
 def reported(result: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """The per-configuration summaries a trial's result carries (study/trial.py), by configuration id."""
+    """The per-configuration summaries a trial's result carries (study/run/trial.py), by configuration id."""
     return {c["config_id"]: c for c in (result or {}).get("configs") or []}
 
 
@@ -111,7 +111,7 @@ def member_bytes(cfg: TaskConfig) -> int:
 
 def default_max_members(cfg: TaskConfig, device: str = "cpu", budget: int | None = None) -> int:
     """Members per trial without ``max_members``. On the CPU at most DEFAULT_MAX_MEMBERS and what
-    fits MEMORY_BUDGET; on a GPU what fits ``budget`` (the trial's share of its device, study/plan.py),
+    fits MEMORY_BUDGET; on a GPU what fits ``budget`` (the trial's share of its device, study/plan/sizing.py),
     at most MAX_MEMBERS. The training data the members share counts once."""
     from trainables.tasks.memory import estimate
 

@@ -1,0 +1,3 @@
+from study.cli.main import main
+
+raise SystemExit(main())

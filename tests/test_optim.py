@@ -519,3 +519,28 @@ def test_select_keeps_the_chosen_members_state_and_they_continue_as_before(name:
         assert opt.members == ["nag", "sgd"]
     with pytest.raises(ValueError, match=r"keep=\[2\] is not allowed"):
         opt.select([2])
+
+
+@pytest.mark.parametrize("lr", [0.02, [0.02, 0.1]])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_a_python_float_lr_reaches_the_optimizer_exactly(name: str, lr: float | list[float]) -> None:
+    """A learning rate given as a Python float (or list) is the float64 value itself, not its
+    float32 rounding (torch.as_tensor(0.02) is float32: 0.019999999552965164)."""
+    k = 1 if isinstance(lr, float) else len(lr)
+    opt = make_optimizer(name, _init_params(k), lr)
+    assert opt.lr.dtype == torch.float64
+    assert opt.lr.tolist() == ([lr] if isinstance(lr, float) else lr)
+
+
+def test_plain_sgd_with_a_float_lr_steps_as_numpy_in_float64() -> None:
+    """One step of plain SGD at lr=0.02 from zero velocity is theta + (-0.02 * g), bit for bit in
+    float64, computed by numpy (not against torch.optim.SGD: its add with alpha may fuse the
+    multiply and the add into one rounding)."""
+    params = _init_params(1)
+    start = [p.numpy().copy() for p in params]
+    grads = [g.numpy().copy() for g in _grad(params)]
+    opt = make_optimizer("sgd", params, 0.02)
+    opt.mu = torch.zeros(1, dtype=DTYPE)
+    opt.step(_grad(opt.gradient_point()))
+    for p, s, g in zip(params, start, grads):
+        assert np.array_equal(p.numpy(), s + (-0.02 * g))

@@ -33,7 +33,9 @@ def per_member(x: Tensor, like: Tensor) -> Tensor:
 
 
 def _as_member_vector(name: str, value: Any, k: int) -> Tensor:
-    t = torch.as_tensor(value).to(torch.float64)
+    # Straight to float64: torch.as_tensor(0.02) alone is float32, and 0.02 would arrive as
+    # 0.019999999552965164 in every member's lr.
+    t = value.to(torch.float64) if isinstance(value, Tensor) else torch.as_tensor(value, dtype=torch.float64)
     if t.dim() == 0:
         t = t.expand(k)
     if t.shape != (k,):

@@ -13,10 +13,12 @@ from typing import Sequence
 
 from torch import Tensor
 
+from trainables.config import MIXABLE_OPTIMIZERS
+
 from .adagrad import Adagrad, adagrad_step
 from .adam import Adam, adam_step
 from .base import PopulationOptimizer, per_member
-from .momentum import CM, MIXABLE, NAG, SGD, MixedMomentum, momentum_step
+from .momentum import CM, NAG, SGD, MixedMomentum, momentum_step
 from .polyak import polyak_init, polyak_update
 from .rmsprop import RMSprop, RMSpropNesterov, rmsprop_nesterov_step, rmsprop_step
 
@@ -49,10 +51,10 @@ def make_optimizer(
     if not isinstance(name, str):
         names = list(name)
         if len(set(names)) > 1:
-            if not set(names) <= set(MIXABLE):
+            if not set(names) <= set(MIXABLE_OPTIMIZERS):
                 raise ValueError(
                     f"optimizer={names!r} is not allowed: members with different optimizers may only use "
-                    f"{sorted(MIXABLE)}"
+                    f"{sorted(MIXABLE_OPTIMIZERS)}"
                 )
             return MixedMomentum(params, lr, members=names)
         if not names:
@@ -72,7 +74,7 @@ def make_optimizer(
 
 __all__ = [
     "CM",
-    "MIXABLE",
+    "MIXABLE_OPTIMIZERS",
     "NAG",
     "OPTIMIZERS",
     "SGD",

@@ -29,6 +29,8 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import Tensor
 
+from trainables.config import MIXABLE_OPTIMIZERS
+
 from .base import PopulationOptimizer, per_member
 
 
@@ -108,8 +110,9 @@ class SGD(CM):
         momentum_step(self.params, self._check_grads(grads), self.state["velocity"], lr=self.lr, mu=zero)
 
 
-# The methods a population may mix, as (gradient at the look-ahead point, momentum used).
-MIXABLE: dict[str, tuple[bool, bool]] = {"sgd": (False, False), "cm": (False, True), "nag": (True, True)}
+# Each of MIXABLE_OPTIMIZERS (the methods a population may mix) as its flags in the one batched
+# update: (gradient at the look-ahead point, momentum used).
+MIXED_FLAGS: dict[str, tuple[bool, bool]] = {"sgd": (False, False), "cm": (False, True), "nag": (True, True)}
 
 
 class MixedMomentum(CM):
@@ -126,13 +129,13 @@ class MixedMomentum(CM):
     def __init__(self, params: Sequence[Tensor], lr: Tensor, *, members: Sequence[str]) -> None:
         super().__init__(params, lr)
         members = list(members)
-        if len(members) != self.population_size or any(m not in MIXABLE for m in members):
+        if len(members) != self.population_size or any(m not in MIXABLE_OPTIMIZERS for m in members):
             raise ValueError(
-                f"members={members!r} is not allowed: one of {sorted(MIXABLE)} for each of the "
+                f"members={members!r} is not allowed: one of {sorted(MIXABLE_OPTIMIZERS)} for each of the "
                 f"{self.population_size} members"
             )
         self.members = members
-        flags = torch.tensor([MIXABLE[m] for m in members], dtype=torch.float64).reshape(-1, 2)
+        flags = torch.tensor([MIXED_FLAGS[m] for m in members], dtype=torch.float64).reshape(-1, 2)
         self.nesterov, self.momentum = (f.to(self.lr.device) for f in flags.unbind(1))
 
     def hyperparameters(self) -> dict[str, Any]:

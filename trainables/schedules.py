@@ -56,7 +56,21 @@ def eq5(mu_max: float) -> Schedule:
     return schedule
 
 
-def rnn(mu_0: float, warmup_updates: int = 1000, warmup_mu: float = 0.9) -> Schedule:
+# Sec. 4.2: the RNN schedule's first 1000 updates are at mu = 0.9, whatever mu_0 is.
+RNN_WARMUP_UPDATES = 1000
+
+
+def warmup_of(kind: str) -> int:
+    """Updates before the momentum a config sets takes effect under the schedule named ``kind``
+    (trainables.train.member_schedules builds them): the RNN schedule's warm-up, else 0.
+
+    >>> warmup_of("rnn"), warmup_of("eq5"), warmup_of("constant")
+    (1000, 0, 0)
+    """
+    return RNN_WARMUP_UPDATES if kind == "rnn" else 0
+
+
+def rnn(mu_0: float, warmup_updates: int = RNN_WARMUP_UPDATES, warmup_mu: float = 0.9) -> Schedule:
     r"""The RNN schedule of sec. 4.2: mu = 0.9 for the first 1000 updates, then ``mu_0``.
 
     .. math::
@@ -143,4 +157,4 @@ def with_final_phase(
     return final_phase
 
 
-__all__ = ["Schedule", "constant", "eq5", "rnn", "with_final_phase"]
+__all__ = ["RNN_WARMUP_UPDATES", "Schedule", "constant", "eq5", "rnn", "warmup_of", "with_final_phase"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import operator
 from dataclasses import replace
-import re
 from typing import Any, Callable
 
 import torch
@@ -18,7 +17,7 @@ from trainables.api import MemberMetrics, MemberStatus, Report, Reporter
 from trainables.config import ConfigError, TaskConfig, parse_config
 from trainables.graphs import update_graphs
 from trainables.optim import make_optimizer, polyak_update
-from trainables.tasks import ALLOWED_INITS, DEFAULT_SCHEDULE, TASKS, family
+from trainables.tasks import task_for
 
 # 2: per-member tensors hold only the members still in the computation ("members").
 CHECKPOINT_VERSION = 2
@@ -34,9 +33,10 @@ def resolve_device(name: str) -> torch.device:
 
 def default_final_updates(cfg: TaskConfig, member: int | None = None) -> int:
     """Member ``member``'s final low-momentum phase: its ``final_momentum_updates``, or by default
-    the autoencoders' last 1000 updates at mu <= 0.9, shortened to a tenth of a short run (RNN
-    problems: 0). Without ``member``: the length that every member shares (ValueError if not)."""
-    default = min(1000, cfg.updates // 10) if family(cfg.task) == "autoencoder" else 0
+    the task's (``Task.final_phase_updates``: the autoencoders' last 1000 updates at mu <= 0.9,
+    shortened to a tenth of a short run; RNN problems: 0). Without ``member``: the length that
+    every member shares (ValueError if not)."""
+    default = task_for(cfg.task).final_phase_updates(cfg.updates)
     lengths = [default if n is None else n for n in cfg.member_values("final_momentum_updates")]
     if member is not None:
         return lengths[member]
@@ -47,7 +47,7 @@ def default_final_updates(cfg: TaskConfig, member: int | None = None) -> int:
 
 def member_schedules(cfg: TaskConfig) -> list[schedules.Schedule]:
     """Each member's momentum schedule, with its own final phase (length and cap)."""
-    kind = cfg.momentum_schedule or DEFAULT_SCHEDULE[family(cfg.task)]
+    kind = task_for(cfg.task).resolve(cfg).momentum_schedule
     if kind == "eq5":
         base = [schedules.eq5(m) for m in cfg.member_values("mu_max")]
     elif kind == "rnn":
@@ -61,21 +61,7 @@ def member_schedules(cfg: TaskConfig) -> list[schedules.Schedule]:
 
 
 def validate_for_task(cfg: TaskConfig) -> None:
-    fam = family(cfg.task)
-    if cfg.init is not None and cfg.init not in ALLOWED_INITS[fam]:
-        raise ConfigError(f"init={cfg.init!r} is not allowed for task {cfg.task!r}: allowed {ALLOWED_INITS[fam]}")
-    if fam == "rnn" and cfg.dataset != "replica":
-        raise ConfigError(f"dataset={cfg.dataset!r} is not allowed for task {cfg.task!r}: RNN problems are generated")
-    if fam == "rnn":
-        _check_sequence_length(cfg)
-    if fam == "autoencoder" and cfg.dataset == "replica" and cfg.task != "curves":
-        from trainables.data.autoencoder_files import KNOWN_FILES, TASK_FILES
-
-        name = TASK_FILES[cfg.task]
-        raise ConfigError(
-            f"dataset='replica' is not allowed for task {cfg.task!r}: only curves has a procedural replica; "
-            f"use dataset='original' with {name} in data_dir (from {KNOWN_FILES[name].url})"
-        )
+    task_for(cfg.task).validate(cfg)
     for k in range(cfg.population_size):
         n = default_final_updates(cfg, k)
         if n > cfg.updates:
@@ -84,23 +70,6 @@ def validate_for_task(cfg: TaskConfig) -> None:
                 f"final_momentum_updates={cfg.final_momentum_updates!r} is not allowed{which}: "
                 f"more than updates={cfg.updates}"
             )
-
-
-def _check_sequence_length(cfg: TaskConfig) -> None:
-    """The problem's own rule for T (marked pairs need T >= 10; memorization room for its symbols,
-    a trigger and the answers), checked before any work rather than when the first batch is drawn."""
-    from trainables.data.rnn_problems import PROBLEMS
-
-    problem = PROBLEMS[cfg.task]
-    length = cfg.seq_length or problem.default_length
-    try:
-        if hasattr(problem, "ranges"):
-            problem.ranges(length)
-        else:
-            problem.target_distribution(length)
-    except ValueError as exc:
-        shown = re.sub(r"^Invalid sequence length: \d+ \((.*)\)$", r"\1", str(exc))
-        raise ConfigError(f"seq_length={length!r} is not allowed for task {cfg.task!r}: {shown}") from None
 
 
 def check_config(config: dict[str, Any] | TaskConfig) -> TaskConfig:
@@ -131,7 +100,7 @@ def train(
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     K = cfg.population_size
 
-    workload = TASKS[cfg.task].build(cfg, device, dtype)
+    workload = task_for(cfg.task).build(cfg, device, dtype)
     opt = make_optimizer(
         cfg.optimizer, workload.init_params(), torch.tensor(cfg.member_values("lr"), dtype=torch.float64),
         adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, rms_decay=cfg.rms_decay, eps=cfg.eps,

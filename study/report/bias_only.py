@@ -1,5 +1,6 @@
 """The bias-only level of a task: the error of a model that learns its output biases and nothing
-else, computed with the task's own data code at the study's settings.
+else, computed by the task itself (``Task.bias_only_error``, trainables/tasks) with its own data
+code at the study's settings.
 
 Such a model predicts the same output for every case: the one its training loss prefers.
 
@@ -19,60 +20,24 @@ machine) there is no level: ``None`` and the reason.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-import numpy as np
-
-# Sequences drawn to estimate an RNN problem's level (its standard error is below 0.01).
-RNN_SEQUENCES = 4000
-# The key of those sequences: a stream of its own, apart from training and evaluation data.
-RNN_KEY = (0, 7, 0)
-
-
-@functools.lru_cache(maxsize=32)
-def _autoencoder_level(task: str, dataset: str, data_dir: str | None, train_cases: int | None,
-                       eval_cases: int | None) -> float:
-    from trainables.data.autoencoder_files import load_autoencoder_data
-    from trainables.tasks.autoencoder import ENCODERS
-
-    if dataset == "noise":  # as trainables.tasks.autoencoder.build draws it
-        data = np.random.default_rng(0).random((train_cases or 2000, ENCODERS[task][0]), dtype=np.float32)
-    else:
-        data = load_autoencoder_data(task, dataset, data_dir, train_cases, 0)
-    x = data[: eval_cases or len(data)].astype(np.float64)
-    return float(((x - x.mean(axis=0)) ** 2).sum(axis=1).mean())
-
-
-@functools.lru_cache(maxsize=32)
-def _rnn_level(task: str, seq_length: int | None) -> float:
-    import torch
-
-    from trainables.data.rnn_problems import PROBLEMS
-
-    problem = PROBLEMS[task]
-    length = seq_length or problem.default_length
-    batch = problem.sample(RNN_KEY, RNN_SEQUENCES, length).numpy()
-    bias = np.asarray(problem.output_bias(length), dtype=np.float32)
-    outputs = np.broadcast_to(bias, (*batch.targets.shape[:2], problem.n_out))
-    return problem.zero_one_error(torch.as_tensor(np.ascontiguousarray(outputs)), batch)
+# The config fields a bias-only level depends on: the task and the cases its error is scored on.
+DATA_FIELDS = ("task", "dataset", "data_dir", "train_cases", "eval_cases", "seq_length")
 
 
 def bias_only_error(config: dict[str, Any]) -> tuple[float | None, str]:
     """(level, how it was obtained) for a member's training config, or (None, why not)."""
-    from study.report.data import family
+    from trainables.config import TaskConfig
+    from trainables.tasks import task_for
 
     task = config["task"]
-    if family(task) == "autoencoder":
-        dataset = config.get("dataset") or "replica"
-        try:
-            level = _autoencoder_level(task, dataset, config.get("data_dir"), config.get("train_cases"),
-                                       config.get("eval_cases"))
-        except (OSError, ValueError) as exc:
-            return None, f"no bias-only level: the {task} data could not be read here ({exc})"
-        return level, "mean image"
-    level = _rnn_level(task, config.get("seq_length"))
-    return level, "mean output" if task in ("addition", "multiplication", "xor") else "average target distribution"
+    # Only the data fields: a stored config may hold keys an older trainer wrote.
+    try:
+        cfg = TaskConfig(**{k: config[k] for k in DATA_FIELDS if config.get(k) is not None})
+        return task_for(task).bias_only_error(cfg)
+    except (OSError, ValueError) as exc:
+        return None, f"no bias-only level: the {task} data could not be read here ({exc})"
 
 
 __all__ = ["bias_only_error"]

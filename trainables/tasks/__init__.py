@@ -1,46 +1,44 @@
-"""Task registry: every task is a module with ``build(cfg, device, dtype) -> workload``.
-
-A workload has the same small interface whatever the task (AlgoPerf-style), so the training loop
-never branches on a task's name:
-
-- ``init_params() -> list[Tensor]``: the population's weights, each with leading dimension K;
-- ``loss_and_grads(params, step) -> (loss (K,), grads)``: the minibatch of update ``step``; it is
-  ``loss_and_grads_on(params, batch(step))``, split so that CUDA graphs (trainables/graphs.py)
-  capture the computation and leave the draw eager. ``batch(step)`` draws the minibatch: tensors,
-  plus the host values the computation reads (such as where the loss starts) and no others, as
-  each host value is part of a graph's key; ``loss_and_grads_on`` computes on it, on the device,
-  without a host sync. Optional ``scratch() -> list[Tensor]``: buffers reused from one update to
-  the next, which a captured update writes into;
-- ``error(params) -> (K,)``: the paper's reported error measure;
-- ``select(keep)``: keep only the members at positions ``keep`` (per-member seeds, scales and
-  cached data), when others stop or diverge and leave the batched computation.
+"""The task registry: each task of the paper is a ``Task`` (trainables/tasks/protocol.py) that
+answers for itself: its defaults, its checks, its memory, its bias-only level, its labels, and
+``build(cfg, device, dtype)``, the batched computation (a ``Workload``) the training loop drives.
+Callers ask ``task_for(name)`` and never branch on which kind of task it is.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
+from typing import Any
 
-from trainables.tasks import autoencoder, rnn
+from trainables.tasks.autoencoder import AutoencoderTask
+from trainables.tasks.protocol import Task, Workload
+from trainables.tasks.rnn import RNNTask
 
-TASKS: dict[str, ModuleType] = {
-    "curves": autoencoder,
-    "mnist": autoencoder,
-    "faces": autoencoder,
-    "addition": rnn,
-    "multiplication": rnn,
-    "mem5": rnn,
-    "mem20": rnn,
-    "xor": rnn,
+TASKS: dict[str, Task] = {
+    **{name: AutoencoderTask(name) for name in ("curves", "mnist", "faces")},
+    **{name: RNNTask(name) for name in ("addition", "multiplication", "mem5", "mem20", "xor")},
 }
 
-# The paper's defaults per family: momentum schedule (Eq. 5 / sec. 4.2) and allowed inits.
-FAMILY = {module: name for name, module in (("autoencoder", autoencoder), ("rnn", rnn))}
-DEFAULT_SCHEDULE = {"autoencoder": "eq5", "rnn": "rnn"}
-ALLOWED_INITS = {
-    "autoencoder": ("sparse", "gaussian", "glorot", "orthogonal"),
-    "rnn": ("esn", "gaussian", "glorot", "orthogonal"),
-}
+
+def task_for(name: str) -> Task:
+    """The Task called ``name``; ValueError naming the allowed tasks otherwise."""
+    try:
+        return TASKS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"task={name!r} is not allowed: must be one of {list(TASKS)}") from None
 
 
 def family(task: str) -> str:
-    return FAMILY[TASKS[task]]
+    """The paper's section a task belongs to ("autoencoder" or "rnn"): a label and a key of the
+    published results, not a reason to branch."""
+    return task_for(task).family
+
+
+def resolved_config(config: dict[str, Any] | Any) -> dict[str, Any]:
+    """The training config a run of ``config`` trains with, every task default filled
+    (``Task.resolve``), as JSON values: what the results database stores for a configuration."""
+    from trainables.config import parse_config
+
+    cfg = parse_config(config)
+    return task_for(cfg.task).resolve(cfg).model_dump(mode="json")
+
+
+__all__ = ["TASKS", "Task", "Workload", "family", "resolved_config", "task_for"]

@@ -12,14 +12,17 @@ reproduces the solo run of the same config.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainables.config import TaskConfig
+from trainables.config import ConfigError, TaskConfig
 from trainables.init import dense_init
+from trainables.schedules import warmup_of
+from trainables.tasks.protocol import member_defaults
 
 ENCODERS = {
     "curves": (784, 400, 200, 100, 50, 25, 6),
@@ -29,6 +32,8 @@ ENCODERS = {
 LOGISTIC_OUTPUT = {"curves": True, "mnist": True, "faces": False}
 PAPER_BATCH_SIZE = 200
 PAPER_FINAL_MOMENTUM_UPDATES = 1000  # sec. 3: mu = 0.9 for the last 1000 updates (Table 2).
+PAPER_SCHEDULE = "eq5"  # sec. 3, Eq. 5
+ALLOWED_INITS = ("sparse", "gaussian", "glorot", "orthogonal")
 EVAL_CHUNK = 5000
 
 
@@ -235,3 +240,94 @@ def memory_estimate(cfg: TaskConfig):
         ),
         shared=(Part("training data", cases * D * (size + (4 if size != 4 else 0)), ("train_cases", "dataset")),),
     )
+
+
+def validate(cfg: TaskConfig) -> None:
+    """What an autoencoder refuses before any work: an RNN-only init, and a replica of a data set
+    that has none (only Curves is procedural)."""
+    if cfg.init is not None and cfg.init not in ALLOWED_INITS:
+        raise ConfigError(f"init={cfg.init!r} is not allowed for task {cfg.task!r}: allowed {ALLOWED_INITS}")
+    if cfg.dataset == "replica" and cfg.task != "curves":
+        from trainables.data.autoencoder_files import KNOWN_FILES, TASK_FILES
+
+        name = TASK_FILES[cfg.task]
+        raise ConfigError(
+            f"dataset='replica' is not allowed for task {cfg.task!r}: only curves has a procedural replica; "
+            f"use dataset='original' with {name} in data_dir (from {KNOWN_FILES[name].url})"
+        )
+
+
+def final_phase_updates(updates: int) -> int:
+    """Sec. 3: the last 1000 updates at mu <= 0.9, shortened to a tenth of a run shorter than 10,000."""
+    return min(PAPER_FINAL_MOMENTUM_UPDATES, updates // 10)
+
+
+def train_cases(cfg: TaskConfig) -> int:
+    """The training cases a run of ``cfg`` trains on (the data set's full training set by default)."""
+    if cfg.dataset == "noise":
+        return cfg.train_cases or NOISE_TRAIN_CASES
+    return cfg.train_cases or FULL_TRAIN_CASES[cfg.task]
+
+
+def resolve(cfg: TaskConfig) -> TaskConfig:
+    """``cfg`` with the autoencoder defaults filled (trainables/tasks/protocol.py, Task.resolve)."""
+    cases = train_cases(cfg)
+    return cfg.model_copy(update={
+        "init": cfg.init or "sparse",
+        "init_scale": member_defaults(cfg.init_scale, 1.0),
+        "momentum_schedule": cfg.momentum_schedule or PAPER_SCHEDULE,
+        "final_momentum_updates": member_defaults(cfg.final_momentum_updates, final_phase_updates(cfg.updates)),
+        "batch_size": cfg.batch_size or PAPER_BATCH_SIZE,
+        "train_cases": cases,
+        "eval_cases": cfg.eval_cases or cases,
+    })
+
+
+@functools.lru_cache(maxsize=32)
+def _bias_only_level(task: str, dataset: str, data_dir: str | None, train_cases: int | None,
+                     eval_cases: int | None) -> float:
+    cfg = TaskConfig(task=task, dataset=dataset, data_dir=data_dir, train_cases=train_cases, eval_cases=eval_cases)
+    x = training_data(cfg)[: eval_cases or None].astype(np.float64)
+    return float(((x - x.mean(axis=0)) ** 2).sum(axis=1).mean())
+
+
+def bias_only_error(cfg: TaskConfig) -> tuple[float, str]:
+    """A model that learns its output biases only predicts the same image for every case, and
+    squared error prefers the mean image: the level is the cases' total variance,
+    ``mean_n ||x_n - mean(x)||^2``, on the first ``eval_cases`` training cases as ``error`` scores
+    them."""
+    return _bias_only_level(cfg.task, cfg.dataset, cfg.data_dir, cfg.train_cases, cfg.eval_cases), "mean image"
+
+
+@dataclass(frozen=True)
+class AutoencoderTask:
+    """Curves, MNIST or Faces as a Task (trainables/tasks/protocol.py)."""
+
+    name: str
+    family: str = "autoencoder"
+    error_name: str = "training squared error"
+    default_metric: str = "error"
+    # Tables 1-3 vary the learning rate, Eq. 5's mu_max and the SI scale.
+    paper_params: tuple[str, ...] = ("lr", "mu_max", "init_scale")
+    bias_only_prediction: str = "the mean image"
+
+    def resolve(self, cfg: TaskConfig) -> TaskConfig:
+        return resolve(cfg)
+
+    def validate(self, cfg: TaskConfig) -> None:
+        validate(cfg)
+
+    def final_phase_updates(self, updates: int) -> int:
+        return final_phase_updates(updates)
+
+    def warmup_updates(self, cfg: TaskConfig) -> int:
+        return warmup_of(cfg.momentum_schedule or PAPER_SCHEDULE)
+
+    def memory_estimate(self, cfg: TaskConfig):
+        return memory_estimate(cfg)
+
+    def bias_only_error(self, cfg: TaskConfig) -> tuple[float, str]:
+        return bias_only_error(cfg)
+
+    def build(self, cfg: TaskConfig, device: torch.device, dtype: torch.dtype) -> AutoencoderWorkload:
+        return build(cfg, device, dtype)

@@ -1,9 +1,10 @@
 """How much memory a training run needs, as each task estimates it for itself.
 
-Every task module answers ``memory_estimate(cfg) -> MemoryEstimate`` from the sizes of the
-tensors it allocates (its weights and the optimizer's copies of them, BPTT's arrays of every time
-step, the minibatch, the evaluation set, the training data), so a caller can size a population and
-refuse one that cannot fit before any memory is spent, without knowing which task it is.
+Every task answers ``memory_estimate(cfg) -> MemoryEstimate`` (trainables/tasks/protocol.py)
+from the sizes of the tensors it allocates (its weights and the optimizer's copies of them, BPTT's
+arrays of every time step, the minibatch, the evaluation set, the training data), so a caller can
+size a population and refuse one that cannot fit before any memory is spent, without knowing
+which task it is.
 
 An estimate is an upper figure for one process, within a small factor of what it really
 allocates (tests/test_memory_limits.py measures the peak resident memory of real small runs).
@@ -67,6 +68,6 @@ def weight_copies(cfg: "TaskConfig") -> int:
 def estimate(cfg: "TaskConfig") -> MemoryEstimate:
     """The estimate of the config's task (a solo config or a population: the per-member figures
     do not depend on K)."""
-    from trainables.tasks import TASKS
+    from trainables.tasks import task_for
 
-    return TASKS[cfg.task].memory_estimate(cfg)
+    return task_for(cfg.task).memory_estimate(cfg)

@@ -25,19 +25,27 @@ computes, up to the order in which the matmuls sum (tested in float64).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import re
 
 import numpy as np
 import torch
 
-from trainables.config import TaskConfig
+from trainables.config import ConfigError, TaskConfig
 from trainables.data.counter_rng import MemberKeys
-from trainables.data.rnn_problems import PopulationBatch
+from trainables.data.rnn_problems import PROBLEMS
+from trainables.data.sequence_batches import PopulationBatch
 from trainables.init import esn_recurrent, gaussian, glorot_uniform, orthogonal
+from trainables.schedules import warmup_of
+from trainables.tasks.protocol import member_defaults
 
 HIDDEN_UNITS = 100
 PAPER_BATCH_SIZE = 100
 HID_TO_OUT_SCALE = 0.1  # Table 4
+ALLOWED_INITS = ("esn", "gaussian", "glorot", "orthogonal")
+PAPER_SCHEDULE = "rnn"  # sec. 4.2: mu = 0.9 for the first 1000 updates, then mu_0
+EVAL_CASES = 1000  # sequences the reported error is computed on, by default
 
 # tanh(a) = 1 - 2 sigmoid(-2a). Why not torch.tanh: in this CPU build it takes many times as long
 # as sigmoid and cost more than the recurrent matmul. The pre-activation is held as z = -2a, the
@@ -67,7 +75,7 @@ class RNNWorkload:
         self.init = cfg.init or "esn"
         self.length = cfg.seq_length or self.problem.default_length
         self.batch_size = cfg.batch_size or PAPER_BATCH_SIZE
-        self.eval_cases = cfg.eval_cases or 1000
+        self.eval_cases = cfg.eval_cases or EVAL_CASES
         self.device, self.dtype = device, dtype
         self.classification = self.problem.kind == "classification"
         self.keys = MemberKeys(self.seeds, device)  # the members' seed words, on the device once
@@ -286,10 +294,110 @@ def memory_estimate(cfg: TaskConfig):
     weights = n_in * H + H * H + H + H * n_out + n_out
     targets = 16 if problem.kind == "classification" else n_out * (size + 4)
     batch = T * B * ((n_in + 1) * (size + 4) + targets + size + 3 + 2 * n_in * 4)
-    eval_batches = -(-(cfg.eval_cases or 1000) // B)
+    eval_batches = -(-(cfg.eval_cases or EVAL_CASES) // B)
     return MemoryEstimate(per_member=(
         Part("weights and optimizer state", weight_copies(cfg) * weights * size, ("optimizer", "dtype")),
         Part("BPTT activations", T * B * (4 * H + 6 * n_out) * size, ("batch_size", "seq_length")),
         Part("minibatch", batch, ("batch_size", "seq_length")),
         Part("evaluation set", eval_batches * batch, ("eval_cases", "seq_length")),
     ))
+
+
+# Sequences drawn to estimate a problem's bias-only level (its standard error is below 0.01), on a
+# key of their own, apart from every training and evaluation stream.
+BIAS_ONLY_SEQUENCES = 4000
+BIAS_ONLY_KEY = (0, 7, 0)
+
+
+def validate(cfg: TaskConfig) -> None:
+    """What an RNN problem refuses before any work: an autoencoder-only init, a data set (the
+    problems are generated), and a sequence length the problem has no room in."""
+    if cfg.init is not None and cfg.init not in ALLOWED_INITS:
+        raise ConfigError(f"init={cfg.init!r} is not allowed for task {cfg.task!r}: allowed {ALLOWED_INITS}")
+    if cfg.dataset != "replica":
+        raise ConfigError(f"dataset={cfg.dataset!r} is not allowed for task {cfg.task!r}: RNN problems are generated")
+    _check_sequence_length(cfg)
+
+
+def _check_sequence_length(cfg: TaskConfig) -> None:
+    """The problem's own rule for T (marked pairs need T >= 10; memorization room for its symbols,
+    a trigger and the answers), checked before any work rather than when the first batch is drawn."""
+    problem = PROBLEMS[cfg.task]
+    length = cfg.seq_length or problem.default_length
+    try:
+        if hasattr(problem, "ranges"):
+            problem.ranges(length)
+        else:
+            problem.target_distribution(length)
+    except ValueError as exc:
+        shown = re.sub(r"^Invalid sequence length: \d+ \((.*)\)$", r"\1", str(exc))
+        raise ConfigError(f"seq_length={length!r} is not allowed for task {cfg.task!r}: {shown}") from None
+
+
+def resolve(cfg: TaskConfig) -> TaskConfig:
+    """``cfg`` with the RNN defaults filled (trainables/tasks/protocol.py, Task.resolve): Table 4's
+    input scale and init, sec. 4.2's schedule, no final phase, Table 5's T."""
+    problem = PROBLEMS[cfg.task]
+    return cfg.model_copy(update={
+        "init": cfg.init or "esn",
+        "init_scale": member_defaults(cfg.init_scale, problem.input_scale),
+        "momentum_schedule": cfg.momentum_schedule or PAPER_SCHEDULE,
+        "final_momentum_updates": member_defaults(cfg.final_momentum_updates, 0),
+        "batch_size": cfg.batch_size or PAPER_BATCH_SIZE,
+        "eval_cases": cfg.eval_cases or EVAL_CASES,
+        "seq_length": cfg.seq_length or problem.default_length,
+    })
+
+
+@functools.lru_cache(maxsize=32)
+def _bias_only_level(task: str, seq_length: int | None) -> float:
+    problem = PROBLEMS[task]
+    length = seq_length or problem.default_length
+    batch = problem.sample(BIAS_ONLY_KEY, BIAS_ONLY_SEQUENCES, length).numpy()
+    bias = np.asarray(problem.output_bias(length), dtype=np.float32)
+    outputs = np.broadcast_to(bias, (*batch.targets.shape[:2], problem.n_out))
+    return problem.zero_one_error(torch.as_tensor(np.ascontiguousarray(outputs)), batch)
+
+
+def bias_only_error(cfg: TaskConfig) -> tuple[float, str]:
+    """A model that learns its output biases only predicts the problem's ``output_bias`` at every
+    step: the target mean for the regression problems (addition, multiplication, xor: 0 in centred
+    units), scored by the fraction of cases off by more than 0.04; the average target distribution
+    for memorization (softmax), whose argmax is one fixed symbol, so n (1 - 1/alphabet) symbols of
+    a sequence are wrong (Table 5's bias row)."""
+    how = "average target distribution" if PROBLEMS[cfg.task].kind == "classification" else "mean output"
+    return _bias_only_level(cfg.task, cfg.seq_length), how
+
+
+@dataclasses.dataclass(frozen=True)
+class RNNTask:
+    """One of the long-range problems of sec. 4 as a Task (trainables/tasks/protocol.py)."""
+
+    name: str
+    family: str = "rnn"
+    error_name: str = "zero-one error"
+    default_metric: str = "error"
+    # Table 5 varies the learning rate and mu_0; Table 4 sets the input scale and spectral radius.
+    paper_params: tuple[str, ...] = ("lr", "mu_0", "mu_max", "init_scale", "spectral_radius")
+    bias_only_prediction: str = "the target mean, or the average target distribution"
+
+    def resolve(self, cfg: TaskConfig) -> TaskConfig:
+        return resolve(cfg)
+
+    def validate(self, cfg: TaskConfig) -> None:
+        validate(cfg)
+
+    def final_phase_updates(self, updates: int) -> int:
+        return 0
+
+    def warmup_updates(self, cfg: TaskConfig) -> int:
+        return warmup_of(cfg.momentum_schedule or PAPER_SCHEDULE)
+
+    def memory_estimate(self, cfg: TaskConfig):
+        return memory_estimate(cfg)
+
+    def bias_only_error(self, cfg: TaskConfig) -> tuple[float, str]:
+        return bias_only_error(cfg)
+
+    def build(self, cfg: TaskConfig, device: torch.device, dtype: torch.dtype) -> RNNWorkload:
+        return build(cfg, device, dtype)

@@ -322,7 +322,7 @@ def summarize_plain(results: Any, runs: int) -> None:
 
 
 def quiet() -> None:
-    # Without Tune's file loggers (disabled above for all three ways, as study/run/runner.py does) the
+    # Without Tune's file loggers (disabled above for all three ways, as study/run/tuner.py does) the
     # ExperimentAnalysis of (c) warns about every trial's missing result.json; the results are in
     # memory and in MLflow.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)

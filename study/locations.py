@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from study.errors import LocationError
+from study.record.database import hide_password
 from study.record.results import sqlite_url
 
 ENV_DIR = "MOMENTUM_STUDY_DIR"
@@ -51,15 +53,12 @@ class Locations:
 
     @property
     def artifact_location(self) -> str | None:
-        """Artifacts beside an embedded MLflow store; a tracking server chooses its own."""
-        if self.mlflow_uri.startswith(("sqlite:", "file:")) or "://" not in self.mlflow_uri:
+        """Artifacts in the study's directory unless a tracking server (http, https) chooses its
+        own: a database store (SQLite, PostgreSQL) has no artifact root, and MLflow's default is
+        ./mlruns in whatever directory the driver was started from."""
+        if not self.mlflow_uri.startswith(("http://", "https://")):
             return (self.study_dir / "mlartifacts").resolve().as_uri()
         return None
-
-
-class LocationError(ValueError):
-    """A study name or place that cannot be used; the message names the option, the value and what
-    is allowed (exit code 2 on the command line)."""
 
 
 def studies_root(directory: str | os.PathLike[str] | None = None) -> Path:
@@ -131,9 +130,7 @@ def redact(url: str | None) -> str | None:
     if not url or "@" not in url or "://" not in url:
         return url
     try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
+        return hide_password(url)
     except Exception:
         from urllib.parse import urlsplit, urlunsplit
 

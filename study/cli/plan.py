@@ -18,31 +18,8 @@ from rich.table import Table
 
 from study.plan import sizing as plans
 from study.plan import rates
-from study.spec.model import ResourcesSpec, SpecError, StudySpec, load_spec
-
-
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("plan", help="what a study will do (populations, device, memory, expected time); writes nothing")
-    p.add_argument("spec", help="path to a study spec (YAML)")
-    p.add_argument("--format", choices=("table", "json"), default="table")
-    p.add_argument("--gpus", type=_positive_int, help="GPUs of the GPU estimate (default: this machine's, else 1)")
-    p.add_argument("--gpu-memory", type=_positive_float, metavar="GB",
-                   help=f"memory of each GPU of the GPU estimate, in GB (default: this machine's, else "
-                        f"{rates.GPU_MEMORY / 1e9:g}, the {rates.GPU_NAME}'s)")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: need an integer >= 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: need a number > 0")
-    return value
+from study.errors import SpecError
+from study.spec.model import ResourcesSpec, StudySpec, load_spec
 
 
 def plans_for(spec: StudySpec, here: plans.Machine, gpus: int | None = None, gpu_memory: float | None = None) -> dict[str, Any]:

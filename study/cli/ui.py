@@ -11,12 +11,41 @@ and stops it, as it does ``study mlflow-server``.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
-from study.record import tracking
-from study.locations import redact
+from rich.console import Console
+
+from study.cli.common import EXIT_BAD_INPUT, locate, serving
+from study.cli.inspect import study_row
+from study.cli.manage import study_mlflow_uri
 from study.cluster.servers import LOCALHOST, PortBusy, mlflow_server_env, port_is_free, serve
+from study.locations import redact
+from study.record import tracking
+from study.spec.model import load_spec
+
+
+def command(args: argparse.Namespace, out: Console, err: Console) -> int:
+    row = study_row(args, err)
+    if row is None:
+        return EXIT_BAD_INPUT
+    stored = row["mlflow_uri"]
+    # A study on a tracking server: its (redacted) address is all `study ui` needs to name it.
+    uri = args.mlflow_uri or (stored if is_server(stored) else study_mlflow_uri(locate(args, args.name), stored))
+    experiment_id = str(row["mlflow_experiment_id"])
+    if is_server(uri):
+        out.print(f"study {args.name} tracks to the MLflow server {redact(uri)}; open it there: "
+                  f"{tracking.runs_url(without_login(uri), experiment_id)}", highlight=False, soft_wrap=True)
+        return 0
+    spec = load_spec(row["spec_yaml"]).model_dump(mode="json")
+
+    def say(text: str) -> None:
+        out.print(text, highlight=False, soft_wrap=True)
+        sys.stdout.flush()
+
+    return serving(lambda: run_ui(args.name, uri, experiment_id, spec, args.port, say), "the MLflow UI", err)
 
 
 def mlflow_ui_command(port: int, host: str = LOCALHOST) -> list[str]:
@@ -31,8 +60,6 @@ def is_server(uri: str) -> bool:
 
 def without_login(url: str) -> str:
     """A server's address without any user:password (the browser asks for the login)."""
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url)
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
@@ -54,15 +81,13 @@ def run_ui(name: str, uri: str, experiment_id: str, spec: dict[str, Any], port: 
            say: Callable[[str], None]) -> int:
     """Stores the runs view, starts the server, says where to look once it answers, serves until
     Ctrl+C. Raises servers.PortBusy for a busy port, RuntimeError for a server that never answers."""
-    from mlflow.exceptions import MlflowException
-
     if not port_is_free(LOCALHOST, port):
         raise PortBusy(f"port {port} on {LOCALHOST} is in use; choose another with --port")
     try:
-        tracking.set_runs_view(uri, experiment_id, spec)  # a study made before the view existed gets it
-    except MlflowException as exc:
+        tracking.store_runs_view(uri, experiment_id, spec)
+    except tracking.StoreRefused as exc:
         raise RuntimeError(f"study {name}'s MLflow experiment {experiment_id} is not in {redact(uri)} "
-                           f"({exc.message}); name its store with --mlflow-uri") from None
+                           f"({exc}); name its store with --mlflow-uri") from None
     url = tracking.runs_url(f"http://{LOCALHOST}:{port}", experiment_id)
     env = {**mlflow_server_env(uri), "MLFLOW_TRACKING_URI": uri}
     return serve(mlflow_ui_command(port), env, LOCALHOST, port, lambda: say(where_to_look(name, url, spec)))

@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+from study.errors import ServiceError
 from study.locations import ENV_DIR, ENV_MLFLOW, ENV_RESULTS_DB, ENV_STORAGE, redact
 
 ENV_JOBS_ADDRESS = "RAY_API_SERVER_ADDRESS"
@@ -31,8 +32,9 @@ PACKAGES = ("study", "trainables")
 EXCLUDES = ["__pycache__", "*.pyc", ".pytest_cache"]
 
 
-class ClusterError(RuntimeError):
-    """The Jobs API could not be reached, refused us, or does not know the job."""
+class ClusterError(ServiceError):
+    """The Jobs API could not be reached (or no address for it is known), refused us, or does not know
+    the job."""
 
 
 def jobs_address(address: str | None) -> str:

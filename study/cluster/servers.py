@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Callable, Mapping
 
+from study.errors import LocationError
 from study.locations import redact
 
 LOCALHOST = "127.0.0.1"
@@ -115,9 +116,8 @@ def wait_http(url: str, timeout_s: float = 120, proc: subprocess.Popen | None = 
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s")
 
 
-
-class PortBusy(RuntimeError):
-    pass
+class PortBusy(LocationError):
+    """A port already in use: the place to serve on, not the server, is what must change (exit 2)."""
 
 
 def serve(cmd: list[str], env: dict[str, str], host: str, port: int, on_ready: Callable[[], None],

@@ -17,7 +17,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from study.spec.model import MAX_MEMBERS, StudySpec, task_config_dict
+from study.spec.expand import task_config_dict
+from study.spec.limits import MAX_MEMBERS
+from study.spec.model import StudySpec
 # MIXABLE_OPTIMIZERS: those one population may mix (one Nesterov and one momentum flag per member);
 # any other optimizer trains only beside configurations of the same optimizer.
 from trainables.config import MIXABLE_OPTIMIZERS, POPULATION_FIELDS, TaskConfig, parse_config
@@ -50,11 +52,6 @@ class Configuration:
 def member_table(config: dict[str, Any]) -> list[Configuration]:
     """The member table of a Ray trial's config."""
     return [Configuration.from_dict(d) for d in config.get(POPULATION_KEY) or []]
-
-
-def reported(result: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """The per-configuration summaries a trial's result carries (study/run/trial.py), by configuration id."""
-    return {c["config_id"]: c for c in (result or {}).get("configs") or []}
 
 
 def config_id(trial_id: str, j: int) -> str:
@@ -103,19 +100,19 @@ def training_config(spec: StudySpec, configs: list[Configuration]) -> TaskConfig
 
 
 def member_bytes(cfg: TaskConfig) -> int:
-    """One member's training memory, by its task's own estimate (trainables/tasks/memory.py)."""
-    from trainables.tasks.memory import estimate
+    """One member's training memory, by its task's own estimate (Task.memory_estimate, trainables/tasks)."""
+    from trainables.tasks import task_for
 
-    return estimate(cfg).member_bytes
+    return task_for(cfg.task).memory_estimate(cfg).member_bytes
 
 
 def default_max_members(cfg: TaskConfig, device: str = "cpu", budget: int | None = None) -> int:
     """Members per trial without ``max_members``. On the CPU at most DEFAULT_MAX_MEMBERS and what
     fits MEMORY_BUDGET; on a GPU what fits ``budget`` (the trial's share of its device, study/plan/sizing.py),
     at most MAX_MEMBERS. The training data the members share counts once."""
-    from trainables.tasks.memory import estimate
+    from trainables.tasks import task_for
 
-    est = estimate(cfg)
+    est = task_for(cfg.task).memory_estimate(cfg)
     if device == "gpu":
         return max(1, min(MAX_MEMBERS, (int(budget or MEMORY_BUDGET) - est.shared_bytes) // est.member_bytes))
     return max(1, min(DEFAULT_MAX_MEMBERS, (MEMORY_BUDGET - est.shared_bytes) // est.member_bytes))
@@ -132,9 +129,9 @@ def configs_per_trial(spec: StudySpec, cfg: TaskConfig, slots: int, device: str 
         return 1
     cap = spec.max_members or default_max_members(cfg, device, budget)
     if budget is not None:
-        from trainables.tasks.memory import estimate
+        from trainables.tasks import task_for
 
-        est = memory or estimate(cfg)
+        est = memory or task_for(cfg.task).memory_estimate(cfg)
         cap = min(cap, max(1, (int(budget) - est.shared_bytes) // est.member_bytes))
     per_trial = max(1, cap // spec.repeats)
     spread = math.ceil(spec.trials / max(1, slots))

@@ -1,9 +1,10 @@
 """Checks of a study's locations and resources that run before anything is written.
 
-``check(spec, loc)`` raises SpecError (exit code 2 on the command line) with a message naming the
-option or field, the value and what is needed, for anything a study would otherwise fail on after
-its first write: an unreachable results database or MLflow tracking server, an unwritable study
-directory or Tune storage, an unreachable Ray address, resources no node can provide.
+``check(spec, loc)`` raises (exit code 2 on the command line) with a message naming the option or
+field, the value and what is needed, for anything a study would otherwise fail on after its first
+write: ServiceError for an unreachable results database, MLflow tracking server or Ray address;
+LocationError for an unwritable study directory or Tune storage, a URL or file that is no
+database, missing data files; SpecError for resources no node can provide.
 
 ``check_resources(spec, nodes)`` is the resource half on its own: a pure function of per-node
 totals, so the runner can call it again once Ray is up (``node_resources(ray.nodes())``).
@@ -19,8 +20,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from study.errors import LocationError, ServiceError, SpecError
 from study.locations import ENV_DIR, ENV_MLFLOW, ENV_RAY, ENV_RESULTS_DB, ENV_STORAGE, redact
-from study.spec.model import SpecError
+from study.record import database
 
 # Seconds to wait for each remote location to answer.
 MLFLOW_TIMEOUT_S = 5.0
@@ -36,7 +38,8 @@ STORAGE_OPTION = f"--storage ({ENV_STORAGE})"
 
 
 def check(spec: Any, loc: Any) -> None:
-    """Raises SpecError for a location or resource the study cannot use; writes nothing.
+    """Raises LocationError, ServiceError or SpecError for a location, service or resource the
+    study cannot use; writes nothing.
 
     Local checks come first (they are instant), then the network ones, each with a short timeout.
     With no Ray address the resources are checked against this machine here; on a cluster the
@@ -146,7 +149,7 @@ def check_data(spec: Any) -> None:
         directory = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).absolute()
         shown = f"{field}={data_dir!r}" if data_dir is not None else f"{field} (not given: {DEFAULT_DATA_DIR!r})"
         if not directory.is_dir():
-            raise SpecError(
+            raise LocationError(
                 f"{shown} is not allowed with dataset: original: no such directory on this machine; "
                 f"task {spec.task} reads {_expected(spec.task)} from it"
             )
@@ -156,7 +159,7 @@ def check_data(spec: Any) -> None:
                 continue
         elif (directory / TASK_FILES[spec.task]).is_file():
             continue
-        raise SpecError(
+        raise LocationError(
             f"{shown} is not allowed with dataset: original: the directory holds no {_expected(spec.task)}, "
             f"which task {spec.task} reads; download: {KNOWN_FILES[TASK_FILES[spec.task]].url}"
         )
@@ -193,21 +196,21 @@ def check_directory(path: Path, option: str) -> None:
     if "?" in str(path):
         # SQLAlchemy and SQLite read '?' in a database URL as the start of its options, so the
         # results database would land in another file.
-        raise SpecError(f"{option} {str(path)!r} is not allowed: a '?' in the path; choose a directory without one")
+        raise LocationError(f"{option} {str(path)!r} is not allowed: a '?' in the path; choose a directory without one")
     probe = path
     while not probe.exists():
         if probe.parent == probe:
             break
         if probe.is_symlink():
-            raise SpecError(
+            raise LocationError(
                 f"{option} {str(path)!r} is not usable: {str(probe)!r} is a symbolic link that leads nowhere "
                 "(dangling, or a loop)"
             )
         probe = probe.parent
     if not probe.is_dir():
-        raise SpecError(f"{option} {str(path)!r} is not usable: {str(probe)!r} is a file, not a directory")
+        raise LocationError(f"{option} {str(path)!r} is not usable: {str(probe)!r} is a file, not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise SpecError(f"{option} {str(path)!r} is not writable: no permission to write in {str(probe)!r}")
+        raise LocationError(f"{option} {str(path)!r} is not writable: no permission to write in {str(probe)!r}")
 
 
 def _local_path(location: str) -> Path | None:
@@ -222,23 +225,6 @@ def _local_path(location: str) -> Path | None:
     return Path(os.path.realpath(path))
 
 
-def _sqlite_file(url: str) -> Path | None:
-    """The file of an SQLite URL, as SQLAlchemy reads it; None for :memory: and other databases."""
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return None
-    db = parsed.database or ""
-    if not db or db == ":memory:" or db.startswith("file::memory:"):
-        return None
-    if db.startswith("file:"):
-        from urllib.parse import unquote
-
-        db = unquote(urlsplit(db).path)
-    return Path(os.path.realpath(db))  # not Path.resolve, which raises RuntimeError on a link loop
-
-
 # --- databases, MLflow, Ray ----------------------------------------------------------------------
 
 
@@ -251,54 +237,37 @@ def check_results_db(url: str) -> None:
 def check_database(url: str, option: str) -> None:
     shown = redact(url)
     try:
-        path = _sqlite_file(url)
+        path = database.sqlite_file(url)
     except Exception as exc:  # sqlalchemy ArgumentError and friends: not a URL it can read
-        raise SpecError(f"{option} {shown!r} is not a database URL: {_one_line(exc)}") from None
-    from sqlalchemy.engine import make_url
-
-    if make_url(url).get_backend_name() == "sqlite":
+        raise LocationError(f"{option} {shown!r} is not a database URL: {_one_line(exc)}") from None
+    if database.backend(url) == "sqlite":
         if path is None:
-            raise SpecError(
+            raise LocationError(
                 f"{option} {shown!r} is not allowed: an in-memory SQLite database ends with the process that "
                 "opened it, so it cannot hold a study (nothing would be left for `study resume`, `study results` "
                 "or `study ui`); give a file (sqlite:////abs/path.db) or a database server"
             )
         if path.is_symlink():  # what realpath could not resolve
-            raise SpecError(f"{option} {shown!r} is not usable: {str(path)!r} is a symbolic link loop")
+            raise LocationError(f"{option} {shown!r} is not usable: {str(path)!r} is a symbolic link loop")
         if path.exists() and not path.is_file():
-            raise SpecError(f"{option} {shown!r} is not usable: {str(path)!r} is not a file")
+            raise LocationError(f"{option} {shown!r} is not usable: {str(path)!r} is not a file")
         if path.is_file():
             check_sqlite_file(path, option, shown)
         check_directory(path.parent, option)
         return
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
-
-    connect_args: dict[str, Any] = {}
-    backend = make_url(url).get_backend_name()
-    if backend == "postgresql":
-        connect_args["connect_timeout"] = DATABASE_TIMEOUT_S
-    elif backend in ("mysql", "mariadb"):
-        connect_args["connect_timeout"] = DATABASE_TIMEOUT_S
     try:
-        engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
+        database.check_connects(url, DATABASE_TIMEOUT_S)
     except ModuleNotFoundError as exc:
-        raise SpecError(
+        raise LocationError(
             f"{option} {shown!r} is not usable: its database driver is not installed ({exc}); "
             "install it, or name an installed one (postgresql+psycopg2://...)"
         ) from None
-    except Exception as exc:  # no such dialect
-        raise SpecError(f"{option} {shown!r} is not usable: {_one_line(exc)}") from None
-    try:
-        with engine.connect():
-            pass
-    except Exception as exc:
-        reason = getattr(exc, "orig", None) or exc
-        raise SpecError(
-            f"{option} {shown!r}: cannot connect within {DATABASE_TIMEOUT_S} s: {_one_line(reason)}"
+    except database.DatabaseUnreachable as exc:
+        raise ServiceError(
+            f"{option} {shown!r}: cannot connect within {DATABASE_TIMEOUT_S} s: {_one_line(exc.reason)}"
         ) from None
-    finally:
-        engine.dispose()
+    except Exception as exc:  # no such dialect
+        raise LocationError(f"{option} {shown!r} is not usable: {_one_line(exc)}") from None
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -311,9 +280,9 @@ def check_sqlite_file(path: Path, option: str, shown: str | None) -> None:
         with open(path, "rb") as f:
             head = f.read(len(SQLITE_HEADER))
     except OSError as exc:
-        raise SpecError(f"{option} {shown!r} is not usable: {str(path)!r} cannot be read ({exc.strerror})") from None
+        raise LocationError(f"{option} {shown!r} is not usable: {str(path)!r} cannot be read ({exc.strerror})") from None
     if head and head != SQLITE_HEADER:
-        raise SpecError(
+        raise LocationError(
             f"{option} {shown!r} is not usable: {str(path)!r} is not an SQLite database (it starts with "
             f"{head[:16]!r}); give a new file or an existing SQLite database"
         )
@@ -341,12 +310,12 @@ def check_http(url: str, option: str, shown: str | None) -> None:
     try:
         response = requests.get(url, timeout=MLFLOW_TIMEOUT_S)
     except requests.RequestException as exc:
-        raise SpecError(
+        raise ServiceError(
             f"{option} {shown!r}: the tracking server does not answer within {MLFLOW_TIMEOUT_S:g} s "
             f"({type(exc).__name__}); start it (study mlflow-server) or fix the URI"
         ) from None
     if response.status_code >= 500:
-        raise SpecError(f"{option} {shown!r}: the tracking server answers {response.status_code} on /health")
+        raise ServiceError(f"{option} {shown!r}: the tracking server answers {response.status_code} on /health")
 
 
 def check_ray_address(address: str) -> None:
@@ -364,12 +333,12 @@ def check_ray_address(address: str) -> None:
         if not 0 < port < 65536:
             raise ValueError
     except ValueError:
-        raise SpecError(f"{RAY_OPTION} {address!r} is not allowed: need HOST:PORT (port 1-65535)") from None
+        raise LocationError(f"{RAY_OPTION} {address!r} is not allowed: need HOST:PORT (port 1-65535)") from None
     try:
         with socket.create_connection((host, port), timeout=RAY_TIMEOUT_S):
             pass
     except OSError as exc:
-        raise SpecError(
+        raise ServiceError(
             f"{RAY_OPTION} {address!r}: nothing answers within {RAY_TIMEOUT_S:g} s ({exc.strerror or type(exc).__name__}); "
             "start the cluster (ray start --head) or fix the address"
         ) from None

@@ -19,7 +19,9 @@ from typing import Any
 from study.plan import population
 from study.plan import rates
 from study.plan.devices import trial_gpus
-from study.spec.model import SpecError, StudySpec, param_name
+from study.errors import SpecError
+from study.spec.expand import param_name
+from study.spec.model import StudySpec
 from trainables.config import POPULATION_FIELDS, TaskConfig
 from trainables.tasks import family
 from trainables.tasks.memory import MemoryEstimate, estimate

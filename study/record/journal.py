@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "pending-writes.jsonl"
 _DATETIME = "__datetime__"
+# JSON has no inf: a diverged objective (inf) is kept as {"__float__": "inf"} and read back as float.
+_FLOAT = "__float__"
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@", re.I)
 
 
@@ -45,6 +47,8 @@ def _encode(value: Any) -> Any:
         return [_encode(v) for v in value]
     if isinstance(value, float) and value != value:
         return None
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return {_FLOAT: repr(value)}
     return value
 
 
@@ -52,6 +56,8 @@ def decode(value: Any) -> Any:
     if isinstance(value, dict):
         if set(value) == {_DATETIME}:
             return dt.datetime.fromisoformat(value[_DATETIME])
+        if set(value) == {_FLOAT}:
+            return float(value[_FLOAT])
         return {k: decode(v) for k, v in value.items()}
     if isinstance(value, list):
         return [decode(v) for v in value]

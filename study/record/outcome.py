@@ -1,8 +1,11 @@
 """Which state a trial ended in, and what each consumer is told about it: one rule for the results
 DB, MLflow, Optuna and the progress display (docs/study-specs.md, "States and objectives").
 
-A trial's last Tune result says whether training reached its last update (``final``) and how many
-members diverged. From that:
+A configuration travels from its trial to every consumer as one typed record: a
+``ConfigurationReport`` at each report (the trial builds it; Tune's result carries it, as plain
+data, under ``CONFIGS_KEY``), and a ``ConfigurationEnd`` once it has ended, which ``Endings`` decides
+once for the recorder, the searcher's Optuna reports and the progress display. Its last report
+says whether training reached its last update (``final``) and how many members diverged. From that:
 
 - ``completed``: trained to the end, no member diverged;
 - ``diverged``: at least one member's loss became NaN or inf (the trial may have stopped early);
@@ -16,9 +19,18 @@ its configurations succeeded, ``completed`` with the count of failed ones when s
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+if TYPE_CHECKING:
+    from study.plan.population import Configuration
+
+# The states a configuration ends in, listed once (the results DB, MLflow, Optuna and the progress
+# display take them from here); "running" until then.
 TERMINAL = ("completed", "diverged", "failed", "pruned")
+STATES = ("running", *TERMINAL)
+# The key of a Tune result (study/run/trial.py) holding its configurations' reports.
+CONFIGS_KEY = "configs"
 
 # What a scheduler sees for a diverged trial. Optuna and the results DB keep +-inf ("as bad as it
 # gets"); ASHA takes percentiles of its rung values, and a rung of infinities has a NaN or -inf
@@ -26,16 +38,144 @@ TERMINAL = ("completed", "diverged", "failed", "pruned")
 SCHEDULER_WORST = 1e30
 
 
-def trial_state(last_result: dict[str, Any] | None, errored: bool = False) -> str:
-    """The terminal state of a trial from its last result (None: it never reported)."""
+def ended_state(last: "ConfigurationReport | None", errored: bool = False) -> str:
+    """The terminal state of a configuration from its last report (None: it never reported)."""
     if errored:
         return "failed"
-    last = last_result or {}
-    if last.get("members_diverged"):
+    if last is not None and last.members_diverged:
         return "diverged"
-    if not last.get("final"):
+    if last is None or not last.final:
         return "pruned"
     return "completed"
+
+
+@dataclass(frozen=True)
+class MemberFigures:
+    """One member (a seed) of a configuration at one report; ``member`` numbers its seeds from 0."""
+
+    member: int
+    seed: int
+    error: float
+    loss: float
+    mu: float
+    lr: float
+    status: str  # trainables' member status: running, completed, diverged or pruned
+    diverged_at: int | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "MemberFigures":
+        return cls(int(d["member"]), int(d["seed"]), d["error"], d["loss"], d["mu"], d["lr"], str(d["status"]),
+                   d.get("diverged_at"), dict(d.get("extra") or {}))
+
+
+@dataclass(frozen=True)
+class ConfigurationReport:
+    """One configuration's figures at one report of its population: the means over its seeds, the
+    searcher's and the schedulers' objectives (``objectives``), and every seed's figures. Once it has
+    ended (no seed runs) its figures stay frozen at the report where that happened."""
+
+    config_id: str
+    optuna_number: int | None
+    step: int
+    final: bool  # the report after the last update
+    ended: bool  # none of its seeds runs any more
+    metric_value: float | None
+    objective: float
+    scheduler_objective: float
+    members_diverged: int
+    members: tuple[MemberFigures, ...]
+    error: float | None = None
+    loss: float | None = None
+    mu: float | None = None
+    lr: float | None = None
+    population: str | None = None  # the Ray trial that trains it
+
+    @property
+    def state(self) -> str:
+        """``running``, or the state it ended in by this report (``failed`` comes from Tune)."""
+        return ended_state(self) if self.ended else "running"
+
+    def stopped(self) -> "ConfigurationReport":
+        """This report as its configuration's last, stopped by a rung: pruned, figures as they are."""
+        return replace(self, ended=True, final=False, members=tuple(replace(m, status="pruned") for m in self.members))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (Tune results and checkpoints hold no objects of ours)."""
+        out = asdict(self)
+        out["members"] = [asdict(m) for m in self.members]
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ConfigurationReport":
+        """The inverse of ``to_dict``; also reads what earlier versions stored (no ``population``)."""
+        number = d.get("optuna_number")
+        return cls(
+            config_id=str(d["config_id"]), optuna_number=None if number is None else int(number),
+            step=int(d["step"]), final=bool(d["final"]), ended=bool(d.get("ended")),
+            metric_value=d.get("metric_value"), objective=d["objective"], scheduler_objective=d["scheduler_objective"],
+            members_diverged=int(d.get("members_diverged") or 0),
+            members=tuple(MemberFigures.from_dict(m) for m in d.get("members") or ()),
+            error=d.get("error"), loss=d.get("loss"), mu=d.get("mu"), lr=d.get("lr"), population=d.get("population"),
+        )
+
+
+def reports_in(result: Mapping[str, Any] | None) -> dict[str, ConfigurationReport]:
+    """The configurations' reports a Tune result carries (study/run/trial.py), by configuration id."""
+    return {c["config_id"]: ConfigurationReport.from_dict(c) for c in (result or {}).get(CONFIGS_KEY) or ()}
+
+
+@dataclass(frozen=True)
+class ConfigurationEnd:
+    """How a configuration ended: its state, its last report (None: it never reported) and, for a
+    failed one, the error."""
+
+    config_id: str
+    optuna_number: int | None
+    population: str
+    state: str  # one of TERMINAL
+    last: ConfigurationReport | None
+    error: str | None = None
+
+    @property
+    def objective(self) -> float | None:
+        return None if self.last is None else self.last.objective
+
+
+class Endings:
+    """Which configurations of this run have ended, and how: the one answer the recorder, the
+    searcher's Optuna reports and the progress display act on (study/run/feed.py hands it round).
+
+    A configuration ends at the report where none of its seeds runs any more, or when its Ray
+    trial ends (completes, is stopped by a scheduler, or fails); whichever comes first, once."""
+
+    def __init__(self) -> None:
+        self._ended: dict[str, ConfigurationEnd] = {}
+
+    def get(self, config_id: str) -> ConfigurationEnd | None:
+        return self._ended.get(config_id)
+
+    def running(self, reports: Iterable[ConfigurationReport]) -> list[ConfigurationReport]:
+        """The reports of configurations that had not ended before (an ended one's repeats frozen)."""
+        return [r for r in reports if r.config_id not in self._ended]
+
+    def at_report(self, population: str, reports: Iterable[ConfigurationReport]) -> list[ConfigurationEnd]:
+        """The configurations that end at this report (call with ``running``'s reports)."""
+        return [self._end(population, r.config_id, r.optuna_number, r.state, r) for r in reports
+                if r.ended and r.config_id not in self._ended]
+
+    def at_trial_end(self, population: str, table: "Iterable[Configuration]", last: Mapping[str, ConfigurationReport],
+                     error: str | None = None, errored: bool = False) -> list[ConfigurationEnd]:
+        """The configurations of a Ray trial that end with it: by their last report, or ``failed``."""
+        return [self._end(population, c.config_id, c.number, ended_state(last.get(c.config_id), errored),
+                          last.get(c.config_id), error if errored else None)
+                for c in table if c.config_id not in self._ended]
+
+    def _end(self, population: str, config_id: str, number: int | None, state: str,
+             last: ConfigurationReport | None, error: str | None = None) -> ConfigurationEnd:
+        end = ConfigurationEnd(config_id, number, population, state, last, error)
+        self._ended[config_id] = end
+        return end
 
 
 # How the reason of a study in which no configuration succeeded begins (the command line reads it:

@@ -1,32 +1,195 @@
-"""The driver's Tune callback that records every configuration in the results DB and in MLflow.
+"""Records every configuration in the results DB and in MLflow, from the typed records the study's
+Tune callback (study/run/feed.py) hands it: a configuration's start, its reports
+(``outcome.ConfigurationReport``) and its end (``outcome.ConfigurationEnd``).
 
 A Ray trial trains a population of configurations (study/plan/population.py); what is recorded is per
 configuration: one results-DB trial row (keyed by its configuration id) with its seeds as
 members, one MLflow child run, and the population (the Ray trial) as a column and a tag on it.
 Every write is idempotent (keyed by study and configuration id) and goes through a WriteQueue per
-store (study/record/journal.py): a store that fails is retried, then journaled, and the study goes on;
-what a trial ends as comes from study/record/outcome.py, the rule the searcher and the progress display
-use too. The driver creates each trial's MLflow child run (the trial process only attaches
+store (study/record/journal.py) as a small typed write (``StartRow``, ``LogMetrics``...): a store
+that fails is retried, then journaled, and the study goes on. What a configuration ends as comes
+from study/record/outcome.py, the rule the searcher and the progress display use too. The driver creates each trial's MLflow child run (the trial process only attaches
 MLflow's system-metrics monitor to it), so a trial needs no MLflow credentials of its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ray import tune
-
-from study.record import outcome
-from study.plan import population
-from study.record import results
-from study.run import searcher as search
-from study.record import tracking
+from study.record import results, tracking
 from study.record.journal import Journal, WriteQueue, scrub
+from study.record.outcome import ConfigurationEnd, ConfigurationReport
 from study.locations import Locations
 from study.spec.model import StudySpec
+from trainables.tasks import resolved_config
+
+if TYPE_CHECKING:
+    from study.plan.population import Configuration
+
+
+class RunIds(dict[str, str]):
+    """Configuration id -> its MLflow child run: noted by the recorder as it creates (or finds) the
+    runs, read by the searcher's Optuna reports for the trial's ``mlflow_run_id`` user attribute
+    (optuna-dashboard links a trial to its run with it). The runner hands one to both."""
+
+
+# --- the writes: one small record each, journaled as {"kind": ..., its fields} ----------------------
+# The journal (study/record/journal.py) keeps a write that has not landed as plain JSON; the field
+# names are those earlier versions wrote, so a journal they left replays here.
+
+
+@dataclass(frozen=True)
+class _Write:
+    kind: ClassVar[str]
+    trial_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+    def apply(self, rec: "Recorder") -> None:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class AdoptRow(_Write):
+    """The results-DB row of an Optuna trial a new Tune trial took over after a hard kill, re-keyed."""
+
+    kind: ClassVar[str] = "adopt"
+    optuna: int
+
+    def apply(self, rec: "Recorder") -> None:
+        results.adopt_trial(rec.db_url, rec.study_id, self.optuna, self.trial_id)
+
+
+@dataclass(frozen=True)
+class StartRow(_Write):
+    kind: ClassVar[str] = "start"
+    started_at: dt.datetime
+    values: dict[str, Any]
+
+    def apply(self, rec: "Recorder") -> None:
+        results.start_trial(rec.db_url, rec.study_id, self.trial_id, self.started_at, **self.values)
+
+
+@dataclass(frozen=True)
+class UpdateRow(_Write):
+    kind: ClassVar[str] = "trial"
+    values: dict[str, Any]
+
+    def apply(self, rec: "Recorder") -> None:
+        results.upsert_trial(rec.db_url, rec.study_id, self.trial_id, **self.values)
+
+
+@dataclass(frozen=True)
+class PointsRows(_Write):
+    """Every member's figures at one step."""
+
+    kind: ClassVar[str] = "points"
+    step: int
+    members: list[dict[str, Any]]
+
+    def apply(self, rec: "Recorder") -> None:
+        results.record_trial_points(rec.db_url, rec.study_id, self.trial_id, self.step, self.members)
+
+
+@dataclass(frozen=True)
+class ReportRow(_Write):
+    kind: ClassVar[str] = "report"
+    values: dict[str, Any]
+
+    def apply(self, rec: "Recorder") -> None:
+        results.report_trial(rec.db_url, rec.study_id, self.trial_id, rec.spec.mode, **self.values)
+
+
+@dataclass(frozen=True)
+class FinishRow(_Write):
+    kind: ClassVar[str] = "finish"
+    state: str
+    ended_at: dt.datetime
+    error: str | None = None
+
+    def apply(self, rec: "Recorder") -> None:
+        results.finish_trial(rec.db_url, rec.study_id, self.trial_id, self.state, self.ended_at, self.error)
+
+
+@dataclass(frozen=True)
+class StudyState(_Write):
+    """The study's own state and reason (``trial_id`` is empty: the write is the study's)."""
+
+    kind: ClassVar[str] = "study"
+    state: str
+    reason: str | None = None
+
+    def apply(self, rec: "Recorder") -> None:
+        results.set_study_state(rec.db_url, rec.spec.name, self.state, state_reason=self.reason)
+
+
+@dataclass(frozen=True)
+class AdoptRun(_Write):
+    kind: ClassVar[str] = "adopt"
+    optuna: int
+
+    def apply(self, rec: "Recorder") -> None:
+        tracking.adopt_trial_run(rec.mlflow_uri, rec.experiment_id, self.optuna, self.trial_id)
+
+
+@dataclass(frozen=True)
+class CreateRun(_Write):
+    """The configuration's MLflow child run; when it started travels with it (a journaled write
+    lands later)."""
+
+    kind: ClassVar[str] = "run"
+    optuna: int
+    config: dict[str, Any]
+    sampled: dict[str, Any]
+    population: str | None = None
+    started_ms: int | None = None
+
+    def apply(self, rec: "Recorder") -> None:
+        run_id = tracking.ensure_trial_run(
+            rec.mlflow_uri, rec.experiment_id, rec.parent_run_id, rec.spec.name, self.trial_id, self.optuna,
+            self.config, self.sampled, self.started_ms, self.population,
+        )
+        rec.run_ids[self.trial_id] = run_id
+        rec.db.write(UpdateRow(self.trial_id, {"mlflow_run_id": run_id}).to_dict())
+
+
+@dataclass(frozen=True)
+class LogMetrics(_Write):
+    kind: ClassVar[str] = "metrics"
+    step: int
+    metrics: dict[str, float]
+    timestamp: int
+
+    def apply(self, rec: "Recorder") -> None:
+        rec.metrics.log(rec.run_id(self.trial_id), self.step, self.metrics, self.timestamp)
+
+
+@dataclass(frozen=True)
+class FinishRun(_Write):
+    kind: ClassVar[str] = "finish"
+    state: str
+    tags: dict[str, str]
+    ended_ms: int | None = None
+
+    def apply(self, rec: "Recorder") -> None:
+        tracking.finish_trial(rec.mlflow_uri, rec.run_id(self.trial_id), self.state, self.tags, self.ended_ms)
+
+
+DB_WRITES = {w.kind: w for w in (AdoptRow, StartRow, UpdateRow, PointsRows, ReportRow, FinishRow, StudyState)}
+MLFLOW_WRITES = {w.kind: w for w in (AdoptRun, CreateRun, LogMetrics, FinishRun)}
+
+
+def decode(writes: dict[str, type[_Write]], entry: dict[str, Any]) -> _Write:
+    """A journaled write back as its record (fields an earlier version did not write take their defaults)."""
+    cls = writes[entry["kind"]]
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in entry.items() if k in names})
 
 
 def _timed(method: Any) -> Any:
@@ -43,25 +206,23 @@ def _timed(method: Any) -> Any:
     return timed
 
 
-class Recorder(tune.Callback):
+class Recorder:
+    """Records each configuration's start, reports and end (handed to it as typed records by the
+    study's Tune callback, study/run/feed.py) in the results DB and in MLflow."""
+
     def __init__(self, spec: StudySpec, loc: Locations, study_id: int, experiment_id: str, parent_run_id: str,
-                 journal: Journal):
-        self.spec_dict = spec.model_dump(mode="json")
+                 journal: Journal, run_ids: RunIds | None = None):
+        self.spec = spec
         self.study_id = study_id
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
-        self._open(spec, loc, journal)
-
-    def _open(self, spec: StudySpec, loc: Locations, journal: Journal) -> None:
-        self._spec = spec
-        self._db_url, self._mlflow_uri = loc.results_db, loc.mlflow_uri
-        self.db = WriteQueue("results-db", self._apply_db, journal)
-        self.mlflow = WriteQueue("mlflow", self._apply_mlflow, journal)
-        self._runs: dict[str, str] = {}
-        self._metrics = tracking.MetricLog(loc.mlflow_uri, spec.metric, spec.mode)
-        self.finished: dict[str, str] = {}
-        # The driver's bookkeeping (these callbacks, the writes in them) against the trials'
-        # compute (Tune's time_this_iter_s summed): logged on the parent run at the end.
+        self.db_url, self.mlflow_uri = loc.results_db, loc.mlflow_uri
+        self.run_ids = run_ids if run_ids is not None else RunIds()
+        self.metrics = tracking.MetricLog(loc.mlflow_uri, spec.metric, spec.mode)
+        self.db = WriteQueue("results-db", lambda w: decode(DB_WRITES, w).apply(self), journal)
+        self.mlflow = WriteQueue("mlflow", lambda w: decode(MLFLOW_WRITES, w).apply(self), journal)
+        # The driver's bookkeeping (these calls, the writes in them) against the trials' compute
+        # (Tune's time_this_iter_s summed): logged on the parent run at the end.
         self.busy_s = 0.0
         self.trial_s = 0.0
         # Per trial: its set-up before the first update, and the gap since the previous trial in
@@ -69,61 +230,52 @@ class Recorder(tune.Callback):
         self.setup_s: list[float] = []
         self.gap_s: list[float] = []
 
-    # Tune pickles its callbacks into the experiment directory: only settings without a secret
-    # travel; `study resume` hands the restored run fresh recorders.
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("spec_dict", "study_id", "experiment_id", "parent_run_id")}
+    def _db(self, write: _Write) -> bool:
+        return self.db.write(write.to_dict())
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+    def _mlflow(self, write: _Write) -> bool:
+        return self.mlflow.write(write.to_dict())
 
-    # --- Tune's callbacks ------------------------------------------------------------------------
+    # --- what happens to a configuration ---------------------------------------------------------
 
     @_timed
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        from study.plan.population import member_table, solo_config
+    def started(self, population: str, table: "list[Configuration]") -> None:
+        from study.plan.population import solo_config
 
-        for c in member_table(trial.config):
-            cfg = solo_config(self._spec, c.params)
-            dumped = cfg.model_dump(mode="json")
+        for c in table:
+            cfg = solo_config(self.spec, c.params)
+            dumped = resolved_config(cfg)  # every task default filled: what the run trains with
             cid = c.config_id
-            self.db.write({"kind": "adopt", "trial_id": cid, "optuna": c.number})
-            self.mlflow.write({"kind": "adopt", "trial_id": cid, "optuna": c.number})
+            self._db(AdoptRow(cid, c.number))
+            self._mlflow(AdoptRun(cid, c.number))
             values = dict(params=c.params, config=dumped, members=cfg.population_size, optuna_trial_number=c.number,
-                          population=trial.trial_id)
-            self.db.write({"kind": "start", "trial_id": cid, "started_at": _now(), "values": values})
+                          population=population)
             # When the run started and ended travel with the writes: a journaled write lands later.
-            self.mlflow.write({"kind": "run", "trial_id": cid, "optuna": c.number, "config": _shown(dumped),
-                               "sampled": c.params, "population": trial.trial_id, "started_ms": _now_ms()})
-
-    def _unfinished(self, trial: Any) -> list[str]:
-        from study.plan.population import member_table
-
-        return [c.config_id for c in member_table(trial.config) if c.config_id not in self.finished]
+            self._db(StartRow(cid, _now(), values))
+            self._mlflow(CreateRun(cid, c.number, dumped, c.params, population, _now_ms()))
 
     @_timed
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        for cid in self._unfinished(trial):
-            self.db.write({"kind": "trial", "trial_id": cid,
-                           "values": {"state": "running", "error_message": _error_text(trial)}})
+    def recovered(self, config_ids: list[str], error: str | None) -> None:
+        """Tune retries the trial: its configurations that had not ended run again."""
+        for cid in config_ids:
+            self._db(UpdateRow(cid, {"state": "running", "error_message": error}))
 
     @_timed
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+    def reported(self, reports: list[ConfigurationReport], result: dict[str, Any]) -> None:
+        """One Tune result of a population: the reports of its configurations that had not ended
+        before it, and where and how long it ran (``result``: Tune's own keys and trial.py's)."""
         self.trial_s += float(result.get("time_this_iter_s") or 0.0)
         for key, into in (("setup_s", self.setup_s), ("since_previous_s", self.gap_s)):
             if result.get(key) is not None:
                 into.append(float(result[key]))
         stamp = int(result.get("timestamp", time.time()) * 1000)
-        for c in population.reported(result).values():
-            cid, step = c["config_id"], int(c["step"])
-            if cid in self.finished:
-                continue  # ended at an earlier report: its figures are frozen there
-            self.db.write({"kind": "points", "trial_id": cid, "step": step, "members": c.get("members", [])})
+        for r in reports:
+            self._db(PointsRows(r.config_id, r.step, [dataclasses.asdict(m) for m in r.members]))
             values = dict(
-                last_step=step,
-                metric_value=c.get("metric_value"),
-                objective=c.get("objective"),
-                members_diverged=int(c.get("members_diverged", 0)),
+                last_step=r.step,
+                metric_value=r.metric_value,
+                objective=r.objective,
+                members_diverged=r.members_diverged,
                 # Where the population ran: Tune fills in hostname, node_ip and pid; ray_node_id
                 # comes from trial.py.
                 hostname=result.get("hostname"),
@@ -131,79 +283,30 @@ class Recorder(tune.Callback):
                 ray_node_id=result.get("ray_node_id"),
                 worker_pid=result.get("pid"),
             )
-            self.db.write({"kind": "report", "trial_id": cid, "values": values})
-            self.mlflow.write({"kind": "metrics", "trial_id": cid, "step": step,
-                               "metrics": tracking.metrics_at_step(c, self._spec.metric), "timestamp": stamp})
-            if c.get("ended"):
-                self._finish(cid, outcome.trial_state(c), c)
+            self._db(ReportRow(r.config_id, values))
+            self._mlflow(LogMetrics(r.config_id, r.step, tracking.metrics_at_step(r, self.spec.metric), stamp))
 
     @_timed
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        last = population.reported(trial.last_result)
-        for cid in self._unfinished(trial):
-            self._finish(cid, outcome.trial_state(last.get(cid)), last.get(cid))
+    def ended(self, end: ConfigurationEnd) -> None:
+        self._db(FinishRow(end.config_id, end.state, _now(), end.error))
+        tags = {"objective": str(end.objective)}
+        if end.error:
+            tags["error"] = end.error[-5000:]
+        self._mlflow(FinishRun(end.config_id, end.state, tags, _now_ms()))
 
-    @_timed
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        error = _error_text(trial)
-        last = population.reported(trial.last_result)
-        for cid in self._unfinished(trial):
-            self._finish(cid, "failed", last.get(cid), error)
+    def study_state(self, state: str, reason: str | None) -> bool:
+        """The study's state, through the results DB's queue (journaled while it is down); True if it landed."""
+        return self._db(StudyState("", state, reason))
 
-    def _finish(self, cid: str, state: str, last: dict | None, error: str | None = None) -> None:
-        self.finished[cid] = state
-        self.db.write({"kind": "finish", "trial_id": cid, "state": state, "ended_at": _now(), "error": error})
-        tags = {"objective": str((last or {}).get("objective"))}
-        if error:
-            tags["error"] = error[-5000:]
-        self.mlflow.write({"kind": "finish", "trial_id": cid, "state": state, "tags": tags, "ended_ms": _now_ms()})
+    # --- MLflow run ids ---------------------------------------------------------------------------
 
-    # --- the writes ------------------------------------------------------------------------------
-
-    def _apply_db(self, w: dict[str, Any]) -> None:
-        url, sid, tid, kind = self._db_url, self.study_id, w["trial_id"], w["kind"]
-        if kind == "adopt":
-            results.adopt_trial(url, sid, w["optuna"], tid)
-        elif kind == "start":
-            results.start_trial(url, sid, tid, w["started_at"], **w["values"])
-        elif kind == "trial":
-            results.upsert_trial(url, sid, tid, **w["values"])
-        elif kind == "points":
-            results.record_trial_points(url, sid, tid, w["step"], w["members"])
-        elif kind == "report":
-            results.report_trial(url, sid, tid, self._spec.mode, **w["values"])
-        elif kind == "finish":
-            results.finish_trial(url, sid, tid, w["state"], w["ended_at"], w.get("error"))
-        elif kind == "study":
-            results.set_study_state(url, self._spec.name, w["state"], state_reason=w.get("reason"))
-
-    def _run_id(self, tid: str) -> str | None:
-        if tid not in self._runs:
-            found = tracking.find_trial_run(self._mlflow_uri, self.experiment_id, tid)
+    def run_id(self, cid: str) -> str:
+        if cid not in self.run_ids:
+            found = tracking.find_trial_run(self.mlflow_uri, self.experiment_id, cid)
             if found is None:
-                return None
-            self._runs[tid] = found
-        return self._runs[tid]
-
-    def _apply_mlflow(self, w: dict[str, Any]) -> None:
-        uri, tid, kind = self._mlflow_uri, w["trial_id"], w["kind"]
-        if kind == "adopt":
-            tracking.adopt_trial_run(uri, self.experiment_id, w["optuna"], tid)
-        elif kind == "run":
-            self._runs[tid] = tracking.ensure_trial_run(
-                uri, self.experiment_id, self.parent_run_id, self._spec.name, tid, w["optuna"], w["config"], w["sampled"],
-                w.get("started_ms"), w.get("population"),
-            )
-            search.note_mlflow_run(tid, self._runs[tid])  # the Optuna trial's user attribute
-            self.db.write({"kind": "trial", "trial_id": tid, "values": {"mlflow_run_id": self._runs[tid]}})
-        elif kind in ("metrics", "finish"):
-            run_id = self._run_id(tid)
-            if run_id is None:
-                raise RuntimeError(f"no MLflow run for trial {tid} yet")
-            if kind == "metrics":
-                self._metrics.log(run_id, w["step"], w["metrics"], w["timestamp"])
-            else:
-                tracking.finish_trial(uri, run_id, w["state"], w["tags"], w.get("ended_ms"))
+                raise RuntimeError(f"no MLflow run for trial {cid} yet")
+            self.run_ids[cid] = found
+        return self.run_ids[cid]
 
     def cost(self) -> dict[str, float]:
         """This run's overheads, for the parent run (docs/benchmarks.md, "Study throughput")."""
@@ -225,7 +328,8 @@ class Recorder(tune.Callback):
         return "; ".join(problems) or None
 
 
-def _error_text(trial: Any) -> str | None:
+def error_text(trial: Any) -> str | None:
+    """The end of a failed Tune trial's error file, passwords scrubbed."""
     try:
         path = trial.error_file
         if path and os.path.exists(path):
@@ -238,17 +342,6 @@ def _error_text(trial: Any) -> str | None:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _shown(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The config as the MLflow runs table shows it: an ``init_scale`` left to the task's default
-    (None) shown as the value training uses (the RNN problem's input scale, SI's multiplier 1)."""
-    if cfg.get("init_scale") is not None:
-        return cfg
-    from trainables.data.rnn_problems import PROBLEMS
-
-    problem = PROBLEMS.get(cfg.get("task"))
-    return {**cfg, "init_scale": problem.input_scale if problem is not None else 1.0}
 
 
 def _now() -> dt.datetime:

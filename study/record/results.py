@@ -34,14 +34,17 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-TRIAL_STATES = ("pending", "running", "completed", "diverged", "failed", "pruned")
+from study.errors import ServiceError
+from study.record import outcome
+
+TRIAL_STATES = ("pending", *outcome.STATES)  # a configuration's states (study/record/outcome.py), and pending
 STUDY_STATES = ("running", "interrupted", "completed", "failed")
 MEMBER_STATES = ("running", "completed", "diverged", "pruned")
-TERMINAL_TRIAL_STATES = ("completed", "diverged", "failed", "pruned")
+TERMINAL_TRIAL_STATES = outcome.TERMINAL
 VERSION_TABLE = "ms_alembic_version"
 
 
-class ResultsDBError(RuntimeError):
+class ResultsDBError(ServiceError):
     """A results database operation failed; wraps the driver's error with what was attempted."""
 
 
@@ -441,12 +444,9 @@ def delete_study(url: str, name: str) -> None:
         row = s.execute(select(StudyRow).where(StudyRow.name == name)).scalar_one_or_none()
         if row is not None:
             s.delete(row)
-    import optuna
+    from study.run.optuna_study import delete_study as delete_optuna_study  # Optuna's owner drops its tables' rows
 
-    try:
-        optuna.delete_study(study_name=name, storage=url)
-    except KeyError:
-        pass
+    delete_optuna_study(url, name)
 
 
 def get_study(url: str, name: str) -> StudyRow | None:
@@ -482,3 +482,43 @@ def sqlite_path_exists(url: str) -> bool:
     if path.startswith("file:"):
         path = path[5:]
     return Path(path).exists()
+
+
+# --- the driver's own queries (study/run/) --------------------------------------------------------
+
+
+def study_trials(url: str, study_id: int) -> list[TrialRow]:
+    """The study's configuration rows (ms_trials), oldest first."""
+    with session_scope(url) as s:
+        return list(s.execute(select(TrialRow).where(TrialRow.study_id == study_id).order_by(TrialRow.id)).scalars())
+
+
+def pend_running_trials(url: str, study_id: int) -> None:
+    """The study's configurations still running become pending: an unfinished run leaves them to
+    `study resume`."""
+    from sqlalchemy import update
+
+    with session_scope(url) as s:
+        s.execute(
+            update(TrialRow).where(TrialRow.study_id == study_id, TrialRow.state == "running").values(state="pending")
+        )
+
+
+def advisory_lock(url: str, name: str) -> Any | None:
+    """PostgreSQL's session advisory lock on the study's name, so that drivers on different
+    machines sharing the results database run a study one at a time. Returns the connection that
+    holds it (closing it releases the lock: a session's advisory locks end with it), or None when
+    another session holds it."""
+    import hashlib
+
+    from sqlalchemy import text
+
+    key = int.from_bytes(hashlib.sha256(f"momentum-study:{name}".encode()).digest()[:8], "big", signed=True)
+    conn = engine_for(url).connect()
+    # Out of the pool: returned to it on close, the session (and the lock) would live on.
+    conn.detach()
+    if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+        conn.close()
+        return None
+    conn.commit()
+    return conn

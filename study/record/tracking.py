@@ -15,8 +15,9 @@ import math
 import os
 import tempfile
 import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # MLflow prints "View run <name> at: <tracking URI>/..." to stdout when a run ends: with a password
 # in the URI that is a credential in every log (docs/cluster.md).
@@ -27,9 +28,13 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
+
+if TYPE_CHECKING:
+    from study.record.outcome import ConfigurationReport
 
 ROLE_TAG = "momentum_study.role"
 # The Ray trial whose population trained the configuration (study/plan/population.py).
@@ -47,10 +52,6 @@ MAX_BATCH = 100
 # the selected columns (checked against MLflow 3.17's UI, tests/test_study_ui.py).
 VIEW_KEY = "study-runs"
 VIEW_TAG = "mlflow.sharedViewState." + VIEW_KEY
-# The paper's figures a trial's row shows (params, from the resolved training config).
-AUTOENCODER_TASKS = ("curves", "mnist", "faces")
-PAPER_PARAMS = {"autoencoder": ("lr", "mu_max", "init_scale"),
-                "rnn": ("lr", "mu_0", "mu_max", "init_scale", "spectral_radius")}
 
 
 def client(uri: str) -> MlflowClient:
@@ -108,8 +109,11 @@ def best_key(metric: str) -> str:
 def runs_view(spec: dict[str, Any]) -> dict[str, Any]:
     """The runs table a study opens on: sorted by its metric, with the figures a reader wants."""
     metric, mode = spec.get("metric", "error"), spec.get("mode", "min")
-    family = "autoencoder" if spec.get("task") in AUTOENCODER_TASKS else "rnn"
-    params = list(PAPER_PARAMS[family]) + [f for f in spec.get("search", {}) if f not in PAPER_PARAMS[family]]
+    from trainables.tasks import task_for
+
+    # The paper's figures of the task (Task.paper_params, from the resolved training config) first.
+    paper = task_for(spec["task"]).paper_params if spec.get("task") else ()
+    params = list(paper) + [f for f in spec.get("search", {}) if f not in paper]
     columns = [f"metrics.`{metric}`", f"metrics.`{best_key(metric)}`", f"tags.`{STATE_TAG}`"]
     columns += [f"params.`{p}`" for p in params]
     return {"searchFilter": "", "orderByKey": f"metrics.`{metric}`", "orderByAsc": mode == "min",
@@ -199,21 +203,21 @@ def ensure_trial_run(
     return run.info.run_id
 
 
-def metrics_at_step(result: dict[str, Any], metric: str | None = None) -> dict[str, float]:
-    """The metric names one report becomes: means beside per-member figures (error/seed_3), and
-    the study's metric under its own name (``averaged_error``: the mean over members)."""
+def metrics_at_step(report: "ConfigurationReport", metric: str | None = None) -> dict[str, float]:
+    """The metric names one configuration's report becomes: means beside per-member figures
+    (error/seed_3), and the study's metric under its own name (``averaged_error``: the mean over members)."""
     out: dict[str, float] = {}
     for key in ("error", "loss", "mu", "lr", "members_diverged"):
-        if result.get(key) is not None:
-            out[key] = float(result[key])
-    if metric and result.get("metric_value") is not None:
-        out[metric] = float(result["metric_value"])
-    for m in result.get("members", []):
+        if getattr(report, key) is not None:
+            out[key] = float(getattr(report, key))
+    if metric and report.metric_value is not None:
+        out[metric] = float(report.metric_value)
+    for m in report.members:
         for key in ("error", "loss"):
-            if m.get(key) is not None:
-                out[f"{key}/seed_{m['seed']}"] = float(m[key])
-        for key, v in (m.get("extra") or {}).items():
-            out[f"{key}/seed_{m['seed']}"] = float(v)
+            if getattr(m, key) is not None:
+                out[f"{key}/seed_{m.seed}"] = float(getattr(m, key))
+        for key, v in m.extra.items():
+            out[f"{key}/seed_{m.seed}"] = float(v)
     return {k: v for k, v in out.items() if not math.isnan(v)}
 
 
@@ -275,7 +279,7 @@ def study_summary(uri: str, parent_run_id: str) -> dict[str, float]:
     The best is over the trials that did not diverge (a diverged configuration has no best), as
     ``study status`` counts it from the results DB.
     """
-    from study.record.outcome import better
+    from study.record.outcome import TERMINAL, better
 
     c = client(uri)
     parent = c.get_run(parent_run_id)
@@ -286,7 +290,7 @@ def study_summary(uri: str, parent_run_id: str) -> dict[str, float]:
         filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{ROLE_TAG}` = 'trial'",
         max_results=50000,
     )
-    counts = {f"trials_{s}": 0 for s in ("completed", "diverged", "pruned", "failed")}
+    counts = {f"trials_{s}": 0 for s in TERMINAL}
     best = None
     for run in children:
         state = run.data.tags.get(STATE_TAG)
@@ -341,3 +345,62 @@ class TrialSystemMetrics(SystemMetricsMonitor):
             if metrics:
                 self.publish_metrics(metrics)
                 self.mlflow_logger.flush()
+
+
+# --- for the command line and the reports (they never hold an MLflow client themselves) --------
+
+
+class StoreRefused(RuntimeError):
+    """The MLflow store refused a request; the message is MLflow's own."""
+
+
+def store_runs_view(uri: str, experiment_id: str, spec: dict[str, Any]) -> None:
+    """set_runs_view for `study ui`: a study made before the view existed gets it. Raises
+    StoreRefused when the store has no such experiment (or refuses the tag)."""
+    try:
+        set_runs_view(uri, experiment_id, spec)
+    except MlflowException as exc:
+        raise StoreRefused(exc.message) from None
+
+
+def experiment_runs(uri: str, name: str) -> tuple[str, int] | None:
+    """(experiment id, number of runs, deleted ones included) of the study's experiment, or None."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is None:
+        return None
+    runs = c.search_runs([exp.experiment_id], run_view_type=ViewType.ALL, max_results=50_000)
+    return exp.experiment_id, len(runs)
+
+
+def delete_experiment(uri: str, experiment_id: str, name: str) -> None:
+    """Deletes the runs and the experiment. MLflow keeps deleted experiments (until `mlflow gc`)
+    and their names with them: renamed first, the name is free for a new study."""
+    c = client(uri)
+    for run in c.search_runs([experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=50_000):
+        c.delete_run(run.info.run_id)
+    c.rename_experiment(experiment_id, f"{name} (deleted {uuid.uuid4().hex[:8]})")
+    c.delete_experiment(experiment_id)
+
+
+def log_directory(uri: str, run_id: str, directory: str | Path, artifact_path: str) -> None:
+    """Logs every file under ``directory`` as artifacts of the run, under ``artifact_path``."""
+    client(uri).log_artifacts(run_id, str(directory), artifact_path=artifact_path)
+
+
+# --- the driver's start and end (study/run/) ------------------------------------------------------
+
+
+def experiment_exists(uri: str, name: str) -> bool:
+    """Whether the store has an experiment of that name (deleted ones included)."""
+    return client(uri).get_experiment_by_name(name) is not None
+
+
+def undo_experiment(uri: str, experiment_id: str) -> None:
+    """A failed start's experiment, deleted; setup_study restores it if the study starts again."""
+    client(uri).delete_experiment(experiment_id)
+
+
+def kill_run(uri: str, run_id: str) -> None:
+    """A run whose trial did not finish in a study that did not complete: KILLED, not RUNNING."""
+    client(uri).set_terminated(run_id, status="KILLED")

@@ -21,8 +21,12 @@ from study.locations import resolve
 from study.report import figures, tables
 from study.report.bias_only import bias_only_error
 from study.report.data import StudyData, family, load_study, rnn_warmup_updates
+from study.report.figures.curves import curves_figure
+from study.report.figures.search import importance_figure, optuna_slice_figure, sensitivity_figure
+from study.report.figures.style import fmt_value
 from study.report.published import load_published, scale_differences, study_scale
 from study.report.sections import Section, paper_tables
+from trainables.tasks import task_for
 
 REPORT_ARTIFACT_PATH = "report"
 REPORT_FILES = ("report.md", "members.csv", "table[0-9].csv", "table[0-9].png", "table[0-9]_*.png", "sensitivity_*.csv",
@@ -112,16 +116,15 @@ def curve_marks(members: pd.DataFrame, task: str) -> tuple[list[tuple[float, str
             notes.append(how)
             continue
         where = f", T={config['seq_length']}" if config.get("seq_length") else ""
-        levels.append((level, f"bias-only, {how}{where}: {figures.fmt_value(level)}", "computed"))
+        levels.append((level, f"bias-only, {how}{where}: {fmt_value(level)}", "computed"))
     paper = next((r["error"] for r in load_published().get("table5_biases", []) if r["task"] == task), None)
     if paper is not None:
-        levels.append((float(paper), f"bias-only, paper Table 5: {figures.fmt_value(paper)}", "paper"))
+        levels.append((float(paper), f"bias-only, paper Table 5: {fmt_value(paper)}", "paper"))
     marked = [f"dotted vertical lines: {', '.join(t for _, t in phases)}"] if phases else []
     if levels:
         marked.append("horizontal lines: the bias-only error, of a model that learns its output biases only ("
-                      + ("it predicts the mean image" if task in ("curves", "mnist", "faces")
-                         else "it predicts the target mean, or the average target distribution")
-                      + "), computed from the task's own data" + (", and the paper's" if paper is not None else ""))
+                      f"it predicts {task_for(task).bias_only_prediction}), computed from the task's own data"
+                      + (", and the paper's" if paper is not None else ""))
     caption = f"Learning curves ({task}): " + "; ".join(marked + notes) + "." if marked or notes else ""
     return phases, levels, notes, caption
 
@@ -218,8 +221,8 @@ def build_report(
             keys = tables.other_varied(tm, []) or ["optimizer"]
             phases, levels, notes, caption = curve_marks(tm, str(task_name))
             key = "curves" if len(by_task) == 1 else f"curves_{task_name}"
-            fig = figures.curves_figure(data.points[data.points["trial_id"].isin(tm["trial_id"])], tm, keys,
-                                        family(task_name), phases, levels, f"Learning curves ({task_name})", notes)
+            fig = curves_figure(data.points[data.points["trial_id"].isin(tm["trial_id"])], tm, keys,
+                                family(task_name), phases, levels, f"Learning curves ({task_name})", notes)
             md.extend([caption, ""])
             add_figure(key, fig, f"Learning curves ({task_name})")
 
@@ -239,7 +242,7 @@ def build_report(
             over = tables.other_varied(tm, [field_name], select="")
             note = ("Best and median final error over every other parameter the study varied"
                     + (f": {', '.join(over)}." if over else ".") + (" Log x axis." if s.attrs["log"] else ""))
-            fig = figures.sensitivity_figure(s, family(t or task), data.metric)
+            fig = sensitivity_figure(s, family(t or task), data.metric)
             blocks.append(Block(t, s.rename(columns={"x": s.attrs["label"]}), note, fig))
         label = blocks[0].table.attrs["label"]
         has_paper = any(b.table["paper"].notna().any() for b in blocks)
@@ -258,11 +261,11 @@ def build_report(
         add_table("importances", "Importances", {"parameter": "parameter", "importance": "importance"},
                   [Block(None, imp, "optuna.importance.get_param_importances (fANOVA, seed 0) over completed trials "
                          "with a finite objective; the figure is Optuna's plot_param_importances on the same trials.",
-                         figures.importance_figure(finite, tables.importance_evaluator()))], level="###")
+                         importance_figure(finite, tables.importance_evaluator()))], level="###")
         md.extend(["### Slice plot (Optuna)", "",
                    "optuna.visualization.matplotlib.plot_slice: each finite trial's objective (the mean over its "
                    "members) against each sampled parameter, under the sampler's names.", ""])
-        add_figure("optuna_slice", figures.optuna_slice_figure(finite), "Slice plot")
+        add_figure("optuna_slice", optuna_slice_figure(finite), "Slice plot")
 
     per_member = out / "members.csv"
     m.to_csv(per_member, index=False)
@@ -278,12 +281,12 @@ def build_report(
 
 def log_to_mlflow(rep: Report, mlflow_uri: str | None = None) -> str:
     """Logs the report directory as artifacts (under ``report/``) of the study's MLflow parent run."""
-    from mlflow.tracking import MlflowClient
+    from study.record import tracking  # MLflow loads only when a report is logged (--no-mlflow skips it)
 
     run_id = rep.study.mlflow_parent_run_id
     uri = mlflow_uri or rep.study.mlflow_uri
     if not run_id or not uri:
         raise ValueError(f"study {rep.study.name!r} has no MLflow parent run recorded in the results DB")
-    MlflowClient(tracking_uri=uri).log_artifacts(run_id, str(rep.out_dir), artifact_path=REPORT_ARTIFACT_PATH)
+    tracking.log_directory(uri, run_id, rep.out_dir, REPORT_ARTIFACT_PATH)
     rep.mlflow_run_id = run_id
     return run_id

@@ -20,13 +20,11 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from sqlalchemy import select
 
-from study.record import results
+from study.record import queries, results
 from study.locations import resolve
 from trainables.config import POPULATION_FIELDS, TaskConfig, parse_config
 
-AUTOENCODER_TASKS = ("curves", "mnist", "faces")
 # The fields a report can group by, in the paper's words.
 HYPERPARAMETERS = ("optimizer", "lr", "mu_max", "mu_0", "init_scale", "spectral_radius")
 # Every field of the training config, each a column of the member table.
@@ -41,7 +39,10 @@ MOMENTUM_FIELDS = ("mu_max", "mu_0", "final_momentum")
 
 
 def family(task: str) -> str:
-    return "autoencoder" if task in AUTOENCODER_TASKS else "rnn"
+    """The paper's section of a task, "autoencoder" or "rnn", as the task names it (trainables/tasks)."""
+    from trainables.tasks import task_for
+
+    return task_for(task).family
 
 
 def final_phase_updates(config: dict[str, Any]) -> int:
@@ -55,24 +56,25 @@ def final_phase_updates(config: dict[str, Any]) -> int:
         # A config stored by an older trainer that today's would refuse: its documented default.
         if config.get("final_momentum_updates") is not None:
             return int(config["final_momentum_updates"])
-        updates = int(config.get("updates", 0))
-        return min(1000, updates // 10) if family(config["task"]) == "autoencoder" else 0
+        from trainables.tasks import task_for
+
+        return task_for(config["task"]).final_phase_updates(int(config.get("updates", 0)))
 
 
 def momentum_schedule(config: dict[str, Any]) -> str:
     """The schedule the trainer ran: the config's, or the task's paper schedule (eq5 / rnn)."""
-    from trainables.tasks import DEFAULT_SCHEDULE
+    if config.get("momentum_schedule"):
+        return config["momentum_schedule"]
+    from trainables.tasks import task_for
 
-    return config.get("momentum_schedule") or DEFAULT_SCHEDULE[family(config["task"])]
+    return task_for(config["task"]).resolve(TaskConfig(task=config["task"])).momentum_schedule
 
 
 def rnn_warmup_updates() -> int:
     """Updates at mu = 0.9 before mu_0 applies, as the trainer's RNN schedule has them (sec. 4.2)."""
-    import inspect
+    from trainables.schedules import warmup_of
 
-    from trainables import schedules
-
-    return int(inspect.signature(schedules.rnn).parameters["warmup_updates"].default)
+    return warmup_of("rnn")
 
 
 @dataclass
@@ -113,53 +115,20 @@ def load_study(name: str, directory: str | None = None, results_db: str | None =
     url = resolve(name, directory, results_db).results_db
     if not results.sqlite_path_exists(url):
         raise ValueError(f"no results database for study {name!r} at {url}")
-    with results.session_scope(url) as s:
-        study = s.execute(select(results.StudyRow).where(results.StudyRow.name == name)).scalar_one_or_none()
-        if study is None:
-            raise ValueError(f"no study named {name!r} in {url}; `study status` lists the studies")
-        trial_rows = []
-        point_rows = []
-        for t in study.trials:
-            trial_rows.append(
-                {
-                    "trial_pk": t.id,
-                    "trial_id": t.trial_id,
-                    "optuna_trial_number": t.optuna_trial_number,
-                    "state": t.state,
-                    "params": dict(t.params or {}),
-                    "config": dict(t.config or {}),
-                    "members": t.members,
-                    "members_diverged": t.members_diverged,
-                    "last_step": t.last_step,
-                    "error_message": t.error_message,
-                }
-            )
-            for p in t.points:
-                point_rows.append(
-                    {
-                        "trial_id": t.trial_id,
-                        "step": p.step,
-                        "member": p.member,
-                        "seed": p.seed,
-                        "error": p.error,
-                        "loss": p.loss,
-                        "mu": p.mu,
-                        "lr": p.lr,
-                        "status": p.status,
-                        "diverged_at": p.diverged_at,
-                        "extra": dict(p.extra or {}),
-                    }
-                )
-        info = dict(
-            name=study.name,
-            task=study.task,
-            metric=study.metric,
-            mode=study.mode,
-            state=study.state,
-            spec=yaml.safe_load(study.spec_yaml) or {},
-            mlflow_uri=study.mlflow_uri,
-            mlflow_parent_run_id=study.mlflow_parent_run_id,
-        )
+    found = queries.study_with_trials(url, name)
+    if found is None:
+        raise ValueError(f"no study named {name!r} in {url}; `study status` lists the studies")
+    row, trial_rows, point_rows = found
+    info = dict(
+        name=row["name"],
+        task=row["task"],
+        metric=row["metric"],
+        mode=row["mode"],
+        state=row["state"],
+        spec=yaml.safe_load(row["spec_yaml"]) or {},
+        mlflow_uri=row["mlflow_uri"],
+        mlflow_parent_run_id=row["mlflow_parent_run_id"],
+    )
     trials = pd.DataFrame(trial_rows, columns=["trial_pk", "trial_id", "optuna_trial_number", "state", "params",
                                                "config", "members", "members_diverged", "last_step", "error_message"])
     points = pd.DataFrame(point_rows, columns=["trial_id", "step", "member", "seed", "error", "loss", "mu", "lr",

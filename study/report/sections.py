@@ -14,8 +14,10 @@ from typing import Any
 
 import pandas as pd
 
-from study.report import figures, tables
+from study.report import tables
 from study.report.data import family, rnn_warmup_updates
+from study.report.figures.style import fmt_value
+from study.report.figures.tables import table1_figure, table2_figure, table3_figure, table5_figure
 from study.report.published import load_published
 
 BEST_COLUMNS = {"result_cell": "error: mean ± 95% CI over seeds", "best_lr": "best lr", "seeds": "seeds",
@@ -74,7 +76,7 @@ def _table1(m: pd.DataFrame, task: str) -> Section:
     return Section("table1", "Table 1: best-lr error per mu_max and momentum type",
                    {"optimizer": "optimizer", "mu_max": "mu_max", **_keys(t1, m, own), **BEST_COLUMNS},
                    "The paper's Table 1 at mu_max = 0 is one column for NAG and CM (plain SGD)." + split_note(m, own),
-                   t1, figures.table1_figure(t1, family(task), list(_keys(t1, m, own))))
+                   t1, table1_figure(t1, family(task), list(_keys(t1, m, own))))
 
 
 def _table2(m: pd.DataFrame, task: str) -> Section:
@@ -83,7 +85,7 @@ def _table2(m: pd.DataFrame, task: str) -> Section:
     nag = m[m["optimizer"] == "nag"]
     fig = None
     if (t2["result"] == "ok").any():
-        fig = figures.table2_figure(t2, list(_keys(t2, nag, own)), paper_best_mu_max(task))
+        fig = table2_figure(t2, list(_keys(t2, nag, own)), paper_best_mu_max(task))
     return Section("table2", "Table 2: NAG before and after the final low-momentum phase",
                    {"mu_max": "mu_max", **_keys(t2, nag, own), "best_lr": "best lr",
                     "final_phase_updates": "final-phase updates", "before_step": "before: at update",
@@ -105,14 +107,14 @@ def _table3_note(m: pd.DataFrame, t3: pd.DataFrame) -> str:
             "mu_max")
     best = t3[t3["result"] == "ok"]
     if len(best):
-        note += ": " + ", ".join(f"scale {figures.fmt_value(r['init_scale'])} -> lr {figures.fmt_value(r['best_lr'])}"
+        note += ": " + ", ".join(f"scale {fmt_value(r['init_scale'])} -> lr {fmt_value(r['best_lr'])}"
                                  for _, r in best.iterrows()) + "."
     else:
         note += "."
     if m["lr"].dropna().nunique() <= 1:
         note += " **Only one lr was run**, so every scale has that lr, not its best."
     if paper_mu is not None and mus != [float(paper_mu)]:
-        note += (f" **mu_max differs from the paper's**: {', '.join(figures.fmt_value(x, 'mu_max') for x in mus)} "
+        note += (f" **mu_max differs from the paper's**: {', '.join(fmt_value(x, 'mu_max') for x in mus)} "
                  f"here vs {paper_mu}.")
     return note
 
@@ -123,7 +125,7 @@ def _table3(m: pd.DataFrame, task: str) -> Section:
     return Section("table3", "Table 3: error against the SI scale multiplier",
                    {"optimizer": "optimizer", "init_scale": "SI scale", **_keys(t3, m, own), **BEST_COLUMNS},
                    _table3_note(m, t3) + split_note(m, own),
-                   t3, figures.table3_figure(t3, list(_keys(t3, m, own))))
+                   t3, table3_figure(t3, list(_keys(t3, m, own))))
 
 
 def _table5(m: pd.DataFrame, task: str) -> Section:
@@ -136,7 +138,7 @@ def _table5(m: pd.DataFrame, task: str) -> Section:
                    "Mean over seeds (population members and/or trials with different seeds) at the best lr, its "
                    f"95% interval, min and max over those seeds. The paper's bias-only error: {bias}."
                    + warmup_note(m) + split_note(m, own),
-                   t5, figures.table5_figure(t5, task, list(_keys(t5, m, own))))
+                   t5, table5_figure(t5, task, list(_keys(t5, m, own))))
 
 
 def paper_tables(m: pd.DataFrame, task: str) -> list[Section]:

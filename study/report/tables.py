@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from study.report.published import published_row, published_value
+from study.run.optuna_study import finite_trials_study, importance_evaluator, param_importances
 from study.report.stats import mean_interval
 
 FAILED_OUTCOMES = ("failed", "pruned", "running", "pending")
@@ -339,13 +340,6 @@ def sensitivity(members: pd.DataFrame, field: str, param: dict[str, Any] | None 
 # --- Optuna parameter importances ----------------------------------------------------------------
 
 
-def importance_evaluator() -> Any:
-    """fANOVA with a fixed seed: importances.csv and Optuna's importance plot then agree."""
-    import optuna
-
-    return optuna.importance.FanovaImportanceEvaluator(seed=0)
-
-
 def finite_optuna_study(study_name: str, results_db: str, spec: dict[str, Any]) -> tuple[Any | None, str | None]:
     """The study's Optuna trials (from the results DB) that completed with a finite objective, as
     an in-memory Optuna study; or (None, why there is nothing to analyse)."""
@@ -355,24 +349,7 @@ def finite_optuna_study(study_name: str, results_db: str, spec: dict[str, Any]) 
         return None, "skipped: a grid study (every point is run; importances need a sampled search)"
     if not spec.get("search"):
         return None, "skipped: nothing was searched"
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=study_name, storage=results_db)
-    except Exception as exc:  # noqa: BLE001 - a study run without Optuna's tables
-        return None, f"skipped: no Optuna study {study_name!r} in the results DB ({type(exc).__name__})"
-    # Diverged trials report +inf to the searcher; the analysis is on the finite ones (they are
-    # counted as failures in the tables instead).
-    finite = [
-        t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.value is not None and math.isfinite(t.value)
-    ]
-    if len(finite) < 2:
-        return None, f"skipped: {len(finite)} completed trial(s) with a finite objective; importances need at least 2"
-    copy = optuna.create_study(direction=study.direction)
-    copy.add_trials(finite)
-    return copy, None
+    return finite_trials_study(results_db, study_name)
 
 
 def importances(study_name: str, results_db: str, spec: dict[str, Any]) -> tuple[pd.DataFrame | None, str | None]:
@@ -381,13 +358,12 @@ def importances(study_name: str, results_db: str, spec: dict[str, Any]) -> tuple
     Returns (table, None), or (None, why it was skipped): a grid (every point is run, there is
     nothing to attribute), fewer than 2 completed trials, or no searched parameter.
     """
-    import optuna
-
     study, why = finite_optuna_study(study_name, results_db, spec)
     if study is None:
         return None, why
     try:
-        values = optuna.importance.get_param_importances(study, evaluator=importance_evaluator())
+        # The evaluator the importance figure is drawn with (build.py), so the two agree.
+        values = param_importances(study, importance_evaluator())
     except Exception as exc:  # noqa: BLE001 - e.g. a parameter that never varied
         return None, f"skipped: optuna could not compute importances ({type(exc).__name__}: {exc})"
     df = pd.DataFrame({"parameter": list(values), "importance": [float(v) for v in values.values()]})

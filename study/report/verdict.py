@@ -157,14 +157,14 @@ def _fmt(v: Any) -> str:
 def study_verdict(name: str, directory: str | None = None, results_db: str | None = None) -> Verdict | None:
     """The verdict of study ``name`` from its results database; None if no trial finished."""
     from study import api
+    from study.record import queries
     from study.report.bias_only import bias_only_error
 
-    study = api.query(name, "SELECT spec_yaml, metric, mode FROM ms_studies WHERE name = :name",
-                      directory, results_db, params={"name": name})
-    if study.empty:
+    study = queries.study_row(api.results_target(name, directory, results_db), name)
+    if study is None:
         return None
-    spec = yaml.safe_load(study["spec_yaml"].iloc[0]) or {}
-    metric, mode = str(study["metric"].iloc[0]), str(study["mode"].iloc[0])
+    spec = yaml.safe_load(study["spec_yaml"]) or {}
+    metric, mode = str(study["metric"]), str(study["mode"])
     searched = list((spec.get("search") or {}).keys())
     trials = api.trials(name, directory, results_db)
     trials = trials[trials["state"].isin(["completed", "diverged"])]

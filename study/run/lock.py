@@ -10,19 +10,18 @@ apart by a PostgreSQL advisory lock on the study's name as well.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
-from study.spec.model import SpecError
+from study.errors import LocationError
 
 LOCK_FILE = ".lock"
 
 
-class StudyBusyError(SpecError):
+class StudyBusyError(LocationError):
     """Another process runs or resumes this study."""
 
 
@@ -55,20 +54,15 @@ class StudyLock:
             return ""
 
     def _pg_lock(self) -> None:
-        from sqlalchemy import text
+        from study.record.results import advisory_lock
 
-        from study.record.results import engine_for
-
-        key = int.from_bytes(hashlib.sha256(f"momentum-study:{self.name}".encode()).digest()[:8], "big", signed=True)
-        conn = engine_for(self.results_db).connect()
-        if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
-            conn.close()
+        conn = advisory_lock(self.results_db, self.name)
+        if conn is None:
             self.__exit__()
             raise StudyBusyError(
                 f"study {self.name!r} is being run or resumed by another driver on its results database; "
                 "wait for it to end before `study run` or `study resume`"
             )
-        conn.commit()
         self._pg = conn
 
     def __exit__(self, *exc: Any) -> None:

@@ -1,4 +1,6 @@
-"""Optuna, in one place: the spec's sampler (built and checked here), and nothing of Ray.
+"""Optuna, in one place, and nothing of Ray: the spec's sampler (built and checked here), its
+distributions, the Optuna study in the results database (``OptunaStudy``: open, ask, report, tell,
+the sampler's state after each ask), and what the reports take from Optuna (importances, plots).
 
 Every other module of study/ reaches Optuna through this one, so which Optuna APIs the service
 depends on can be read on one page.
@@ -13,7 +15,9 @@ from typing import Any
 
 from pydantic import ConfigDict, ValidationError
 
-from study.spec.model import SpecError, StudySpec, param_name
+from study.errors import SpecError
+from study.spec.expand import param_name
+from study.spec.model import StudySpec
 
 SAMPLERS = {"tpe": "TPESampler", "cmaes": "CmaEsSampler", "gp": "GPSampler", "random": "RandomSampler",
             "qmc": "QMCSampler", "grid": "GridSampler"}
@@ -101,3 +105,287 @@ def _non_finite(value: Any) -> float | None:
         if found is not None:
             return found
     return None
+
+
+def batch_sampler(spec: StudySpec, per_trial: int = 1) -> Any:
+    """The spec's sampler for a run that asks ``per_trial`` configurations at once: TPE gets
+    ``constant_liar`` (running trials count as bad, so one batch spreads out instead of repeating
+    one point) and CMA-ES a ``popsize`` of the batch, unless the spec's sampler options set them.
+    A run builds it once and hands it to its searcher."""
+    extra: dict[str, Any] = {}
+    if per_trial > 1 and spec.sampler.type == "tpe" and "constant_liar" not in spec.sampler.options:
+        extra["constant_liar"] = True
+    if per_trial > 1 and spec.sampler.type == "cmaes" and "popsize" not in spec.sampler.options:
+        extra["popsize"] = max(per_trial, 2)
+    return optuna_sampler(spec, extra)
+
+
+def distributions(spec: StudySpec) -> dict[str, Any]:
+    """The spec's search as Optuna distributions, under the sampler's parameter names."""
+    import optuna.distributions as d
+
+    from study.spec.params import CategoricalParam, FloatParam, GridParam, IntParam
+
+    out: dict[str, Any] = {}
+    for field, p in spec.search.items():
+        name = param_name(field, p)
+        if isinstance(p, FloatParam):
+            out[name] = d.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+        elif isinstance(p, IntParam):
+            out[name] = d.IntDistribution(p.low, p.high, log=p.log, step=p.step)
+        elif isinstance(p, (CategoricalParam, GridParam)):
+            out[name] = d.CategoricalDistribution(p.values)
+    return out
+
+
+# --- the study in Optuna's storage (the results database) ----------------------------------------
+
+# The Optuna study system attribute holding the sampler (pickled, base64) right after the newest
+# ask: {"after": that trial's number, "state": ...}. Optuna's own CmaEsSampler keeps its optimizer
+# in the storage the same way. About 11 KB (two random generators); GPSampler's grows by about
+# 1 KB per finished trial (its cache of fitted GPs).
+SAMPLER_ATTR = "momentum_study:sampler"
+
+
+def storage(url: str) -> Any:
+    """Optuna's RDBStorage on the results database; SQLite waits for a writer as the results
+    module's own engine does."""
+    import optuna
+
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def delete_study(url: str, name: str) -> None:
+    """Removes the study's Optuna study from the results database, if there is one."""
+    import optuna
+
+    try:
+        optuna.delete_study(study_name=name, storage=url)
+    except KeyError:
+        pass
+
+
+def is_running(trial: Any) -> bool:
+    """Whether a frozen trial was asked and not told (WAITING, an enqueued point never asked, is not)."""
+    from optuna.trial import TrialState
+
+    return trial.state == TrialState.RUNNING
+
+
+class OptunaStudy:
+    """A study's Optuna study, with the few operations the service does on it. Trials are named by
+    their id in the storage (``FrozenTrial._trial_id``), which the searcher keeps per configuration."""
+
+    def __init__(self, study: Any) -> None:
+        self.study = study
+
+    @classmethod
+    def create(cls, url: str, name: str, sampler: Any, mode: str, metric: str) -> "OptunaStudy":
+        """Creates (or opens) the study, its objective named after the study's metric."""
+        import optuna
+        from optuna.exceptions import ExperimentalWarning
+
+        study = optuna.create_study(study_name=name, storage=storage(url), sampler=sampler,
+                                    direction="minimize" if mode == "min" else "maximize", load_if_exists=True)
+        # The objective's name in optuna-dashboard: the study's metric, not "Objective 0"
+        # (experimental in Optuna since 3.2, and warns so).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            study.set_metric_names([metric])
+        return cls(study)
+
+    @classmethod
+    def load(cls, url: str, name: str, sampler: Any = None) -> "OptunaStudy":
+        """Opens an existing study (Optuna's default sampler where none is given: a study that is
+        only told, not asked). Never prunes by itself: the runner's rungs do."""
+        import optuna
+
+        return cls(optuna.load_study(study_name=name, storage=storage(url), sampler=sampler,
+                                     pruner=optuna.pruners.NopPruner()))
+
+    # --- reading ---
+
+    def trials(self, running_only: bool = False) -> list[Any]:
+        from optuna.trial import TrialState
+
+        states = (TrialState.RUNNING,) if running_only else None
+        return self.study.get_trials(deepcopy=False, states=states)
+
+    def trial(self, ot_id: int) -> Any:
+        """The trial as the storage holds it now (a FrozenTrial)."""
+        return self.study._storage.get_trial(ot_id)
+
+    def finished(self, ot_id: int) -> bool:
+        return self.trial(ot_id).state.is_finished()
+
+    def waiting_points(self) -> list[dict[str, Any]]:
+        """The values of the enqueued trials not asked yet."""
+        from optuna.trial import TrialState
+
+        return [t.system_attrs["fixed_params"] for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                if t.system_attrs.get("fixed_params") is not None]
+
+    # --- asking ---
+
+    def ask(self, space: dict[str, Any]) -> Any:
+        """A new trial (or the oldest enqueued one) with values for ``space``, frozen."""
+        return self.trial(self.study.ask(fixed_distributions=space)._trial_id)
+
+    def enqueue(self, point: dict[str, Any]) -> None:
+        self.study.enqueue_trial(point)
+
+    def complete_point(self, ot_id: int, space: dict[str, Any]) -> Any:
+        """An enqueued trial whose values were being written when a driver died: they are the
+        enqueued point's, so they are written again (suggesting returns the fixed values)."""
+        import optuna
+
+        trial = optuna.trial.Trial(self.study, ot_id)
+        for name, dist in space.items():
+            trial.suggest_categorical(name, dist.choices)
+        return self.trial(ot_id)
+
+    def abandon(self, ot_id: int) -> None:
+        """A trial killed in the middle of sampling (nothing of it ran): marked and failed."""
+        self.set_user_attrs(ot_id, abandoned=True)
+        self.tell(ot_id, state="FAIL")
+
+    # --- the sampler's state after each ask (searcher.py, module docstring) ---
+
+    @property
+    def sampler(self) -> Any:
+        return self.study.sampler
+
+    @sampler.setter
+    def sampler(self, sampler: Any) -> None:
+        self.study.sampler = sampler
+
+    def keep_sampler(self, number: int) -> None:
+        """Stores the sampler as it is right after asking trial ``number``."""
+        import base64
+        import pickle
+
+        state = {"after": number, "state": base64.b64encode(pickle.dumps(self.study.sampler)).decode("ascii")}
+        self.study._storage.set_study_system_attr(self.study._study_id, SAMPLER_ATTR, state)
+
+    def saved_sampler(self, newest: int) -> Any | None:
+        """The sampler stored after trial ``newest`` (or a later one), or None if none was."""
+        import base64
+        import pickle
+
+        saved = self.study._storage.get_study_system_attrs(self.study._study_id).get(SAMPLER_ATTR)
+        if saved and saved["after"] >= newest:
+            return pickle.loads(base64.b64decode(saved["state"]))
+        return None
+
+    # --- telling ---
+
+    def set_user_attrs(self, ot_id: int, **attrs: Any) -> None:
+        for key, value in attrs.items():
+            self.study._storage.set_trial_user_attr(ot_id, key, value)
+
+    def intermediate_values(self, ot_id: int) -> dict[int, float]:
+        return self.trial(ot_id).intermediate_values
+
+    def report(self, ot_id: int, value: float, step: int) -> None:
+        import optuna
+
+        optuna.trial.Trial(self.study, ot_id).report(value, step)
+
+    def tell(self, ot_id: int, value: float | None = None, state: str | None = None) -> None:
+        """study.tell with a value, or a state by name (``"PRUNED"``, ``"FAIL"``); the state is
+        stored whatever the sampler's after_trial does: GridSampler calls Study.stop() once the
+        grid is exhausted, which raises outside Optuna's own optimize loop (Optuna has stored the
+        trial's state by then, in a finally clause)."""
+        import optuna
+        from optuna.trial import TrialState
+
+        try:
+            self.study.tell(optuna.trial.Trial(self.study, ot_id), value,
+                            state=None if state is None else TrialState[state])
+        except RuntimeError as exc:
+            if "Study.stop" not in str(exc):
+                raise
+
+
+# --- what the reports need ------------------------------------------------------------------------
+
+
+def finite_trials_study(url: str, name: str) -> tuple[Any | None, str | None]:
+    """The study's Optuna trials (from the results DB) that completed with a finite objective, as
+    an in-memory Optuna study; or (None, why there is nothing to analyse)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=name, storage=url)
+    except Exception as exc:  # noqa: BLE001 - a study run without Optuna's tables
+        return None, f"skipped: no Optuna study {name!r} in the results DB ({type(exc).__name__})"
+    # Diverged trials report +inf to the searcher; the analysis is on the finite ones (they are
+    # counted as failures in the tables instead).
+    finite = [
+        t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.value is not None and math.isfinite(t.value)
+    ]
+    if len(finite) < 2:
+        return None, f"skipped: {len(finite)} completed trial(s) with a finite objective; importances need at least 2"
+    copy = optuna.create_study(direction=study.direction)
+    copy.add_trials(finite)
+    return copy, None
+
+
+def importance_evaluator() -> Any:
+    """fANOVA with a fixed seed: importances.csv and Optuna's importance plot then agree."""
+    import optuna
+
+    return optuna.importance.FanovaImportanceEvaluator(seed=0)
+
+
+def param_importances(study: Any, evaluator: Any = None) -> dict[str, float]:
+    """optuna.importance.get_param_importances, by default with ``importance_evaluator``."""
+    import optuna
+
+    found = optuna.importance.get_param_importances(study, evaluator=evaluator or importance_evaluator())
+    return {k: float(v) for k, v in found.items()}
+
+
+def plot_importances(study: Any, evaluator: Any = None) -> Any:
+    """optuna.visualization.matplotlib.plot_param_importances, by default with
+    ``importance_evaluator`` (the importances table's, so the figure and importances.csv agree)."""
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.visualization.matplotlib import plot_param_importances
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return plot_param_importances(study, evaluator=evaluator or importance_evaluator())
+
+
+def plot_slice(study: Any) -> Any:
+    """optuna.visualization.matplotlib.plot_slice: the objective of every trial against each
+    sampled parameter, under the sampler's names."""
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.visualization.matplotlib import plot_slice as slice_plot
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return slice_plot(study)
+
+
+# --- what Optuna is told of a configuration that ended (H4: the one rule) --------------------------
+
+
+def tell_ended(study: OptunaStudy, ot_id: int, state: str, value: float | None, step: int | None = None,
+               **user_attrs: Any) -> None:
+    """Tells Optuna how a configuration ended, by the study's rule (docs/study-specs.md, "States and
+    objectives"): ``completed`` and ``diverged`` COMPLETE with ``value`` (+-inf for diverged),
+    ``pruned`` PRUNED with its last intermediate value (``value`` reported at ``step`` first when it
+    was not), anything else (``failed``, or no value) FAIL. The trial keeps ``state`` and the other
+    ``user_attrs`` as user attributes. The searcher's reports during a run and the runner's settling
+    at its end both tell through this."""
+    study.set_user_attrs(ot_id, state=state, **user_attrs)
+    if state == "pruned" and value is not None and step is not None and step not in study.intermediate_values(ot_id):
+        study.report(ot_id, value, step)  # PRUNED takes the last intermediate value as the trial's value
+    if state in ("completed", "diverged") and value is not None:
+        study.tell(ot_id, float(value))
+    else:
+        study.tell(ot_id, state="PRUNED" if state == "pruned" else "FAIL")

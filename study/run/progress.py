@@ -1,4 +1,5 @@
-"""Live progress of a running study on the driver, fed by a Tune callback.
+"""Live progress of a running study on the driver, fed typed records by the study's Tune callback
+(study/run/feed.py).
 
 On a terminal: a rich Live table, one row per configuration (a Ray trial trains several at once:
 study/plan/population.py; "trial" is a configuration here, as in the results database). Without one (``study run ... > log``, nohup,
@@ -20,13 +21,11 @@ import os
 import time
 from typing import Any
 
-from ray import tune
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from study.plan import population
-from study.record.outcome import better, trial_state
+from study.record.outcome import ConfigurationEnd, ConfigurationReport, better, reports_in
 
 PROGRESS_EVERY_ENV = "MOMENTUM_STUDY_PROGRESS_EVERY"
 DEFAULT_EVERY_S = 30.0
@@ -44,9 +43,9 @@ class _DropRestoreHint(logging.Filter):
 logging.getLogger("ray.tune.tune").addFilter(_DropRestoreHint())
 
 
-class Progress(tune.Callback):
-    """Per trial: state, step, current metric and best so far; redrawn (terminal) or summed up in a
-    line (no terminal) as results come."""
+class Progress:
+    """Per configuration: state, step, current metric and best so far; redrawn (terminal) or summed
+    up in a line (no terminal) as results come."""
 
     def __init__(self, name: str, total: int, mode: str, console: Console | None = None):
         self.name, self.total, self.mode = name, total, mode
@@ -103,10 +102,10 @@ class Progress(tune.Callback):
         """The study's best so far: the best of the configurations' bests (a diverged one has none)."""
         bests: dict[str, float | None] = {}
         for t in self._trials:  # trials restored by `study resume` report nothing in this run
-            for c in population.reported(t.last_result).values():
-                value = c.get("metric_value")
-                ok = not c.get("members_diverged") and isinstance(value, (int, float)) and math.isfinite(value)
-                bests[c["config_id"]] = value if ok else None
+            for c in reports_in(t.last_result).values():
+                value = c.metric_value
+                ok = not c.members_diverged and isinstance(value, (int, float)) and math.isfinite(value)
+                bests[c.config_id] = value if ok else None
         for cid, r in self._rows.items():
             bests[cid] = None if r.get("diverged") else r.get("best")
         best, where = None, None
@@ -121,12 +120,12 @@ class Progress(tune.Callback):
         done = 0.0
         for t in self._trials:
             updates = _updates(t)
-            last = population.reported(t.last_result)
+            last = reports_in(t.last_result)
             for cid in _config_ids(t):
                 if cid in self._finished_before or self._rows.get(cid, {}).get("ended"):
                     done += 1.0
-                elif updates and (last.get(cid) or {}).get("step"):
-                    done += min(float(last[cid]["step"]) / updates, 1.0)
+                elif updates and cid in last and last[cid].step:
+                    done += min(float(last[cid].step) / updates, 1.0)
         return done
 
     def _line(self) -> str:
@@ -174,9 +173,10 @@ class Progress(tune.Callback):
         if self._plain:
             self._print_line(f"trial {cid} {state}; ")
 
-    # --- Tune's callback hooks -----------------------------------------------------------------
+    # --- what the study's Tune callback hands on (study/run/feed.py) ----------------------------
 
-    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+    def step(self, trials: list) -> None:
+        """Tune's trials after each step of its loop (restored ones report nothing in this run)."""
         self._trials = trials
         if trials and self._metric == "metric":
             self._metric = _metric_name(trials[0]) or "metric"
@@ -186,42 +186,33 @@ class Progress(tune.Callback):
         if self._plain and time.monotonic() - self._last_line >= self._every:
             self._print_line()
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def started(self, trials: list, config_ids: list[str]) -> None:
         self._trials = trials
-        for cid in _config_ids(trial):
+        for cid in config_ids:
             if cid not in self._finished_before:
                 self._update(cid, state="running")
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+    def reported(self, trials: list, reports: list[ConfigurationReport]) -> None:
+        """The reports of configurations that had not ended before this result."""
         self._trials = trials
-        for c in population.reported(result).values():
-            cid = c["config_id"]
-            if cid in self._finished_before or self._rows.get(cid, {}).get("ended"):
+        for c in reports:
+            cid = c.config_id
+            if cid in self._finished_before:
                 continue
-            value = c.get("metric_value")
+            value = c.metric_value
             row = self._rows.get(cid, {})
-            best, diverged = row.get("best"), bool(row.get("diverged") or c.get("members_diverged"))
+            best, diverged = row.get("best"), bool(row.get("diverged") or c.members_diverged)
             if diverged:
                 best = None  # a diverged configuration has no best (study/record/outcome.py)
             elif value is not None and math.isfinite(value) and better(value, best, self.mode):
                 best = value
-            self._update(cid, state="diverged" if diverged else "running", step=c.get("step"), value=value,
+            self._update(cid, state="diverged" if diverged else "running", step=c.step, value=value,
                          best=best, diverged=diverged)
-            if c.get("ended"):
-                self._end(cid, trial_state(c))
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def ended(self, trials: list, end: ConfigurationEnd) -> None:
         self._trials = trials
-        last = population.reported(trial.last_result)
-        for cid in _config_ids(trial):
-            if cid not in self._finished_before:
-                self._end(cid, trial_state(last.get(cid)))
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._trials = trials
-        for cid in _config_ids(trial):
-            if cid not in self._finished_before:
-                self._end(cid, "failed")
+        if end.config_id not in self._finished_before:
+            self._end(end.config_id, end.state)
 
 
 def _config_ids(trial: Any) -> list[str]:
@@ -235,7 +226,7 @@ def _ended_before(trial: Any) -> list[str]:
     resumed population had stopped."""
     if trial.status in FINISHED_STATUSES:
         return _config_ids(trial)
-    return [cid for cid, c in population.reported(trial.last_result).items() if c.get("ended")]
+    return [cid for cid, c in reports_in(trial.last_result).items() if c.ended]
 
 
 def _every() -> float:

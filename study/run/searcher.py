@@ -1,16 +1,17 @@
-"""The search: Optuna distributions and sampler from a spec, and the Ray Tune searcher that hands
-each Ray trial a population of configurations, with the Optuna study stored in the results database.
+"""The Ray Tune searcher that hands each Ray trial a population of configurations, asked of the
+Optuna study stored in the results database (reached through study/run/optuna_study.py).
 
 ``PopulationSearch`` is a Ray Tune ``Searcher`` written for this service rather than Ray's
 ``OptunaSearch``, which asks Optuna for one configuration per Ray trial and tells one value back;
 a fused study needs a member table per trial (study/plan/population.py) and a value per configuration:
 
 - Asking: a population's configurations are asked one after the other (Optuna's ask-and-tell;
-  the sampler settings for batches are in ``sampler``). A grid is walked by the searcher in an
+  the sampler settings for batches are in ``optuna_study.batch_sampler``). A grid is walked by the searcher in an
   order that keeps one shape together, each point an enqueued Optuna trial; a suggestion of
   another shape than the population being filled waits for the next one.
-- Telling: every configuration is told its own state by the study's rule (study/record/outcome.py): a
-  configuration stopped early is PRUNED with its last intermediate value, a diverged one
+- Telling is not the searcher's: the study's Tune callback (study/run/feed.py) tells Optuna each
+  configuration's state by the study's rule (study/run/optuna_reports.py, ``optuna_study.tell_ended``):
+  a configuration stopped early is PRUNED with its last intermediate value, a diverged one
   COMPLETE with +-inf and a ``state`` user attribute, a failed one FAIL. A configuration that
   ends before its population (stopped at a rung) is told at once.
 - Nothing secret is pickled: Tune writes the searcher into its experiment directory, so the
@@ -27,7 +28,7 @@ a fused study needs a member table per trial (study/plan/population.py) and a va
   that finished counts as done; configurations Optuna already finished are not told again
   (Optuna would raise UpdateFinishedTrialError).
 - The sampler is state too: its random generator after the newest ask is kept in the Optuna
-  storage with that ask (``SAMPLER_ATTR``), and a restored searcher continues from it. The
+  storage with that ask (``optuna_study.SAMPLER_ATTR``), and a restored searcher continues from it. The
   pickle's older generator would draw again the values it had drawn for the trials asked since,
   and a resumed study would train those values twice (issue 18). A kill between an ask and
   the write of its sampler leaves no state that has not drawn them: the sampler is then reseeded
@@ -41,41 +42,20 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from study.record import outcome
 from study.plan import population
-from study.record.journal import scrub
-from study.spec.model import (
-    CategoricalParam,
-    FloatParam,
-    GridParam,
-    IntParam,
-    StudySpec,
-    grid_points,
-    param_name,
-)
-from study.run.optuna_study import optuna_sampler
+from study.spec.expand import grid_points, param_name
+from study.spec.model import StudySpec
+from study.run.optuna_study import OptunaStudy, distributions, is_running
 
 log = logging.getLogger(__name__)
 
 
 # The results-DB URL of the study this process runs (with its password, never pickled).
 _storage_url: str | None = None
-# Ray trial id -> its MLflow run, from the driver's recorder (study/record/recorder.py), for the Optuna
-# trial's user attributes (optuna-dashboard links a trial to its run with them).
-_mlflow_runs: dict[str, str] = {}
 # Ray trial id -> member table of every trial Tune restores, from the experiment state Tune
 # resumes from (set by `study resume`; None in a new study): what a restored searcher takes as
 # the populations that exist (module docstring).
 _restored: dict[str, list[dict[str, Any]]] | None = None
-# The Optuna study system attribute holding the sampler (pickled, base64) right after the newest
-# ask: {"after": that trial's number, "state": ...}. Optuna's own CmaEsSampler keeps its optimizer
-# in the storage the same way. About 11 KB (two random generators); GPSampler's grows by about
-# 1 KB per finished trial (its cache of fitted GPs).
-SAMPLER_ATTR = "momentum_study:sampler"
-
-
-def note_mlflow_run(trial_id: str, run_id: str) -> None:
-    _mlflow_runs[trial_id] = run_id
 
 
 def use_storage(url: str) -> None:
@@ -90,69 +70,25 @@ def use_restored_populations(tables: dict[str, list[dict[str, Any]]] | None) -> 
     _restored = None if tables is None else {tid: list(t) for tid, t in tables.items()}
 
 
-def distributions(spec: StudySpec) -> dict[str, Any]:
-    import optuna.distributions as d
-
-    out: dict[str, Any] = {}
-    for field, p in spec.search.items():
-        name = param_name(field, p)
-        if isinstance(p, FloatParam):
-            out[name] = d.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
-        elif isinstance(p, IntParam):
-            out[name] = d.IntDistribution(p.low, p.high, log=p.log, step=p.step)
-        elif isinstance(p, (CategoricalParam, GridParam)):
-            out[name] = d.CategoricalDistribution(p.values)
-    return out
-
-
-def sampler(spec: StudySpec, per_trial: int = 1) -> Any:
-    """The spec's Optuna sampler (validated there: a bad option is a SpecError naming it).
-
-    Asked for ``per_trial`` configurations at once, TPE gets ``constant_liar`` (running trials count
-    as bad, so one batch spreads out instead of repeating one point) and CMA-ES a ``popsize`` of the
-    batch, unless the spec's sampler options set them."""
-    extra: dict[str, Any] = {}
-    if per_trial > 1 and spec.sampler.type == "tpe" and "constant_liar" not in spec.sampler.options:
-        extra["constant_liar"] = True
-    if per_trial > 1 and spec.sampler.type == "cmaes" and "popsize" not in spec.sampler.options:
-        extra["popsize"] = max(per_trial, 2)
-    return optuna_sampler(spec, extra)
-
-
-def optuna_storage(url: str) -> Any:
-    import optuna
-
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-
-
-def searcher(spec: StudySpec, results_db: str, per_trial: int) -> "PopulationSearch":
-    """The study's searcher, its Optuna study created in the results database."""
+def searcher(spec: StudySpec, results_db: str, per_trial: int, sampler: Any) -> "PopulationSearch":
+    """The study's searcher, its Optuna study created in the results database; ``sampler`` is the
+    run's one (optuna_study.batch_sampler for ``per_trial``)."""
     use_storage(results_db)
     use_restored_populations(None)
-    found = PopulationSearch(spec, per_trial, sampler(spec, per_trial))
+    found = PopulationSearch(spec, per_trial, sampler)
     found.open(results_db)
-    # The objective's name in optuna-dashboard: the study's metric, not "Objective 0"
-    # (experimental in Optuna since 3.2, and warns so).
-    import warnings
-
-    from optuna.exceptions import ExperimentalWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        found._ot_study.set_metric_names([spec.metric])
     return found
 
 
 class PopulationSearch(Searcher):
     """The searcher of every study: hands each Ray trial a member table (module docstring)."""
 
-    def __init__(self, spec: StudySpec, per_trial: int, optuna_sampler_: Any) -> None:
+    def __init__(self, spec: StudySpec, per_trial: int, sampler: Any) -> None:
         super().__init__(metric="objective", mode=spec.mode)
         self._spec_dict = spec.model_dump(mode="json")
         self._study_name = spec.name
         self._space = distributions(spec)
-        self._sampler = optuna_sampler_
+        self._sampler = sampler
         self._per_trial = per_trial
         self._total = spec.trials
         # A grid is walked in an order that keeps configurations of one shape together.
@@ -166,12 +102,10 @@ class PopulationSearch(Searcher):
         self._populations: dict[str, list[dict[str, Any]]] = {}  # Ray trial id -> member table
         self._ids: dict[str, int] = {}  # configuration id -> Optuna trial id (storage's)
         self._held: list[int] = []  # asked, but of another shape than the population being filled
-        self._told: set[str] = set()
         self._orphans: list[int] = []
         self._grid_orphans: dict[str, int] = {}
         self._grid_done: set[str] = set()
-        self._storage: Any = None
-        self._ot_study: Any = None
+        self._optuna: OptunaStudy | None = None
         self._spec: StudySpec | None = spec
 
     def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
@@ -181,7 +115,7 @@ class PopulationSearch(Searcher):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_storage"] = state["_ot_study"] = state["_spec"] = None
+        state["_optuna"] = state["_spec"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -208,25 +142,14 @@ class PopulationSearch(Searcher):
 
     def open(self, url: str) -> None:
         """Creates (or opens) the Optuna study in the results database."""
-        import optuna
-
-        self._storage = optuna_storage(url)
-        self._ot_study = optuna.create_study(study_name=self._study_name, storage=self._storage,
-                                            sampler=self._sampler, direction="minimize" if self._mode == "min" else "maximize",
-                                            load_if_exists=True)
+        self._optuna = OptunaStudy.create(url, self._study_name, self._sampler, self._mode, self._spec_dict["metric"])
 
     def _attach(self, url: str) -> None:
         """Re-opens the Optuna study after a restore, and rebuilds what the searcher knows from the
         populations Tune restores and from Optuna's storage, not from its own pickle (module
         docstring)."""
-        import optuna
-        from optuna.trial import TrialState
-
-        self._storage = optuna_storage(url)
-        self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler,
-                                           pruner=optuna.pruners.NopPruner())
-        study = self._ot_study
-        trials = study.get_trials(deepcopy=False)
+        study = self._optuna = OptunaStudy.load(url, self._study_name, self._sampler)
+        trials = study.trials()
         tables = _restored if _restored is not None else self._populations
         self._populations = {tid: list(table) for tid, table in tables.items() if table}
         by_number = {t.number: t._trial_id for t in trials}
@@ -242,21 +165,17 @@ class PopulationSearch(Searcher):
             if t.user_attrs.get("abandoned"):
                 continue
             complete = set(t.params) == set(self._space)
-            if t.state == TrialState.RUNNING and not complete and self._grid is not None and "fixed_params" in t.system_attrs:
+            if is_running(t) and not complete and self._grid is not None and "fixed_params" in t.system_attrs:
                 # A grid point's trial whose values were being written when the driver died:
                 # they are known (the enqueued point), so it is finished being asked.
-                trial = optuna.trial.Trial(study, t._trial_id)
-                for name, dist in self._space.items():
-                    trial.suggest_categorical(name, dist.choices)
-                t, complete = _frozen(study, t._trial_id), True
+                t, complete = study.complete_point(t._trial_id, self._space), True
             if not complete:
-                if t.state == TrialState.RUNNING:  # killed in the middle of sampling: nothing of it ran
-                    optuna.trial.Trial(study, t._trial_id).set_user_attr("abandoned", True)
-                    tell(study, t.number, state=TrialState.FAIL)
+                if is_running(t):  # killed in the middle of sampling: nothing of it ran
+                    study.abandon(t._trial_id)
                 continue
             asked += 1
             newest = t.number if newest is None else max(newest, t.number)
-            if t._trial_id in known or t.state != TrialState.RUNNING:
+            if t._trial_id in known or not is_running(t):
                 # Trained by a population Tune resumes, or finished in one Tune's state lost: done.
                 if self._grid is not None:
                     self._grid_done.add(_key(t.params))
@@ -274,25 +193,16 @@ class PopulationSearch(Searcher):
         """The sampler as it was after the newest ask that Optuna holds (module docstring)."""
         if newest is None or self._grid is not None:
             return  # nothing drawn yet; a grid's points are enqueued, nothing is drawn
-        import base64
-        import pickle
-
-        saved = self._storage.get_study_system_attrs(self._ot_study._study_id).get(SAMPLER_ATTR)
-        if saved and saved["after"] >= newest:
-            self._sampler = pickle.loads(base64.b64decode(saved["state"]))
+        assert self._optuna is not None
+        saved = self._optuna.saved_sampler(newest)
+        if saved is not None:
+            self._sampler = saved
         else:
             log.warning("the sampler's state after Optuna trial %d was not saved (a kill right after that ask, or "
                         "a study started by an older version): reseeded, so the rest of the study is not "
                         "reproducible from its seed", newest)
             self._sampler.reseed_rng()
-        self._ot_study.sampler = self._sampler
-
-    def _keep_sampler(self, number: int) -> None:
-        import base64
-        import pickle
-
-        state = {"after": number, "state": base64.b64encode(pickle.dumps(self._sampler)).decode("ascii")}
-        self._storage.set_study_system_attr(self._ot_study._study_id, SAMPLER_ATTR, state)
+        self._optuna.sampler = self._sampler
 
     # --- asking ----------------------------------------------------------------------------------
 
@@ -321,9 +231,10 @@ class PopulationSearch(Searcher):
 
     def _take(self) -> Any:
         """The next configuration's Optuna trial, or None when every configuration was handed out."""
-        study = self._ot_study
+        study = self._optuna
+        assert study is not None
         if self._held:
-            return _frozen(study, self._held.pop(0))
+            return study.trial(self._held.pop(0))
         if self._grid is not None:
             while self._next_grid < len(self._grid):
                 point = self._grid[self._next_grid]
@@ -332,118 +243,46 @@ class PopulationSearch(Searcher):
                 if key in self._grid_done:
                     continue
                 if key in self._grid_orphans:
-                    return _frozen(study, self._grid_orphans.pop(key))
+                    return study.trial(self._grid_orphans.pop(key))
                 return self._ask_point(point, key)
             return None
         if self._orphans:
-            return _frozen(study, self._orphans.pop(0))
+            return study.trial(self._orphans.pop(0))
         if self._handed >= self._total:
             return None
         self._handed += 1
-        trial = study.ask(fixed_distributions=self._space)
-        self._keep_sampler(trial.number)
-        return _frozen(study, trial._trial_id)
+        trial = study.ask(self._space)
+        study.keep_sampler(trial.number)
+        return trial
 
     def _ask_point(self, point: dict[str, Any], key: str) -> Any:
         """The grid point's Optuna trial: enqueued, then asked. ``ask`` takes the oldest enqueued
         trial; one that a killed driver enqueued for a later point (the walk restarts from Tune's
         older saved state) becomes that point's orphan, and the point's own is asked for again."""
-        from optuna.trial import TrialState
-
-        study = self._ot_study
-        waiting = [t.system_attrs.get("fixed_params") for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
-        if not any(w is not None and _key(w) == key for w in waiting):
-            study.enqueue_trial(point)
+        study = self._optuna
+        assert study is not None
+        if not any(_key(w) == key for w in study.waiting_points()):
+            study.enqueue(point)
         while True:
-            trial = study.ask(fixed_distributions=self._space)
+            trial = study.ask(self._space)
             got = _key(trial.params)
             if got == key:
-                return _frozen(study, trial._trial_id)
+                return trial
             self._grid_orphans[got] = trial._trial_id
 
     # --- telling ---------------------------------------------------------------------------------
-
-    def _finished(self, cid: str) -> bool:
-        """Whether Optuna already holds a final state for this configuration."""
-        ot = self._ids.get(cid)
-        return ot is None or self._ot_study._storage.get_trial(ot).state.is_finished()
-
-    # Telling is best effort: with the storage (the results DB) down, a failed report or tell is
-    # logged and the study goes on; at its end the runner tells Optuna what the results DB holds
-    # for every configuration still RUNNING there (runner._settle_optuna).
+    # Optuna hears of each configuration from the study's Tune callback (study/run/feed.py ->
+    # study/run/optuna_reports.py), which reads every result once for the recorder and the progress
+    # display too; Tune's own calls to its searcher tell nothing more.
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        for c in population.reported(result).values():
-            cid = c["config_id"]
-            try:
-                if cid in self._told or self._finished(cid):
-                    continue
-                if c.get("ended"):
-                    self._told.add(cid)
-                    self._tell(trial_id, cid, c, False)
-                else:
-                    self._trial(cid).report(c["objective"], int(c["step"]))
-            except Exception as exc:
-                log.warning("Optuna report for configuration %s failed: %s", cid, scrub(str(exc))[:300])
+        pass
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        last = population.reported(result)
-        for entry in self._populations.get(trial_id, []):
-            cid = entry["config_id"]
-            if cid in self._told:
-                continue
-            self._told.add(cid)
-            try:
-                if not self._finished(cid):
-                    self._tell(trial_id, cid, last.get(cid), error)
-            except Exception as exc:
-                log.warning("Optuna tell for configuration %s failed: %s", cid, scrub(str(exc))[:300])
-
-    def _trial(self, cid: str) -> Any:
-        from optuna.trial import Trial
-
-        return Trial(self._ot_study, self._ids[cid])
-
-    def _tell(self, trial_id: str, cid: str, result: dict | None, error: bool) -> None:
-        ot = self._trial(cid)
-        state = outcome.trial_state(result, error)
-        ot.set_user_attr("state", state)
-        ot.set_user_attr("ray_trial_id", trial_id)
-        ot.set_user_attr("trial_id", cid)
-        if cid in _mlflow_runs:
-            ot.set_user_attr("mlflow_run_id", _mlflow_runs[cid])
-        reported = self._ot_study._storage.get_trial(ot._trial_id).intermediate_values
-        if state == "pruned" and result is not None and int(result["step"]) not in reported:
-            # The value at which the configuration stopped: PRUNED takes it as the trial's value.
-            ot.report(result["objective"], int(result["step"]))
-        if state in ("completed", "diverged") and result is not None:
-            tell(self._ot_study, ot, float(result["objective"]))
-        else:
-            tell(self._ot_study, ot, state=_state("PRUNED" if state == "pruned" else "FAIL"))
+        pass
 
 
 def _key(params: dict[str, Any]) -> str:
     import json
 
     return json.dumps(params, sort_keys=True, default=str)
-
-
-def _frozen(study: Any, trial_id: int) -> Any:
-    return study._storage.get_trial(trial_id)
-
-
-def tell(study: Any, trial: Any, value: float | None = None, state: Any = None) -> None:
-    """study.tell, where the state is stored whatever the sampler's after_trial does: GridSampler
-    calls Study.stop() once the grid is exhausted, which raises outside Optuna's own optimize loop
-    (Optuna has stored the trial's state by then, in a finally clause)."""
-    try:
-        study.tell(trial, value, state=state)
-    except RuntimeError as exc:
-        if "Study.stop" not in str(exc):
-            raise
-
-
-def _state(name: str) -> Any:
-    from optuna.trial import TrialState
-
-    return TrialState[name]

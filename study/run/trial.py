@@ -2,8 +2,9 @@
 
 One trial trains one fused population: the configurations of its member table
 (study/plan/population.py), each with its ``repeats`` seeds, as one batched computation. Every report
-carries a summary per configuration (``configs``: the mean over its seeds as its metric, its
-objective, its members' figures); the recorder and the searcher read those.
+carries a ``ConfigurationReport`` per configuration (study/record/outcome.py: the mean over its seeds
+as its metric, its objective, its members' figures), as plain data under ``outcome.CONFIGS_KEY``;
+the driver's consumers read them back as records (``outcome.reports_in``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import ray
 import torch
 from ray import tune
 
-from study.record.outcome import objectives
+from study.record.outcome import CONFIGS_KEY, ConfigurationReport, MemberFigures, objectives
 
 CONTEXT_KEY = "study"
 CHECKPOINT_FILE = "train_state.pt"
@@ -28,24 +29,14 @@ MLFLOW_URI_ENV = "MOMENTUM_STUDY_MLFLOW_URI"
 _previous_end: float | None = None
 
 
-def summarize(report: Any, seeds: list[int], metric: str, mode: str) -> dict[str, Any]:
-    """One configuration's figures at one report (its members are its seeds, numbered from 0):
-    means, the searcher's objective and every member's figures."""
-    members = []
-    for m in report.members:
-        members.append(
-            {
-                "member": m.member,
-                "seed": seeds[m.member],
-                "error": m.error,
-                "loss": m.loss,
-                "mu": m.mu,
-                "lr": m.lr,
-                "status": m.status,
-                "diverged_at": m.diverged_at,
-                "extra": dict(m.extra),
-            }
-        )
+def summarize(report: Any, seeds: list[int], metric: str, mode: str, config_id: str, number: int | None,
+              population: str | None = None) -> ConfigurationReport:
+    """One configuration's report (its members are its seeds, numbered from 0): means, the
+    searcher's objective and every member's figures; ended once none of its seeds runs."""
+    members = tuple(
+        MemberFigures(m.member, seeds[m.member], m.error, m.loss, m.mu, m.lr, m.status, m.diverged_at, dict(m.extra))
+        for m in report.members
+    )
     diverged = sum(m.status == "diverged" for m in report.members)
 
     def mean(key: str) -> float | None:
@@ -61,35 +52,29 @@ def summarize(report: Any, seeds: list[int], metric: str, mode: str) -> dict[str
     # worst value for schedulers (study/record/outcome.py); charts stay finite because the per-member
     # figures keep their last good values (docs/study-specs.md).
     objective, scheduler_objective = objectives(value, diverged, mode)
-    return {
-        "step": report.step,
-        "final": bool(report.final),
-        "error": mean("error"),
-        "loss": mean("loss"),
-        "mu": mean("mu"),
-        "lr": mean("lr"),
-        "metric_value": value,
-        "objective": objective,
-        "scheduler_objective": scheduler_objective,
-        "members_diverged": diverged,
-        "members": members,
-    }
+    return ConfigurationReport(
+        config_id=config_id, optuna_number=number, step=report.step, final=bool(report.final),
+        ended=all(m.status != "running" for m in report.members), metric_value=value, objective=objective,
+        scheduler_objective=scheduler_objective, members_diverged=diverged, members=members,
+        error=mean("error"), loss=mean("loss"), mu=mean("mu"), lr=mean("lr"), population=population,
+    )
 
 
 class PopulationReporter:
     """trainables' reporter for a population: one result per report for Ray Tune, with a
-    summary per configuration (``configs``), and the configurations that stop at this report.
+    ``ConfigurationReport`` per configuration, and the configurations that stop at this report.
 
-    A configuration has ended when none of its members runs: its figures are then frozen at the
-    report where that happened (``step``, ``final`` as they were), and ``ended`` is set."""
+    A configuration has ended when none of its members runs: its report is then frozen at the
+    report where that happened (``step``, ``final`` as they were), with ``ended`` set."""
 
-    def __init__(self, spec: Any, table: list, seeds: list[int], rungs: Any = None):
+    def __init__(self, spec: Any, table: list, seeds: list[int], rungs: Any = None, population: str | None = None):
         self.spec, self.table, self.seeds, self.rungs = spec, table, seeds, rungs
+        self.population = population
         self.repeats = len(seeds) // len(table)
         self.reports = 0
-        self.ended: dict[int, dict[str, Any]] = {}
+        self.ended: dict[int, ConfigurationReport] = {}
 
-    def configs(self, report: Any) -> list[dict[str, Any]]:
+    def configs(self, report: Any) -> list[ConfigurationReport]:
         from dataclasses import replace
 
         from trainables.api import Report
@@ -102,10 +87,9 @@ class PopulationReporter:
                 continue
             mine = tuple(replace(m, member=m.member - j * R) for m in report.members[j * R:(j + 1) * R])
             sub = Report(step=report.step, members=mine, final=report.final, checkpoint=report.checkpoint)
-            summary = summarize(sub, self.seeds[j * R:(j + 1) * R], self.spec.metric, self.spec.mode)
-            summary.update(config_id=c.config_id, optuna_number=c.number,
-                           ended=all(m.status != "running" for m in mine))
-            if summary["ended"]:
+            summary = summarize(sub, self.seeds[j * R:(j + 1) * R], self.spec.metric, self.spec.mode,
+                                c.config_id, c.number, self.population)
+            if summary.ended:
                 self.ended[j] = summary
             out.append(summary)
         return out
@@ -116,27 +100,38 @@ class PopulationReporter:
         configs = self.configs(report)
         stop: list[int] = []
         if self.rungs is not None:
-            running = {j: c["scheduler_objective"] for j, c in enumerate(configs) if not c["ended"]}
+            running = {j: c.scheduler_objective for j, c in enumerate(configs) if not c.ended}
             for j in self.rungs.stop(self.reports, running):
                 stop += range(j * self.repeats, (j + 1) * self.repeats)
-                pruned = dict(configs[j], ended=True, final=False)
-                pruned["members"] = [dict(m, status="pruned") for m in pruned["members"]]
-                self.ended[j] = configs[j] = pruned
+                self.ended[j] = configs[j] = configs[j].stopped()
         # Configurations ended earlier whose members still train: stopped at the report a resumed
         # checkpoint was taken at (it holds the members as they were before the stop).
         for j in self.ended:
             if any(m.status == "running" for m in report.members[j * self.repeats:(j + 1) * self.repeats]):
                 stop += [k for k in range(j * self.repeats, (j + 1) * self.repeats) if k not in stop]
+        # The population's own figures, for Tune (its searcher metric ``objective``, ASHA's
+        # ``scheduler_objective``, the progress columns): with ``fuse: off`` the configuration's,
+        # else the best configuration's. The driver's consumers read the reports under CONFIGS_KEY.
         if len(configs) == 1:
-            result = dict(configs[0])  # fuse: off: the configuration is the trial (Tune's ASHA reads it)
+            result = configs[0].to_dict()
         else:
-            best = min(configs, key=lambda c: c["objective"] if self.spec.mode == "min" else -c["objective"])
-            result = {k: best[k] for k in ("error", "loss", "mu", "lr", "metric_value", "objective",
-                                           "scheduler_objective")}
+            best = min(configs, key=lambda c: c.objective if self.spec.mode == "min" else -c.objective)
+            result = {k: getattr(best, k) for k in ("error", "loss", "mu", "lr", "metric_value", "objective",
+                                                   "scheduler_objective")}
             result.update(step=report.step, final=bool(report.final),
-                          members_diverged=sum(c["members_diverged"] for c in configs))
-        result["configs"] = configs
+                          members_diverged=sum(c.members_diverged for c in configs))
+        result[CONFIGS_KEY] = [c.to_dict() for c in configs]
         return result, stop
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this bookkeeping, beside the trainer's state: the reports
+        counted (rungs fall at report counts) and the configurations that had ended."""
+        return {"reports": self.reports, "ended_configs": {j: c.to_dict() for j, c in self.ended.items()}}
+
+    def resume(self, state: dict[str, Any]) -> None:
+        """Goes on from a checkpoint's bookkeeping (``checkpoint_state``; absent in older ones)."""
+        self.reports = int(state.get("reports", 0))
+        self.ended = {int(j): ConfigurationReport.from_dict(c) for j, c in (state.get("ended_configs") or {}).items()}
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -166,10 +161,9 @@ def run_trial(config: dict[str, Any]) -> None:
         reports_total = -(-task_config.updates // task_config.report_every)
         rungs = MemberRungs(spec.scheduler.grace_period, spec.scheduler.reduction_factor,
                             spec.scheduler.max_t or reports_total, spec.mode)
-    population = PopulationReporter(spec, table, seeds, rungs)
+    population = PopulationReporter(spec, table, seeds, rungs, trial_id)
     if resume_from is not None:
-        population.reports = int(resume_from.get("reports", 0))
-        population.ended = {int(j): c for j, c in (resume_from.get("ended_configs") or {}).items()}
+        population.resume(resume_from)
     node_id = ray.get_runtime_context().get_node_id()
     overhead = _Overhead(entered, _previous_end)
 
@@ -180,9 +174,7 @@ def run_trial(config: dict[str, Any]) -> None:
         result.update(overhead.at_report())
         if report.final or population.reports % spec.checkpoint_every == 0:
             with tempfile.TemporaryDirectory() as tmp:
-                state = report.checkpoint()
-                state["reports"] = population.reports
-                state["ended_configs"] = dict(population.ended)
+                state = {**report.checkpoint(), **population.checkpoint_state()}
                 torch.save(state, Path(tmp) / CHECKPOINT_FILE)
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
         else:

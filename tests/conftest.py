@@ -3,7 +3,10 @@ databases and real SQLite MLflow stores under tmp paths; no mocks."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,6 +39,34 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+def study_in_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`study ARGS` through study.cli.main.main in this process, as a CompletedProcess.
+
+    The same code as the executable behind the same non-terminal output (piped, 200 columns),
+    without the interpreter start and imports each subprocess pays (seconds on two cores). For
+    tests whose property is the command's output or effect; each command keeps at least one test
+    that runs the real `study` executable (docs/testing.md). ``env`` replaces os.environ for
+    the call, as a subprocess's env does.
+    """
+    from study.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main(list(args))
+            except SystemExit as exc:  # argparse's refusals
+                rc = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess([STUDY_BIN, *args], rc, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture

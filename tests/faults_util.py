@@ -159,6 +159,50 @@ class Driver:
         self._log.close()
 
 
+def freeze_when(what: str, condition: Callable[[], Any], driver: Driver, slice_s: float = 0.02,
+                timeout: float = 180) -> list[psutil.Process]:
+    """Lets the driver's trial workers run only in short slices (SIGCONT, ``slice_s``, SIGSTOP) and
+    returns them stopped once ``condition()`` holds while they are stopped.
+
+    The condition is checked against what the workers themselves wrote (their checkpoints, say),
+    so a fault injected next finds them exactly there: where a worker is when a test acts then
+    no longer depends on how fast the machine trains (a slice is a few updates here; a race
+    sized by a training budget was lost on fast machines and won on slow ones)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = driver.workers()
+        for w in workers:
+            try:
+                w.suspend()
+            except psutil.Error:
+                pass
+        if workers and condition():
+            return workers
+        if not driver.alive():
+            raise AssertionError(f"the study ended (exit {driver.proc.returncode}) before {what}:\n{driver.output()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}:\n{driver.output()}")
+        for w in workers:
+            try:
+                w.resume()
+            except psutil.Error:
+                pass
+        time.sleep(slice_s)
+
+
+def checkpoints(study_dir: Path) -> list[int]:
+    """The steps of the trial checkpoints a study's workers have written into its Tune directory."""
+    import torch
+
+    steps = []
+    for f in Path(study_dir).glob("**/checkpoint_*/train_state.pt"):
+        try:
+            steps.append(int(torch.load(f, map_location="cpu", weights_only=False)["step"]))
+        except Exception:  # being written right now: not there yet
+            continue
+    return sorted(steps)
+
+
 def resume_to_the_end(name: str, env: dict[str, str], log: Path, timeout: float = 240) -> None:
     """`study resume NAME` as a user runs it, to the end; fails the test unless it exits 0."""
     driver = Driver(["resume", name], env, log)

@@ -13,7 +13,6 @@ import socket
 import sqlite3
 import subprocess
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -208,7 +207,6 @@ def test_bad_input_exits_2_names_the_field_and_writes_nothing(workdir, capsys, c
     if "--dir" not in args:
         args += ["--dir", str(workdir / "studies")]
     before = set(workdir.rglob("*"))
-    started = time.monotonic()
     rc = main(["run", str(path), *args])
     err = capsys.readouterr().err
     assert rc == 2, err
@@ -216,8 +214,9 @@ def test_bad_input_exits_2_names_the_field_and_writes_nothing(workdir, capsys, c
     message = " ".join(err.split())
     for piece in expected:
         assert piece in message, message
+    # Nothing written is the event that shows no work started (a study writes its directory
+    # before it starts Ray); a wall-clock bound here failed on a loaded machine.
     assert _written(workdir, before) == []
-    assert time.monotonic() - started < 30
 
 
 def test_a_gpu_on_a_machine_without_one_is_refused(workdir, capsys):
@@ -421,11 +420,13 @@ def test_query_keeps_at_most_max_rows_and_says_how_many_were_cut(results_dir, ca
     assert api.DEFAULT_MAX_ROWS == 10_000 and api.DEFAULT_TIMEOUT_S == 30
 
 
+# A query that runs for minutes and then ends (a billion rows): one not stopped at its limit fails
+# the test by succeeding late, on any machine, where a wall-clock bound fails on a loaded one.
+LONG = "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 1000000000) SELECT {what} FROM c"
+
+
 def test_query_stops_at_its_time_limit(results_dir, capsys):
-    endless = "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c) SELECT COUNT(*) FROM c"
-    started = time.monotonic()
-    assert main(["query", "q", endless, "--dir", str(results_dir), "--timeout", "0.5"]) == 2
-    assert time.monotonic() - started < 10
+    assert main(["query", "q", LONG.format(what="COUNT(*)"), "--dir", str(results_dir), "--timeout", "0.5"]) == 2
     assert "the query was stopped after 0.5 s, its time limit (--timeout raises it)" in capsys.readouterr().err
 
 
@@ -492,11 +493,8 @@ def test_query_refuses_a_single_value_larger_than_its_byte_limit(results_dir, ca
 
 
 def test_query_of_an_endless_result_cut_at_max_rows_ends_at_its_time_limit(results_dir, capsys):
-    endless = "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c) SELECT i FROM c"
-    started = time.monotonic()
-    assert main(["query", "q", endless, "--dir", str(results_dir), "--max-rows", "1", "--timeout", "1",
+    assert main(["query", "q", LONG.format(what="i"), "--dir", str(results_dir), "--max-rows", "1", "--timeout", "1",
                  "--format", "csv"]) == 0
-    assert time.monotonic() - started < 15
     captured = capsys.readouterr()
     assert captured.out.split() == ["i", "1"]
     assert "showed the first 1 rows; at least" in captured.err
@@ -523,7 +521,7 @@ def test_query_memory_is_bounded_by_the_default_byte_limit(results_dir, case_id,
 
 
 def test_postgres_statement_count_ignores_semicolons_in_literals_and_comments():
-    count = api._statements
+    from study.record.queries import _statements as count
     assert count("SELECT ';'") == 1
     assert count("SELECT 1;") == 1
     assert count("SELECT 'it''s;' -- a; comment\n") == 1

@@ -1,7 +1,8 @@
 """What the `study` command line prints, as a user sees it (issue #13): progress without a terminal,
 `study stop` and `study delete`, counts after an interrupt, a moved study directory, resuming a
 finished study, query errors, 80-column tables and full-precision CSV/JSON. Real Ray, SQLite and
-MLflow; the commands run as subprocesses."""
+MLflow; the commands run as subprocesses (on a terminal where the width matters), but the reads of
+the session's finished quick study, which run study.cli.main.main in this process."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import sqlite3
 import struct
 import subprocess
@@ -26,7 +26,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import STUDY_BIN, quick_spec
+from conftest import STUDY_BIN, quick_spec, study_in_process
 from study import api
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -81,7 +81,9 @@ def _finished(db: Path) -> int:
 
 @pytest.mark.parametrize("key", ["author", "authored_by", "authority", "max_tokens", "tokenizer", "compass"])
 def test_credential_rule_lets_ordinary_words_pass(key):
-    from study.spec.model import SpecError, find_credentials, load_spec
+    from study.errors import SpecError
+    from study.spec.credentials import find_credentials
+    from study.spec.model import load_spec
 
     assert find_credentials({"config": {key: "x"}}) is None
     with pytest.raises(SpecError) as refused:  # refused as an unknown field, not as a credential
@@ -96,7 +98,8 @@ def test_credential_rule_lets_ordinary_words_pass(key):
     "credentials", "oauth_client", "bearer",
 ])
 def test_credential_rule_refuses_credential_keys(key):
-    from study.spec.model import SpecError, load_spec
+    from study.errors import SpecError
+    from study.spec.model import load_spec
 
     with pytest.raises(SpecError, match="looks like a credential"):
         load_spec(quick_spec("cred-test", sampler={"type": "tpe", "options": {key: "x"}}))
@@ -107,17 +110,17 @@ def test_credential_rule_refuses_credential_keys(key):
 
 def test_query_typo_is_one_line_with_exit_2_and_a_quoted_semicolon_is_data(quick_study):
     root = str(quick_study.root)
-    out = _cli("query", quick_study.name, "SELEC trial_id FROM ms_trials", "--dir", root)
+    out = study_in_process("query", quick_study.name, "SELEC trial_id FROM ms_trials", "--dir", root)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: the query failed:") and "syntax error" in lines[0]
     assert "Traceback" not in out.stderr and out.stdout == ""
-    out = _cli("query", quick_study.name, "SELECT trial_id FROM ms_trails", "--dir", root)
+    out = study_in_process("query", quick_study.name, "SELECT trial_id FROM ms_trails", "--dir", root)
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         "error: the query failed: no such table: ms_trails"
     ]
 
-    out = _cli("query", quick_study.name, "SELECT ';' AS s, 'a;b' AS t", "--dir", root, "--format", "json")
+    out = study_in_process("query", quick_study.name, "SELECT ';' AS s, 'a;b' AS t", "--dir", root, "--format", "json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [{"s": ";", "t": "a;b"}]
 
@@ -153,29 +156,29 @@ def test_csv_and_json_keep_every_digit_and_tables_round(quick_study):
         points = c.execute("SELECT COUNT(*), SUM(loss) FROM ms_metric_points").fetchone()
     assert len(stored) == 3 and all(len(repr(v)) > 12 for v in stored.values())  # lr has many digits
 
-    out = _cli("results", name, "--dir", root, "--format", "csv")
+    out = study_in_process("results", name, "--dir", root, "--format", "csv")
     df = pd.read_csv(StringIO(out.stdout))
     assert dict(zip(df["trial_id"], df["lr"])) == stored
-    out = _cli("results", name, "--dir", root, "--format", "json")
+    out = study_in_process("results", name, "--dir", root, "--format", "json")
     rows = json.loads(out.stdout)
     assert {r["trial_id"]: r["lr"] for r in rows} == stored
-    out = _cli("results", name, "--dir", root, "--format", "json", "--metrics")
+    out = study_in_process("results", name, "--dir", root, "--format", "json", "--metrics")
     rows = json.loads(out.stdout)
     assert len(rows) == points[0] and math.fsum(r["loss"] for r in rows) == pytest.approx(points[1], rel=1e-15)
 
-    table = _cli("results", name, "--dir", root).stdout
+    table = study_in_process("results", name, "--dir", root).stdout
     for tid, lr in stored.items():
         assert f"{lr:.4g}" in table and repr(lr) not in table
 
-    out = _cli("status", name, "--dir", root, "--format", "json")
+    out = study_in_process("status", name, "--dir", root, "--format", "json")
     status = json.loads(out.stdout)
     assert status["state"] == "completed" and status["finished"] == 3 and status["num_samples"] == 3
     assert {t["trial"] for t in status["trials"]} == set(stored)
     bests = [t["best"] for t in status["trials"]]
     assert status["best"] == min(bests) and all(isinstance(b, float) for b in bests)
-    out = _cli("status", name, "--dir", root, "--format", "csv")
+    out = study_in_process("status", name, "--dir", root, "--format", "csv")
     assert set(pd.read_csv(StringIO(out.stdout))["trial"]) == set(stored)
-    out = _cli("status", "--dir", root, "--format", "json")
+    out = study_in_process("status", "--dir", root, "--format", "json")
     assert [s["name"] for s in json.loads(out.stdout)] == [name]
 
 
@@ -271,11 +274,10 @@ def test_stop_interrupts_a_running_study_and_a_moved_copy_resumes(ray_session, s
     assert len(runs) == 3 and {r.data.tags["state"] for r in runs} == {"completed"}
     assert "completed, 3/3 trials finished" in _cli("status", name, env=env_moved).stdout
 
-    # A finished study: nothing to do, and no Ray started for it.
-    started = time.monotonic()
+    # A finished study: nothing to do, and no Ray started for it (Ray says so on stderr when it
+    # starts; a wall-clock bound here failed on a loaded machine).
     again = _cli("resume", name, env=env_moved)
     assert again.returncode == 0 and again.stdout.strip() == f"study {name} is already completed: nothing to do"
-    assert time.monotonic() - started < 20
     assert "Ray" not in again.stderr
 
     # Stopping a study that is not running says so.

@@ -204,7 +204,7 @@ def test_spec_resources_become_rays_placement(gpus, bundle):
     from ray.tune.execution.placement_groups import PlacementGroupFactory
 
     from conftest import quick_spec
-    from study.run.runner import trainable
+    from study.run.tuner import trainable
     from study.spec.model import load_spec
 
     spec = load_spec(quick_spec("gpu-test", resources={"cpus": 1, "gpus": gpus}))

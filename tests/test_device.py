@@ -88,15 +88,40 @@ def test_trial_device_refuses_what_it_cannot_honour_with_a_clear_error(requested
         assert w in str(err.value)
 
 
-def test_checkpoint_loads_with_map_location_onto_the_trials_device():
-    # What study/run/trial.py does with a checkpoint saved on any device: the tensors land on the
-    # trial's device (meta standing in for a GPU), and train() copies them into its own.
-    import io
+def test_the_trials_checkpoint_loader_lands_every_tensor_on_the_cpu_and_falls_back_to_the_newest_left(tmp_path):
+    # study/run/trial.py's own loader, on checkpoints written as run_trial writes them (one
+    # directory per checkpoint, as Tune keeps them): a checkpoint taken on any device loads onto
+    # the CPU (train() moves it to the trial's device), and one that Tune's saved state names but
+    # that is gone gives way to the newest checkpoint left, then to a start from scratch.
+    from ray import tune
 
-    buf = io.BytesIO()
-    torch.save({"params": [torch.ones(2, 3)]}, buf)
-    buf.seek(0)
-    assert torch.load(buf, map_location=META, weights_only=False)["params"][0].device == META
+    from study.run.trial import CHECKPOINT_FILE, _load_checkpoint
+    from trainables import train
+
+    cfg = {"task": "addition", "seq_length": 20, "batch_size": 10, "eval_cases": 50, "updates": 40,
+           "report_every": 10, "lr": [1e-3, 3e-3], "seed": [0, 1], "dtype": "float64"}
+    dirs = []
+
+    def reporter(report):
+        d = tmp_path / "trial" / f"checkpoint_{len(dirs):06d}"
+        d.mkdir(parents=True)
+        torch.save(report.checkpoint(), d / CHECKPOINT_FILE)
+        dirs.append(d)
+
+    train(cfg, reporter)
+    checkpoints = [tune.Checkpoint.from_directory(str(d)) for d in dirs]
+    state = _load_checkpoint(checkpoints[1])
+    assert state["step"] == 20
+    tensors = [t for t in tree_flatten(state)[0] if isinstance(t, torch.Tensor)]
+    assert tensors and {t.device.type for t in tensors} == {"cpu"}
+
+    import shutil
+
+    shutil.rmtree(dirs[3])  # the newest, named by Tune's saved state, is gone
+    assert _load_checkpoint(checkpoints[3])["step"] == 30
+    for d in dirs[:3]:
+        shutil.rmtree(d)
+    assert _load_checkpoint(checkpoints[3]) is None
 
 
 # --- optimizers, tasks and the loop on a non-CPU device ------------------------------------

@@ -21,6 +21,7 @@ from study import api
 from study.plan import population
 from study.run import runner
 from study.locations import resolve
+from study.spec.expand import check_configs
 from study.spec.model import load_spec
 
 LRS = [1e-3, 3e-3, 1e-2, 1e8]  # the last one diverges at updates 16 and 17 (seeds 0 and 1)
@@ -138,7 +139,7 @@ def test_member_rungs_prune_inside_the_population_and_the_survivors_run_on_uncha
         want = {"completed": "COMPLETE", "diverged": "COMPLETE", "pruned": "PRUNED"}[a.loc[lr, "state"]]
         assert t.state.name == want and t.user_attrs["state"] == a.loc[lr, "state"]
         if want == "PRUNED":  # Optuna's value of a pruned trial: its last intermediate value
-            assert t.value is None or t.value == pytest.approx(a.loc[lr, "metric_value"])
+            assert t.value is not None and t.value == pytest.approx(a.loc[lr, "metric_value"])
             assert max(t.intermediate_values) == a.loc[lr, "last_step"]
     assert api.trials(asha.name, results_db=asha.results_db)["state"].isin(["pruned"]).sum() == 2
 
@@ -231,7 +232,7 @@ def test_sgd_cm_and_nag_share_a_shape_and_other_optimizers_do_not():
 
 def test_members_per_trial_follow_max_members_repeats_and_the_trials_that_can_run_at_once():
     spec = _grid("count", max_members=4)
-    cfg = runner.check_configs(spec)
+    cfg = check_configs(spec)
     assert population.configs_per_trial(spec, cfg, slots=1) == 2  # 4 members / 2 seeds
     assert population.configs_per_trial(spec, cfg, slots=4) == 1  # four configurations, four slots
     assert population.configs_per_trial(_grid("off", fuse="off"), cfg, slots=1) == 1
@@ -240,7 +241,7 @@ def test_members_per_trial_follow_max_members_repeats_and_the_trials_that_can_ru
     # The task's memory estimate bounds the default: a member of mem5 (T = 200) with minibatches of
     # 1000 in float64 keeps 4 x 200 x 1000 x 100 x 8 bytes = 640 MB of BPTT activations, and with
     # its minibatch and evaluation set about 720 MB: 2 fit 2 GiB (tests/test_memory_limits.py).
-    heavy = runner.check_configs(load_spec({**_grid("heavy").model_dump(mode="json"), "task": "mem5",
+    heavy = check_configs(load_spec({**_grid("heavy").model_dump(mode="json"), "task": "mem5",
                                             "config": {"dtype": "float64", "batch_size": 1000}}))
     assert 640e6 < population.member_bytes(heavy) < 800e6
     assert population.default_max_members(heavy) == 2
@@ -256,24 +257,28 @@ def test_member_rungs_keep_the_best_fraction_at_each_rung():
 
 
 def test_batched_asks_get_a_constant_liar_for_tpe_and_a_popsize_for_cmaes_unless_the_spec_sets_them():
-    from study.run import searcher as search
+    from study.run import optuna_study
 
     def spec(kind, **options):
         return load_spec({"name": "s", "task": "addition", "sampler": {"type": kind, "options": options},
                           "search": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}})
 
-    assert search.sampler(spec("tpe"), per_trial=4)._constant_liar is True
-    assert search.sampler(spec("tpe", constant_liar=False), per_trial=4)._constant_liar is False
-    assert search.sampler(spec("cmaes"), per_trial=6)._popsize == 6
-    assert search.sampler(spec("cmaes", popsize=10), per_trial=6)._popsize == 10
+    assert optuna_study.batch_sampler(spec("tpe"), per_trial=4)._constant_liar is True
+    assert optuna_study.batch_sampler(spec("tpe", constant_liar=False), per_trial=4)._constant_liar is False
+    assert optuna_study.batch_sampler(spec("cmaes"), per_trial=6)._popsize == 6
+    assert optuna_study.batch_sampler(spec("cmaes", popsize=10), per_trial=6)._popsize == 10
 
 
-def test_a_resumed_population_stops_again_what_it_had_stopped_at_the_checkpointed_report():
+def test_a_resumed_population_stops_again_what_it_had_stopped_at_the_checkpointed_report(tmp_path):
     """A checkpoint holds the members as they were before the stops of its own report: resumed from
-    it, the trial returns those members again so the trainer drops them (it ignores ended ones)."""
+    it (saved and loaded as a trial does), the trial returns those members again so the trainer
+    drops them (it ignores ended ones), and what ended before stays frozen where it ended."""
+    import torch
+    from ray import tune
+
     from trainables.api import MemberMetrics, Report
 
-    from study.run.trial import PopulationReporter
+    from study.run.trial import CHECKPOINT_FILE, PopulationReporter, _load_checkpoint
 
     spec = _grid("resumed", scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2})
     table = [population.Configuration(f"t-{j}", j, {"lr": lr}) for j, lr in enumerate(LRS[:3])]
@@ -284,15 +289,26 @@ def test_a_resumed_population_stops_again_what_it_had_stopped_at_the_checkpointe
         members = tuple(MemberMetrics(k, e, e, 0.9, 1e-3, s) for k, (e, s) in enumerate(zip(errors, status)))
         return Report(step=step, members=members, final=False, checkpoint=dict)
 
+    # Rungs fall at reports 1, 2 and 4.
     result, stop = reporter.result(report(10, [0.5, 0.5, 0.1, 0.1, 0.9, 0.9]))
     assert stop == [4, 5]  # rung 1 keeps ceil(3/2) = 2 configurations: 0.1 and 0.5; config 2 stops
     assert [c["ended"] for c in result["configs"]] == [False, False, True]
     assert result["configs"][2]["members"][0]["status"] == "pruned"
+    pruned = ("running",) * 4 + ("pruned",) * 2  # the trainer dropped config 2's members
+    second = report(20, [0.5, 0.5, 0.1, 0.1, 0.9, 0.9], pruned)
+    _, stop = reporter.result(second)
+    assert stop == [0, 1]  # rung 2 keeps 1 of 2: config 0 stops
+    # The checkpoint of report 2, as run_trial writes it, and read back by the trial's loader.
+    saved = tmp_path / "checkpoint_000001"
+    saved.mkdir()
+    torch.save({**second.checkpoint(), **reporter.checkpoint_state()}, saved / CHECKPOINT_FILE)
     resumed = PopulationReporter(spec, table, seeds=[0, 1] * 3, rungs=population.MemberRungs(1, 2, 6, "min"))
-    # The checkpoint of report 2 (rungs fall at reports 1, 2 and 4): the next report, 3, is no rung.
-    resumed.reports, resumed.ended = 2, dict(reporter.ended)
-    _, again = resumed.result(report(30, [0.4, 0.4, 0.1, 0.1, 0.9, 0.9]))
-    assert again == [4, 5]  # nothing new stops, but config 2's members still train: stopped again
-    frozen = [c for c in resumed.configs(report(40, [0.0] * 6)) if c["config_id"] in
-              {table[j].config_id for j in reporter.ended}]
-    assert all(c["step"] == 10 and c["ended"] for c in frozen)
+    resumed.resume(_load_checkpoint(tune.Checkpoint.from_directory(str(saved))))
+    # The trainer restored config 0's members as they were before report 2's stop: running. The
+    # next report, 3, is no rung: nothing new stops, but config 0 is stopped again.
+    _, again = resumed.result(report(30, [0.4, 0.4, 0.1, 0.1, 0.9, 0.9], pruned))
+    assert again == [0, 1]
+    ended = {c.config_id: c for c in resumed.configs(report(40, [0.0] * 6, pruned))}
+    assert (ended["t-0"].step, ended["t-0"].ended) == (20, True)
+    assert (ended["t-2"].step, ended["t-2"].ended) == (10, True)
+    assert ended["t-1"].step == 40 and not ended["t-1"].ended

@@ -3,7 +3,8 @@ hold a study is refused before any work, a refused `run` leaves an existing stud
 were, and a study that ended leaves its whole SQLite results database in results.db (no data
 left in the write-ahead log), so copying that one file copies the study.
 
-Real `study` processes, real files and real SQLite; no mocks.
+A real `study` process where the study runs; the refusals before any work run the executable's
+code (study.cli.main.main) in this process. Real files and real SQLite; no mocks.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import STUDY_BIN, quick_spec
+from conftest import quick_spec, study_in_process
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -28,9 +29,18 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def study(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([STUDY_BIN, *args], cwd=cwd, env=_env(), capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+@pytest.fixture
+def refusal(monkeypatch):
+    """`study ARGS` in this process (study.cli.main.main, the executable's code), run in ``cwd``:
+    for refusals that come before any work, where an interpreter start per command is only cost
+    (`study run` imports torch, Ray, MLflow and Optuna first). The executable's own refusals are
+    in tests/test_bad_input.py (test_no_hang_*) and tests/test_memory_limits.py."""
+
+    def call(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)  # a stray write in the working directory is seen, as with cwd=
+        return study_in_process(*args, env=_env())
+
+    return call
 
 
 def _spec_file(tmp_path: Path, name: str, **overrides) -> Path:
@@ -48,13 +58,13 @@ def _one_line(err: str) -> str:
     return " ".join(err.split())
 
 
-def test_an_mlflow_store_that_is_a_text_file_is_refused_before_any_work(tmp_path):
+def test_an_mlflow_store_that_is_a_text_file_is_refused_before_any_work(tmp_path, refusal):
     """It used to start Ray and end in a traceback; the same file as --results-db was refused."""
     notes = tmp_path / "notes.txt"
     notes.write_text("not a database\n")
     spec = _spec_file(tmp_path, "txt")
     for option in ("--mlflow-uri", "--results-db"):
-        out = study("run", str(spec), "--dir", str(tmp_path / "studies"), option, f"sqlite:///{notes}", cwd=tmp_path)
+        out = refusal("run", str(spec), "--dir", str(tmp_path / "studies"), option, f"sqlite:///{notes}", cwd=tmp_path)
         message = _one_line(out.stderr)
         assert out.returncode == 2, out.stdout + out.stderr
         assert "Traceback" not in out.stderr and "Ray" not in out.stdout + out.stderr
@@ -63,12 +73,12 @@ def test_an_mlflow_store_that_is_a_text_file_is_refused_before_any_work(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "txt.yaml"]
 
 
-def test_a_studies_directory_that_is_a_symbolic_link_loop_is_a_clean_error(tmp_path):
+def test_a_studies_directory_that_is_a_symbolic_link_loop_is_a_clean_error(tmp_path, refusal):
     loop = tmp_path / "loop"
     loop.symlink_to(loop)
     spec = _spec_file(tmp_path, "looped")
     for args in (["run", str(spec)], ["status"], ["status", "looped"], ["query", "looped", "SELECT 1"]):
-        out = study(*args, "--dir", str(loop), cwd=tmp_path)
+        out = refusal(*args, "--dir", str(loop), cwd=tmp_path)
         message = _one_line(out.stderr)
         assert out.returncode == 2, (args, out.stdout, out.stderr)
         assert "Traceback" not in out.stderr and "RuntimeError" not in out.stderr
@@ -90,7 +100,7 @@ def _killed_writer(db: Path) -> None:
     subprocess.run([sys.executable, "-c", _KILLED_WRITER, f"sqlite:///{db}"], check=True, timeout=120)
 
 
-def test_a_refused_run_of_an_existing_study_touches_none_of_its_files(tmp_path):
+def test_a_refused_run_of_an_existing_study_touches_none_of_its_files(tmp_path, refusal):
     """A `run` of a name that exists used to open the study's results.db, rewriting its -wal and
     -shm; the refusal now comes from the directory alone."""
     root = tmp_path / "studies"
@@ -98,7 +108,7 @@ def test_a_refused_run_of_an_existing_study_touches_none_of_its_files(tmp_path):
     _killed_writer(root / "kept" / "results.db")
     assert (root / "kept" / "results.db-wal").stat().st_size > 0 and (root / "kept" / "results.db-shm").exists()
     before = _files(root)
-    out = study("run", str(_spec_file(tmp_path, "kept")), "--dir", str(root), cwd=tmp_path)
+    out = refusal("run", str(_spec_file(tmp_path, "kept")), "--dir", str(root), cwd=tmp_path)
     assert out.returncode == 2, out.stdout + out.stderr
     message = _one_line(out.stderr)
     assert "study 'kept' already exists" in message and "study resume kept" in message, message
@@ -158,9 +168,9 @@ def test_a_study_that_ended_has_its_whole_database_in_results_db(tmp_path):
 
 
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
-def test_an_in_memory_results_database_is_refused(tmp_path, url):
+def test_an_in_memory_results_database_is_refused(tmp_path, url, refusal):
     """It used to train the whole study and then have nothing to record it in."""
-    out = study("run", str(_spec_file(tmp_path, "mem")), "--dir", str(tmp_path / "studies"), "--results-db", url,
+    out = refusal("run", str(_spec_file(tmp_path, "mem")), "--dir", str(tmp_path / "studies"), "--results-db", url,
                 cwd=tmp_path)
     message = _one_line(out.stderr)
     assert out.returncode == 2, out.stdout + out.stderr

@@ -24,6 +24,7 @@ from study.plan import population
 from study.spec.model import SpecError, load_spec
 from trainables.config import parse_config
 from trainables.tasks import TASKS
+from trainables.tasks.autoencoder import layer_sizes
 from trainables.tasks.memory import estimate
 
 GiB = 1 << 30
@@ -96,7 +97,8 @@ def test_the_estimate_grows_with_the_fields_it_names():
     bptt = next(p for p in base.per_member if p.what == "BPTT activations")
     assert 4 * 88 * 100 * 100 * 4 <= bptt.bytes < 1.2 * 4 * 88 * 100 * 100 * 4
     faces = estimate(parse_config({"task": "faces", "dataset": "noise"}))
-    weights = sum(a * b + b for a, b in zip(TASKS["faces"].layer_sizes("faces")[:-1], TASKS["faces"].layer_sizes("faces")[1:]))
+    sizes = layer_sizes("faces")
+    weights = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
     assert faces.per_member[0].bytes == 6 * weights * 4  # theta, gradient, point, velocity, scratch, checkpoint
 
 

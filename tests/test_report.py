@@ -16,9 +16,13 @@ from study.record import results
 from study.record import tracking
 from study.report import build_report, load_study, log_to_mlflow, published_value
 from study.report import figures, tables
+from study.report.figures.search import importance_figure, optuna_slice_figure, sensitivity_figure
+from study.report.figures.style import fmt_value
+from study.report.figures.tables import table1_figure, table3_figure
+from study.report.figures.tick_labels import tidy
 from trainables.config import parse_config
 
-from conftest import STUDY_BIN
+from conftest import STUDY_BIN, study_in_process
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -235,7 +239,7 @@ def test_published_values_are_data():
 
 @pytest.fixture
 def multitask_study(tmp_path):
-    """Table 5 over two problems, as search_spaces/table5-rnn.yaml varies the task. The best lr
+    """Table 5 over two problems, as search_spaces/table5_rnn.yaml varies the task. The best lr
     differs by problem: lr 1e-3 for addition, 1e-4 for mem5; pooled over both problems (mean of
     0.1 and 2.4 against 0.3 and 1.0) 1e-4 would win for both."""
     trials = []
@@ -385,7 +389,7 @@ def test_table3_specs_use_the_papers_settings_and_search_table1s_lr_grid():
 
     published = load_published()
     scales = [r["init_scale"] for r in published["table3"]]
-    for name in ("table3-curves", "table3-curves-quick"):
+    for name in ("table3_curves", "table3_curves_quick"):
         spec = load_spec(Path(__file__).resolve().parents[1] / "search_spaces" / f"{name}.yaml")
         assert spec.task == "curves" and spec.config["optimizer"] == "nag"
         assert spec.config["mu_max"] == published["table3_setting"]["mu_max"] == 0.999
@@ -480,14 +484,14 @@ def _is_png(path: Path) -> bool:
 def test_figures_carry_the_right_axes_and_are_png(curves_study, tmp_path):
     root, _ = curves_study
     m = load_study("ae", root).members
-    fig = figures.table1_figure(tables.table1(m, "curves"))
+    fig = table1_figure(tables.table1(m, "curves"))
     ax = fig.axes[0]
     assert ax.get_xlabel() == "1 - mu_max (log scale)" and ax.get_ylabel() == "final training squared error"
     assert _is_png(figures.save(fig, tmp_path / "t1.png"))
-    fig = figures.table3_figure(tables.table3(m.assign(init_scale=1.0), "curves"))
+    fig = table3_figure(tables.table3(m.assign(init_scale=1.0), "curves"))
     assert fig.axes[0].get_xlabel() == "SI scale multiplier (log scale)" and fig.axes[0].get_xscale() == "log"
     s = tables.sensitivity(m, "lr", {"type": "float", "log": True})
-    fig = figures.sensitivity_figure(s, "autoencoder")
+    fig = sensitivity_figure(s, "autoencoder")
     assert fig.axes[0].get_xlabel() == "lr (log scale)" and fig.axes[0].get_xscale() == "log"
     assert fig.axes[0].get_ylabel() == "final training squared error"
     assert _is_png(figures.save(fig, tmp_path / "s.png"))
@@ -572,9 +576,9 @@ def _momentum_members(mus: list[float], key: str = "mu_max") -> pd.DataFrame:
 def test_momentum_axes_are_one_minus_mu_on_a_log_scale_with_mu_on_top(curves_study):
     root, _ = curves_study
     m = load_study("ae", root).members
-    for fig in (figures.table1_figure(tables.table1(m, "curves")),
-                figures.sensitivity_figure(tables.sensitivity(m, "mu_max", {"type": "grid", "values": [0.9, 0.99]}),
-                                           "autoencoder")):
+    for fig in (table1_figure(tables.table1(m, "curves")),
+                sensitivity_figure(tables.sensitivity(m, "mu_max", {"type": "grid", "values": [0.9, 0.99]}),
+                                   "autoencoder")):
         ax = fig.axes[0]
         assert ax.get_xscale() == "log" and ax.get_xlabel() == "1 - mu_max (log scale)"
         plotted = {round(float(x), 9) for line in ax.get_lines() for x in line.get_xdata()}
@@ -596,20 +600,20 @@ def test_tick_labels_never_overlap_even_on_crowded_axes():
     ax.plot([0, 1], [0, 1])
     ax.set_xticks([i / 100 for i in range(0, 101, 2)], [f"{i / 100:.2f}" for i in range(0, 101, 2)])
     assert overlapping_tick_labels(crowded)
-    assert not overlapping_tick_labels(figures.tidy(crowded))
+    assert not overlapping_tick_labels(tidy(crowded))
     # mu near 1: 1 - mu = 0.001, 0.002, 0.005 ... crowd the log axis, and the mu labels on top
     mus = [0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995]
     t1 = tables.table1(_momentum_members(mus), "curves")
-    fig = figures.table1_figure(t1)
+    fig = table1_figure(t1)
     assert overlapping_tick_labels(fig) == []
     assert len(_drawn_tick_labels(fig.axes[0].xaxis)) >= 4  # thinned, not emptied
     lr = _momentum_members([0.9]).assign(lr=lambda d: [10 ** -(1 + i / 7) for i in range(len(d))])
     s = tables.sensitivity(lr, "lr", {"type": "float", "low": 1e-4, "high": 0.1, "log": True})
-    assert overlapping_tick_labels(figures.sensitivity_figure(s, "autoencoder")) == []
+    assert overlapping_tick_labels(sensitivity_figure(s, "autoencoder")) == []
     categories = pd.DataFrame({"optimizer": [f"a_very_long_optimizer_name_{i}" for i in range(9)], "lr": 0.01,
                                "outcome": "completed", "final_error": range(1, 10)})
     s = tables.sensitivity(categories, "optimizer", {"type": "grid", "values": list(categories.optimizer)})
-    assert overlapping_tick_labels(figures.sensitivity_figure(s, "rnn")) == []
+    assert overlapping_tick_labels(sensitivity_figure(s, "rnn")) == []
 
 
 def test_legends_show_rounded_values(tmp_path):
@@ -624,25 +628,25 @@ def test_legends_show_rounded_values(tmp_path):
     for fig in rep.figures.values():
         for text in _legend_texts(fig):
             assert not re.search(r"\d\.\d{5,}", text), text
-    assert figures.fmt_value(0.9995, "mu_0") == "0.9995" and figures.fmt_value(0.0, "mu_max") == "0"
-    assert figures.fmt_value(0.0031622776601683794, "lr") == "0.00316"
+    assert fmt_value(0.9995, "mu_0") == "0.9995" and fmt_value(0.0, "mu_max") == "0"
+    assert fmt_value(0.0031622776601683794, "lr") == "0.00316"
 
 
 def test_categorical_parameters_are_points_not_joined_lines(curves_study):
     root, _ = curves_study
     m = load_study("ae", root).members
-    cat = figures.sensitivity_figure(tables.sensitivity(m, "optimizer", {"type": "grid", "values": ["nag", "cm"]}),
-                                     "autoencoder")
+    cat = sensitivity_figure(tables.sensitivity(m, "optimizer", {"type": "grid", "values": ["nag", "cm"]}),
+                             "autoencoder")
     data_lines = [ln for ln in cat.axes[0].get_lines() if ln.get_label() in ("best", "median")]
     assert len(data_lines) == 2 and all(len(ln.get_xdata()) == 2 for ln in data_lines)
     assert all(ln.get_linestyle() == "None" and ln.get_marker() not in ("None", "") for ln in data_lines)
     assert [t.get_text() for t in _drawn_tick_labels(cat.axes[0].xaxis)] == ["cm", "nag"]
     # A numeric search of type categorical has no order either; a numeric grid is joined.
     num = tables.sensitivity(m, "lr", {"type": "categorical", "values": [0.01, 0.05]})
-    lines = figures.sensitivity_figure(num, "autoencoder").axes[0].get_lines()
+    lines = sensitivity_figure(num, "autoencoder").axes[0].get_lines()
     assert all(ln.get_linestyle() == "None" for ln in lines if ln.get_label() in ("best", "median"))
     grid = tables.sensitivity(m, "lr", {"type": "grid", "values": [0.01, 0.05]})
-    lines = figures.sensitivity_figure(grid, "autoencoder").axes[0].get_lines()
+    lines = sensitivity_figure(grid, "autoencoder").axes[0].get_lines()
     assert {ln.get_linestyle() for ln in lines if ln.get_label() in ("best", "median")} == {"-", "--"}
 
 
@@ -673,7 +677,7 @@ def test_every_figure_with_published_values_shows_them(curves_study, addition_st
     assert list(rep.tables["sensitivity_mu_max"]["paper"]) == [0.096, 0.15]
     # the lr has no published values: nothing labelled paper
     assert not _paper_points(rep.figures["sensitivity_lr"].axes[0], "paper")
-    t3 = figures.table3_figure(tables.table3(load_study("ae", root).members.assign(init_scale=1.0), "curves"))
+    t3 = table3_figure(tables.table3(load_study("ae", root).members.assign(init_scale=1.0), "curves"))
     assert _paper_points(t3.axes[0], "paper") == [(1.0, 0.074)]
     rnn = build_report("add", addition_study, out_dir=tmp_path / "add")
     assert _paper_points(rnn.figures["table5"].axes[0], "NAG (paper)") == [(0.1, 0.02)]  # NAG ran mu_0 = 0.9 only
@@ -692,7 +696,7 @@ def test_learning_curves_mark_the_rnn_warmup_and_the_bias_only_level(addition_st
     # predicting the target mean 1 of v_I + v_J (triangular on [0, 2]) is within 0.04 with
     # probability 0.08 - 0.04^2: the zero-one error is 0.9216 in expectation
     assert level == pytest.approx(0.9216, abs=0.015)
-    assert _axhlines(ax)[f"bias-only, mean output, T=20: {figures.fmt_value(level)}"] == level
+    assert _axhlines(ax)[f"bias-only, mean output, T=20: {fmt_value(level)}"] == level
     assert "mu = 0.9 -> mu_0" in rep.markdown and "bias-only" in rep.markdown
     assert overlapping_tick_labels(rep.figures["curves"]) == []
 
@@ -743,12 +747,12 @@ def test_importances_and_slice_figures_are_optunas(tmp_path):
                                                   distributions=dists, value=lr * 10))
     finite, why = tables.finite_optuna_study("tpe", url, spec)
     imp, _ = tables.importances("tpe", url, spec)
-    fig = figures.importance_figure(finite, tables.importance_evaluator())
+    fig = importance_figure(finite, tables.importance_evaluator())
     ax = fig.axes[0]
     assert ax.get_title(loc="left") == "Hyperparameter Importances"  # Optuna's plot_param_importances
     widths = sorted(round(p.get_width(), 2) for p in ax.patches)
     assert widths == sorted(round(v, 2) for v in imp.importance)  # the same numbers as importances.csv
-    sl = figures.optuna_slice_figure(finite)
+    sl = optuna_slice_figure(finite)
     assert sl.get_suptitle() == "Slice Plot"
     assert {a.get_xlabel() for a in sl.axes} >= {"lr", "one_minus_mu_0"}
     # Optuna's ggplot style did not leak into the report's other figures
@@ -807,6 +811,5 @@ def test_cli_report_default_out_dir_and_mlflow(addition_study):
     assert proc.returncode == 0, proc.stderr
     assert (addition_study / "add" / "report" / "report.md").is_file()
     assert "logged as artifacts report/ of MLflow parent run" in proc.stdout
-    missing = subprocess.run([STUDY_BIN, "report", "nope", "--dir", str(addition_study)], capture_output=True,
-                             text=True, timeout=300)
+    missing = study_in_process("report", "nope", "--dir", str(addition_study))  # a refusal: the same code in process
     assert missing.returncode == 2 and "nope" in missing.stderr

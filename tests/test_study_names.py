@@ -3,8 +3,9 @@ directory above the studies, `study delete .` the studies directory itself, an a
 directory it named, and the read-only commands read whatever such a name reached. A study
 directory that is a symbolic link was reported deleted while its files stayed.
 
-Every test runs the real `study` executable against real files in a temporary directory and
-checks, byte for byte and by modification time, that nothing outside (or inside) was touched.
+Every test runs the real `study` executable (the read-only commands' refusals: study.cli.main.main
+in this process) against real files in a temporary directory and checks, byte for byte and by
+modification time, that nothing outside (or inside) was touched.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import STUDY_BIN
+from conftest import STUDY_BIN, study_in_process
 
 NAME_RULE_WORDS = "use 1-100 letters, digits, '_', '-' or '.', starting with a letter or digit"
 
@@ -86,6 +87,12 @@ def test_delete_refuses_a_path_as_name_and_touches_nothing(tree, name):
     assert snapshot(tree) == before
 
 
+# The read-only commands' refusals run study.cli.main.main in this process (the same code without
+# an interpreter start each); stop, resume and ui keep the executable, whose timeout ends them
+# should a refusal regress into a command that waits.
+IN_PROCESS = {"status", "results", "query", "report"}
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -100,10 +107,14 @@ def test_delete_refuses_a_path_as_name_and_touches_nothing(tree, name):
     ],
     ids=["status", "results", "query", "report", "stop", "resume", "ui", "query-absolute"],
 )
-def test_every_command_that_takes_a_name_refuses_a_path(tree, command):
+def test_every_command_that_takes_a_name_refuses_a_path(tree, command, monkeypatch):
     command = [str(tree) if c == "ABS" else c for c in command]
     before = snapshot(tree)
-    out = study(*command, "--dir", str(tree / "studies"), cwd=tree)
+    if command[0] in IN_PROCESS:
+        monkeypatch.chdir(tree)
+        out = study_in_process(*command, "--dir", str(tree / "studies"), env=_env())
+    else:
+        out = study(*command, "--dir", str(tree / "studies"), cwd=tree)
     _refused(out, command[1])
     assert "outside the studies directory" not in out.stdout
     assert snapshot(tree) == before

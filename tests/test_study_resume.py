@@ -161,13 +161,14 @@ def _reference(n: int, kind: str = "tpe") -> list[dict]:
 
 
 def _searcher(tmp_path, kind: str = "tpe"):
+    from study.run import optuna_study
     from study.run import searcher as search
     from study.spec.model import load_spec
 
     spec = load_spec(yaml.safe_dump(quick_spec("stale-searcher", num_samples=6, max_members=2,
                                                sampler={"type": kind, "seed": 0})))
     url = f"sqlite:///{tmp_path / 'results.db'}"
-    return search.searcher(spec, url, per_trial=2), url
+    return search.searcher(spec, url, 2, optuna_study.batch_sampler(spec, 2)), url
 
 
 def _restored(searcher_file: bytes, url: str, tune_lists: dict) -> "object":
@@ -235,15 +236,15 @@ def test_a_sampler_state_older_than_the_last_ask_is_reseeded_not_replayed(tmp_pa
     sampler is reseeded: the next values are new ones."""
     import pickle
 
-    from study.run import searcher as search
+    from study.run.optuna_study import SAMPLER_ATTR
 
     searcher, url = _searcher(tmp_path)
     first = _table(searcher, "t1")
-    study = searcher._ot_study
-    after_first = study._storage.get_study_system_attrs(study._study_id)[search.SAMPLER_ATTR]
+    study = searcher._optuna.study
+    after_first = study._storage.get_study_system_attrs(study._study_id)[SAMPLER_ATTR]
     older = pickle.dumps(searcher)
     second = _table(searcher, "t2")
-    study._storage.set_study_system_attr(study._study_id, search.SAMPLER_ATTR, after_first)
+    study._storage.set_study_system_attr(study._study_id, SAMPLER_ATTR, after_first)
     restored = _restored(older, url, {"t1": first})
     assert _table(restored, "t3") == [dict(c, config_id=f"t3-{j}") for j, c in enumerate(second)]
     fourth = _table(restored, "t4")

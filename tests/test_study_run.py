@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 
 import optuna
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import STUDY_BIN, quick_spec
+from conftest import quick_spec, study_in_process
 from study import api
 from study.run import runner
 from study.locations import resolve
@@ -120,7 +119,9 @@ def test_diverging_trial_is_recorded_and_the_study_carries_on(ray_session, study
 
 
 def _cli(*args, env=None):
-    return subprocess.run([STUDY_BIN, *args], capture_output=True, text=True, timeout=120, env=env)
+    # In this process: these check what the commands print and refuse; the real executable's runs of
+    # status, results and query are in tests/test_cli_output.py and tests/test_study_names.py.
+    return study_in_process(*args, env=env)
 
 
 def test_cli_status_lists_studies_and_trials(quick_study):
@@ -156,7 +157,9 @@ def test_cli_query_runs_select_and_refuses_writes(quick_study):
         assert out.returncode == 2
         assert "only a single read-only SELECT" in out.stderr
     # Even a statement that slips past the check cannot write: the file is opened with mode=ro.
-    engine = api.read_only_engine(quick_study.results_db)
+    from study.record.queries import read_only_engine
+
+    engine = read_only_engine(quick_study.results_db)
     from sqlalchemy import text
     from sqlalchemy.exc import OperationalError
 

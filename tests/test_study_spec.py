@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import STUDY_BIN, quick_spec
+from conftest import quick_spec, study_in_process
 from study.record import results
-from study.spec.model import SpecError, load_spec, task_config_dict
+from study.errors import SpecError
+from study.spec.expand import task_config_dict
+from study.spec.model import load_spec
 
 SPECS = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
 
@@ -81,7 +82,8 @@ def test_study_run_with_a_bad_spec_exits_2_and_writes_nothing(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(raw))
     root = tmp_path / "studies"
-    out = subprocess.run([STUDY_BIN, "run", str(path), "--dir", str(root)], capture_output=True, text=True, timeout=120)
+    # In this process (the executable's refusals: tests/test_bad_input.py, test_no_hang_*).
+    out = study_in_process("run", str(path), "--dir", str(root))
     assert out.returncode == 2
     assert "updates=-5 is not allowed" in out.stderr
     assert not root.exists()

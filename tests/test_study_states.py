@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from conftest import STUDY_BIN, quick_spec
 from study import api
 from study.record import results
-from study.run import runner
+from study.run import runner, tuner
 from study.locations import resolve
 from study.spec.model import SpecError, load_spec
 
@@ -53,7 +53,7 @@ def test_asha_still_stops_trials_after_a_rung_of_diverged_trials():
     from study.run.trial import summarize
 
     spec = _spec(scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3}, fuse="off")
-    asha = runner.scheduler(spec, reports=4)
+    asha = tuner.scheduler(spec, reports=4)
     trials = [Trial("run_trial", stub=True, trial_id=f"t{i}") for i in range(4)]
     for t in trials:
         asha.on_trial_add(None, t)
@@ -61,7 +61,7 @@ def test_asha_still_stops_trials_after_a_rung_of_diverged_trials():
     reports = [([0.9], [True]), ([0.9], [True]), ([0.5], [False]), ([0.4, 0.9], [False, True])]
     actions = []
     for t, (errors, diverged) in zip(trials, reports):
-        result = summarize(_report(10, errors, diverged), list(range(len(errors))), "error", "min")
+        result = summarize(_report(10, errors, diverged), list(range(len(errors))), "error", "min", t.trial_id, 0).to_dict()
         assert result["objective"] == float("inf") and result["scheduler_objective"] == 1e30 or not any(diverged)
         result["training_iteration"] = 1
         actions.append(asha.on_trial_result(None, t, result))
@@ -77,12 +77,12 @@ def test_asha_rungs_inside_the_rnn_warmup_are_refused_when_mu_0_is_searched():
     raw["config"].update(updates=5000, report_every=250, lr=1e-3)
     del raw["config"]["mu_0"]
     with pytest.raises(SpecError, match=r"scheduler.grace_period=4 .*update 1000.*grace_period >= 5"):
-        runner.prepare(load_spec(raw), resolve("warmup", "/nonexistent-dir"))
+        tuner.prepare(load_spec(raw), resolve("warmup", "/nonexistent-dir"))
     raw["scheduler"]["grace_period"] = 5
-    runner.prepare(load_spec(raw), resolve("warmup", "/nonexistent-dir"))
+    tuner.prepare(load_spec(raw), resolve("warmup", "/nonexistent-dir"))
     # The shipped TPE search over mu_0 passes.
-    shipped = load_spec(Path(__file__).parents[1] / "search_spaces" / "search-rnn-tpe.yaml")
-    runner.prepare(shipped, resolve(shipped.name, "/nonexistent-dir"))
+    shipped = load_spec(Path(__file__).parents[1] / "search_spaces" / "search_rnn_tpe.yaml")
+    tuner.prepare(shipped, resolve(shipped.name, "/nonexistent-dir"))
 
 
 def test_trials_asha_stops_are_pruned_in_optuna_with_their_last_value(ray_session, study_env):
@@ -198,45 +198,54 @@ def _env(study_env):
 
 
 def test_a_second_driver_on_a_running_study_is_refused(study_env, tmp_path):
+    # The first driver is frozen (SIGSTOP) as soon as it holds the study's lock (its pid file) and
+    # has written the study's row, events on disk: it then runs "for as long as the test needs"
+    # whatever the machine's speed (no sleep, no training budget to outlast); thawed, it must
+    # complete the study undisturbed.
+    from faults_util import Driver
+
     spec = quick_spec("locked", num_samples=2, max_concurrent_trials=1)
-    spec["config"]["updates"] = 8000
-    spec["config"]["report_every"] = 100
+    spec["config"].update(updates=20, report_every=10)
     path = tmp_path / "locked.yaml"
     path.write_text(yaml.safe_dump(spec))
     env = _env(study_env)
-
-    def start():
-        return subprocess.Popen([STUDY_BIN, "run", str(path)], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-    drivers = [start()]
-    time.sleep(0.3)  # two runs of one spec 0.3 s apart: one runs, the other is refused
-    drivers.append(start())
+    pid_file = study_env / "locked" / ".lock.pid"
+    first = Driver(["run", str(path)], env, tmp_path / "first.log")
     try:
-        deadline = time.time() + 180
-        while all(d.poll() is None for d in drivers) and time.time() < deadline:
-            time.sleep(0.3)
-        refused = [d for d in drivers if d.poll() is not None]
-        assert len(refused) == 1, "neither driver was refused"
-        out = refused[0].stdout.read()
-        assert refused[0].returncode == 2, out
-        assert "another process" in out or "already exists" in out, out
-        running = next(d for d in drivers if d is not refused[0])
-        db = study_env / "locked" / "results.db"
-        while not (db.exists() and api.trials("locked").shape[0]) and time.time() < deadline and running.poll() is None:
-            time.sleep(0.3)
-        assert running.poll() is None, running.stdout.read()
-        resumed = subprocess.run([STUDY_BIN, "resume", "locked"], env=env, capture_output=True, text=True, timeout=120)
-        assert resumed.returncode == 2, resumed.stdout + resumed.stderr
-        assert "being run or resumed by another process" in resumed.stderr
-        assert running.poll() is None  # the running driver was not disturbed
+        deadline = time.monotonic() + 180
+        while not (pid_file.exists() and pid_file.read_text().strip() == str(first.proc.pid)
+                   and _has_study(study_env / "locked" / "results.db", "locked")):
+            assert first.alive() and time.monotonic() < deadline, f"no lock taken:\n{first.output()}"
+            time.sleep(0.05)
+        os.killpg(first.proc.pid, signal.SIGSTOP)
+        try:
+            again = subprocess.run([STUDY_BIN, "run", str(path)], env=env, capture_output=True, text=True, timeout=120)
+            assert again.returncode == 2, again.stdout + again.stderr
+            assert "being run or resumed by another process" in again.stderr or "already exists" in again.stderr, again.stderr
+            resumed = subprocess.run([STUDY_BIN, "resume", "locked"], env=env, capture_output=True, text=True, timeout=120)
+            assert resumed.returncode == 2, resumed.stdout + resumed.stderr
+            assert "being run or resumed by another process" in resumed.stderr, resumed.stderr
+        finally:
+            os.killpg(first.proc.pid, signal.SIGCONT)
+        # The running driver was not disturbed: it completes, and the refused ones wrote nothing
+        # of their own (one study, its two configurations).
+        assert first.wait(timeout=300) == 0, first.output()
     finally:
-        for d in drivers:
-            if d.poll() is None:
-                os.killpg(d.pid, signal.SIGKILL)
-            d.wait()
-    # The refused drivers wrote nothing of their own: one study.
+        first.cleanup()
     assert len(api.studies()) == 1
+    assert api.trials("locked")["state"].tolist() == ["completed", "completed"]
+
+
+def _has_study(db: Path, name: str) -> bool:
+    """Whether the results DB at ``db`` has the study's row yet (read-only: never creates the file)."""
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            return con.execute("SELECT COUNT(*) FROM ms_studies WHERE name = ?", (name,)).fetchone()[0] > 0
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False  # not created (or migrated) yet
 
 
 def test_a_start_that_fails_after_its_first_writes_leaves_nothing(ray_session, study_env, monkeypatch):
@@ -248,7 +257,7 @@ def test_a_start_that_fails_after_its_first_writes_leaves_nothing(ray_session, s
             assert results.get_study(loc.results_db, spec.name) is not None  # the first writes happened
             raise RuntimeError("injected: Tuner construction failed")
 
-    monkeypatch.setattr(runner.tune, "Tuner", BrokenTuner)
+    monkeypatch.setattr(tuner.tune, "Tuner", BrokenTuner)
     with pytest.raises(RuntimeError, match="injected"):
         runner.run(spec, loc)
     assert not loc.study_dir.exists()
@@ -383,14 +392,28 @@ def test_a_study_with_some_failed_configurations_completes_and_counts_them(ray_s
 
     from rich.console import Console
 
-    from study.cli.main import _report_end
+    from study.cli.run import report_end as _report_end
 
-    path = _corrupt_curves(tmp_path, "some-failed", search={"dataset": {"type": "grid", "values": ["replica", "original"]}})
+    path = _corrupt_curves(tmp_path, "some-failed", search={"dataset": {"type": "grid", "values": ["replica", "original"]}},
+                           retries=1)
     spec = load_spec(path)
     loc = resolve(spec.name)
     assert runner.run(spec, loc) == "completed"
     trials = api.trials(spec.name).set_index("dataset")
     assert trials.loc["replica", "state"] == "completed" and trials.loc["original", "state"] == "failed"
+    # Failed past its retries (docs/study-specs.md, "States and objectives"): tried 1 + retries
+    # times (Tune numbers each failure in the trial's error.txt), then FAILED with its error in
+    # MLflow and FAIL in Optuna.
+    failures = [f.read_text() for f in loc.tune_path.rglob("error.txt")]
+    assert len(failures) == 1 and "Failure # 2 " in failures[0] and "Failure # 3 " not in failures[0], failures
+    failed_id = trials.loc["original", "trial_id"]
+    run = next(r for r in MlflowClient(loc.mlflow_uri).search_runs(
+        [_parent_run(loc, spec.name)[1].experiment_id], filter_string="tags.`momentum_study.role` = 'trial'")
+        if r.data.tags.get("trial_id") == failed_id)
+    assert run.info.status == "FAILED" and run.data.tags.get("error"), (run.info.status, run.data.tags)
+    ot = {t.params["dataset"]: t for t in optuna.load_study(study_name=spec.name, storage=loc.results_db).trials}
+    assert ot["original"].state == optuna.trial.TrialState.FAIL and ot["original"].user_attrs["state"] == "failed"
+    assert ot["replica"].state == optuna.trial.TrialState.COMPLETE
     row = results.get_study(loc.results_db, spec.name)
     assert row.state == "completed"
     assert row.state_reason.startswith("1 of 2 configurations failed (`study results some-failed` shows which)")

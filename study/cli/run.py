@@ -17,7 +17,6 @@ from study.locations import Locations, redact
 from study.record import results
 from study.record.journal import JOURNAL_FILE, Journal
 from study.record.outcome import ALL_FAILED
-from study.report.verdict import study_verdict
 from study.run.lock import LOCK_FILE, is_locked
 from study.spec.model import load_spec
 
@@ -85,6 +84,9 @@ def report_end(name: str, state: str, out: Console, loc: Locations) -> int:
         # The best configuration and the one-line verdict (study/report/verdict.py); the study's outcome
         # is recorded already, so a verdict that cannot be computed only says why.
         try:
+            # Imported here: it loads scipy and matplotlib, which a refused run never needs.
+            from study.report.verdict import study_verdict
+
             verdict = study_verdict(name, results_db=loc.results_db)
         except Exception as exc:  # noqa: BLE001
             out.print(f"no verdict: {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)

@@ -19,6 +19,7 @@ from test_device import DeviceAudit
 
 from trainables import ConfigError, graphs, train
 from trainables.config import parse_config
+from trainables.tasks import task_for
 
 training = importlib.import_module("trainables.train")  # the module (trainables.train is also the function)
 
@@ -118,7 +119,7 @@ def test_graph_path_equals_the_eager_loop_bit_for_bit_in_float64(emulated, base,
 def _shapes(cfg: dict, members: list[int], steps: range) -> int:
     """How many different minibatch shapes the members draw over ``steps``."""
     c = parse_config(cfg)
-    workload = training.TASKS[c.task].build(c, torch.device("cpu"), torch.float64)
+    workload = task_for(c.task).build(c, torch.device("cpu"), torch.float64)
     workload.select(list(members))
     batches = [workload.batch(s) for s in steps]
     return len({tuple(t.shape) for t in (b if isinstance(b, torch.Tensor) else b.inputs for b in batches)})
@@ -180,7 +181,7 @@ def test_graph_path_makes_no_call_that_waits_on_the_device_between_reports(emula
 
 def test_graphs_stay_off_on_the_cpu_and_when_turned_off():
     cfg = parse_config({**ADDITION, "device": "cpu"})
-    workload = training.TASKS[cfg.task].build(cfg, torch.device("cpu"), torch.float32)
+    workload = task_for(cfg.task).build(cfg, torch.device("cpu"), torch.float32)
     from trainables.optim import make_optimizer
 
     opt = make_optimizer("nag", workload.init_params(), torch.tensor([1e-3], dtype=torch.float64))
@@ -228,7 +229,7 @@ def test_graphs_are_captured_again_when_a_tensor_they_read_moves():
     schedules = training.member_schedules(cfg)
     results = []
     for emulate in (False, True):
-        workload = training.TASKS[cfg.task].build(cfg, torch.device("cpu"), torch.float64)
+        workload = task_for(cfg.task).build(cfg, torch.device("cpu"), torch.float64)
         opt = make_optimizer("nag", workload.init_params(), torch.tensor(cfg.member_values("lr"), dtype=torch.float64))
         runner = graphs.UpdateGraphs(workload, opt, None, emulate=True) if emulate else None
         books = [torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.int64),

@@ -17,7 +17,7 @@ from study.locations import Locations, redact
 from study.record import results
 from study.record.journal import JOURNAL_FILE, Journal
 from study.record.outcome import ALL_FAILED
-from study.run.lock import LOCK_FILE, is_locked
+from study.run.lock import LOCK_FILE, StudyLock, is_locked
 from study.spec.model import load_spec
 
 
@@ -37,6 +37,8 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def resume(args: argparse.Namespace, out: Console, err: Console) -> int:
     loc = locate(args, args.name)
+    # A study being run is refused before its databases are opened: its driver may be in a write.
+    StudyLock(loc.study_dir, args.name, loc.results_db).refuse_if_held()
     if _nothing_to_resume(args.name, loc):
         out.print(f"study {args.name} is already completed: nothing to do", highlight=False)
         return 0

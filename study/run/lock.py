@@ -38,14 +38,23 @@ class StudyLock:
         try:
             self._file.acquire()
         except Timeout:
-            raise StudyBusyError(
-                f"study {self.name!r} is being run or resumed by another process{self._holder()}; "
-                "wait for it to end (or stop it) before `study run` or `study resume`"
-            ) from None
+            raise self._busy() from None
         (self.path.parent / (LOCK_FILE + ".pid")).write_text(str(os.getpid()))
         if self.results_db.startswith("postgresql"):
             self._pg_lock()
         return self
+
+    def refuse_if_held(self) -> None:
+        """Raises StudyBusyError at once when another process holds the lock: for `study resume`,
+        before it opens the study's databases (a running driver may hold their write lock)."""
+        if is_locked(self.path.parent):
+            raise self._busy()
+
+    def _busy(self) -> StudyBusyError:
+        return StudyBusyError(
+            f"study {self.name!r} is being run or resumed by another process{self._holder()}; "
+            "wait for it to end (or stop it) before `study run` or `study resume`"
+        )
 
     def _holder(self) -> str:
         try:

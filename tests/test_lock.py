@@ -80,3 +80,28 @@ def test_the_lock_is_released_when_the_command_raises_and_can_be_taken_again(tmp
 def test_a_study_never_run_is_not_locked_and_checking_creates_nothing(tmp_path):
     assert not is_locked(tmp_path / "nobody")
     assert not (tmp_path / "nobody").exists()
+
+
+def test_resume_of_a_study_being_run_is_refused_before_its_database_is_opened(tmp_path, holder):
+    """The running driver may be inside a write of its results DB (here: its write lock held):
+    `study resume` names the running driver at once instead of waiting on the database and failing
+    with "database is locked" (seen when a driver was paused mid-write)."""
+    import sqlite3
+
+    from conftest import study_in_process
+    from study.record import results
+
+    url = results.sqlite_url(tmp_path / "s" / "results.db")
+    results.upsert_study(url, name="s", task="addition", metric="error", mode="min", num_samples=1, repeats=1,
+                         state="running", spec_yaml="name: s\n", tune_path="tune", mlflow_uri="sqlite:///m.db")
+    results.forget_engine(url)
+    writer = sqlite3.connect(tmp_path / "s" / "results.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the running driver's write, in progress
+    try:
+        resumed = study_in_process("resume", "s", "--dir", str(tmp_path))
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert resumed.returncode == 2, resumed.stdout + resumed.stderr
+    assert "study 's' is being run or resumed by another process" in resumed.stderr, resumed.stderr
+    assert f"(pid {holder.pid})" in resumed.stderr

@@ -28,8 +28,11 @@ run: setup
 	if [ -e studies/quick ]; then $(BIN)/study delete quick --yes || exit $$?; fi; \
 	$(BIN)/study run search_spaces/quick.yaml
 
+# Two pytest workers (pytest-xdist): most of the suite's time is spent starting `study` processes
+# and Ray clusters and waiting on them, so two at a time use the two cores of a small machine;
+# worksteal evens out the few long fault tests. One worker: `pytest -p no:xdist` or `-n 0`.
 test: setup-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 bench: setup
 	$(BIN)/python benchmarks/updates_per_second.py

@@ -184,7 +184,7 @@ def test_resume_from_any_report_equals_the_uninterrupted_run_exactly(base, extra
     buf.seek(0)
     resumed = Recorder()
     train(cfg, resumed, resume_from=torch.load(buf, weights_only=False, map_location="cpu"))
-    assert [r.step for r in resumed.reports] == [100, 150]
+    assert [r.step for r in resumed.reports] == [r.step for r in full.reports[1:]]
     for a, b in zip(full.reports[1:], resumed.reports):
         assert a.members == b.members  # bit-identical, RNG states included
 

@@ -208,8 +208,14 @@ def train(
     else:
         last = list(measure().values())  # the "last good metrics" of a member that diverges before its first report
 
+    # Table 2 (the autoencoders, sec. 3) compares the error where the final low-momentum phase
+    # begins with the final one: an autoencoder run also reports at each member's start of that
+    # phase, besides every report_every updates. The RNN problems have no such table.
+    phase_starts = ({cfg.updates - default_final_updates(cfg, k) for k in range(K)} - {0, cfg.updates}
+                    if task_for(cfg.task).family == "autoencoder" else set())
     while step < cfg.updates and ids:
-        n = min(cfg.report_every - step % cfg.report_every, cfg.updates - step)
+        n = min(cfg.report_every - step % cfg.report_every, cfg.updates - step,
+                *(s - step for s in phase_starts if s > step))
         # The schedule of the next n updates in one (n, K) table, built on the host and copied
         # once: the loop then takes a row (a view) per update instead of a host-to-device copy.
         mu_table = torch.tensor([[mu_of[k](t) for k in ids] for t in range(step, step + n)],

@@ -18,18 +18,19 @@ from typing import Any
 import pandas as pd
 
 from study.locations import resolve
-from study.report import figures, tables
+from study.report import figures, protocol, tables
 from study.report.bias_only import bias_only_error
 from study.report.data import StudyData, family, load_study, rnn_warmup_updates
 from study.report.figures.curves import curves_figure
 from study.report.figures.search import importance_figure, optuna_slice_figure, sensitivity_figure
 from study.report.figures.style import fmt_value
+from study.report.finding_verdicts import COLUMNS, evaluate
 from study.report.published import load_published, scale_differences, study_scale
 from study.report.sections import Section, paper_tables
 from trainables.tasks import task_for
 
 REPORT_ARTIFACT_PATH = "report"
-REPORT_FILES = ("report.md", "members.csv", "table[0-9].csv", "table[0-9].png", "table[0-9]_*.png", "sensitivity_*.csv",
+REPORT_FILES = ("report.md", "members.csv", "findings.csv", "table[0-9].csv", "table[0-9].png", "table[0-9]_*.png", "sensitivity_*.csv",
                 "sensitivity_*.png", "importances.csv", "importances.png", "optuna_slice.png", "curves.png",
                 "curves_*.png")
 
@@ -42,6 +43,7 @@ class Report:
     figures: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    verdicts: list[str] = field(default_factory=list)  # one line per judged finding, as `study report` prints them
     markdown: str = ""
     mlflow_run_id: str | None = None
 
@@ -54,6 +56,18 @@ class Block:
     table: pd.DataFrame
     note: str
     figure: Any = None
+
+
+FINDINGS_NOTE = (
+    "Each of the paper's findings that this study's tables can judge, decided from the per-seed values of the two "
+    "cells it compares (study/report/findings.py): **holds** where the 95% intervals of the two means separate in "
+    "the paper's direction, or where the paired 95% t interval of the differences over the seeds both cells ran "
+    "excludes 0 that way; **contradicted** the same against the paper; **direction** where neither separates and "
+    "the means agree with the paper; **direction against** where neither separates and they do not; **not "
+    "testable** with the reason (a cell missing or failed, fewer than 2 seeds, a best lr at the edge of its grid, "
+    "a schedule or budget under which the finding cannot show). Figures: mean [95% interval] n of the cell the "
+    "paper says is better, of the other, and of the paired differences (worse - better: positive is the paper's "
+    "way).")
 
 
 def default_out_dir(name: str, directory: str | None = None) -> Path:
@@ -207,12 +221,20 @@ def build_report(
 
     sections: dict[str, list[Block]] = {}
     heads: dict[str, Section] = {}
+    judged: list[dict[str, Any]] = []
     for t, tm in by_task.items():
         for sec in paper_tables(tm, t):
             heads.setdefault(sec.key, sec)
             sections.setdefault(sec.key, []).append(Block(t, sec.table, sec.note, sec.figure))
+            judged += evaluate(sec.key, sec.table, tm, t)
     for key, blocks in sections.items():
         add_table(key, heads[key].title, heads[key].columns, blocks)
+    if judged:
+        verdicts = pd.DataFrame(judged)
+        rep.verdicts = [f"{r['table']} {r['task']}{' (' + r['rows'] + ')' if r['rows'] else ''}: {r['finding']}: "
+                        f"{r['verdict']} ({r['why']}; {r['figures']})" for r in judged]
+        add_table("findings", "Findings: verdicts computed from the numbers", COLUMNS,
+                  [Block(None, verdicts, FINDINGS_NOTE)])
 
     # Learning curves, grouped by what the study varied (learning rate excluded: too many lines),
     # one figure per task where a study searched over tasks.
@@ -238,17 +260,22 @@ def build_report(
         groups = {None: m} if field_name == "task" else by_task
         blocks = []
         for t, tm in groups.items():
-            s = tables.sensitivity(tm, field_name, param, task=t if data.metric == "error" else None)
+            # The paper's values only where its protocol matches (schedule, mu_0 in force).
+            unmatched = (protocol.paper_mismatch(tables.PAPER_TABLE_OF[field_name], pd.Series(dtype=object), tm)
+                         if field_name in tables.PAPER_TABLE_OF and t is not None else None)
+            s = tables.sensitivity(tm, field_name, param,
+                                   task=t if data.metric == "error" and unmatched is None else None)
             over = tables.other_varied(tm, [field_name], select="")
             note = ("Best and median final error over every other parameter the study varied"
-                    + (f": {', '.join(over)}." if over else ".") + (" Log x axis." if s.attrs["log"] else ""))
+                    + (f": {', '.join(over)}." if over else ".") + (" Log x axis." if s.attrs["log"] else "")
+                    + protocol.mismatch_note([unmatched] if unmatched else []))
             fig = sensitivity_figure(s, family(t or task), data.metric)
             blocks.append(Block(t, s.rename(columns={"x": s.attrs["label"]}), note, fig))
         label = blocks[0].table.attrs["label"]
         has_paper = any(b.table["paper"].notna().any() for b in blocks)
         add_table(f"sensitivity_{field_name}", f"Sensitivity to {field_name}",
                   {label: label, "best": "best", "median": "median", "n": "runs", "n_completed": "completed",
-                   "n_diverged": "diverged", "n_failed": "failed",
+                   "n_diverged": "diverged", "n_pruned": "pruned", "n_failed": "failed",
                    **({"paper": "paper (best of NAG, CM)"} if has_paper else {})}, blocks, level="###")
 
     md.extend(["## Parameter importances (Optuna)", ""])
@@ -257,10 +284,14 @@ def build_report(
         rep.notes.append(f"importances {why}")
         md.extend([f"Importances {why}.", ""])
     else:
+        if imp.attrs.get("caveat"):
+            rep.notes.append(f"importances {imp.attrs['caveat']}".replace("**", ""))
         finite, _ = tables.finite_optuna_study(name, data.results_db, data.spec)
         add_table("importances", "Importances", {"parameter": "parameter", "importance": "importance"},
-                  [Block(None, imp, "optuna.importance.get_param_importances (fANOVA, seed 0) over completed trials "
-                         "with a finite objective; the figure is Optuna's plot_param_importances on the same trials.",
+                  [Block(None, imp, "optuna.importance.get_param_importances (fANOVA, seed 0) over the "
+                         f"{imp.attrs['n_trials']} completed trials with a finite objective; the figure is Optuna's "
+                         "plot_param_importances on the same trials."
+                         + (f" Importances {imp.attrs['caveat']}." if imp.attrs.get("caveat") else ""),
                          importance_figure(finite, tables.importance_evaluator()))], level="###")
         md.extend(["### Slice plot (Optuna)", "",
                    "optuna.visualization.matplotlib.plot_slice: each finite trial's objective (the mean over its "

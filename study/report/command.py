@@ -18,6 +18,8 @@ def report_command(args: argparse.Namespace, out: Any, err: Any) -> int:
         return EXIT_BAD_INPUT
     out.print(f"report for study {args.name}: {rep.out_dir / 'report.md'} ({len(rep.files)} files)",
               highlight=False, soft_wrap=True)
+    for line in rep.verdicts:
+        out.print(f"finding: {line}", highlight=False, soft_wrap=True)
     for note in rep.notes:
         out.print(f"note: {note}", highlight=False, soft_wrap=True)
     if args.no_mlflow:

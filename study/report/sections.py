@@ -14,14 +14,14 @@ from typing import Any
 
 import pandas as pd
 
-from study.report import tables
+from study.report import protocol, tables
 from study.report.data import family, rnn_warmup_updates
 from study.report.figures.style import fmt_value
 from study.report.figures.tables import table1_figure, table2_figure, table3_figure, table5_figure
 from study.report.published import load_published
 
 BEST_COLUMNS = {"result_cell": "error: mean ± 95% CI over seeds", "best_lr": "best lr", "seeds": "seeds",
-                "n_diverged": "diverged", "n_failed": "failed or unfinished", "n_members": "runs",
+                "n_diverged": "diverged", "n_pruned": "pruned", "n_failed": "failed or unfinished", "n_members": "runs",
                 "lr_tried": "lr tried", "paper": "paper"}
 
 
@@ -58,12 +58,28 @@ def paper_best_mu_max(task: str) -> float | None:
     return float(min(rows, key=lambda r: r["error"])["mu_max"]) if rows else None
 
 
+def edge_note(table: pd.DataFrame) -> str:
+    """The legend of the edge mark, where a best lr sits at the edge of the lrs tried."""
+    n = sum(tables.flagged(v) for v in table.get("best_lr_at_edge", []))
+    if not n:
+        return ""
+    return (f" {tables.EDGE_MARK} **best lr at the edge of the lrs tried** ({n} of {len(table)} rows): the lowest or "
+            "highest lr run was best, so the best lr, and the error at it, are not established until the grid is "
+            "widened past it; findings resting on such a row are not testable.")
+
+
 def warmup_note(members: pd.DataFrame) -> str:
-    """The RNN schedule holds mu = 0.9 for 1000 updates before mu_0 applies (sec. 4.2)."""
+    """Which momentum was in force: under the RNN schedule mu = 0.9 for 1000 updates, then mu_0
+    (sec. 4.2); a constant or Eq. 5 schedule never reads mu_0."""
     updates = members["updates"].dropna()
     if updates.empty:
         return ""
     n = int(updates.max())
+    ran = protocol.schedules(members)
+    if ran and "rnn" not in ran:
+        return (f" Momentum: {' and '.join(protocol.SCHEDULE_WORDS.get(k, k) for k in ran)} "
+                f"(`momentum_schedule: {', '.join(ran)}`), for all {n:,} updates: **mu_0 is not used**, so rows are "
+                "per mu_max, the momentum the runs had.")
     warm = rnn_warmup_updates()
     if n <= warm:
         return f" **mu_0 never took effect**: runs of {n} updates end inside the {warm}-update warm-up at mu = 0.9."
@@ -72,17 +88,31 @@ def warmup_note(members: pd.DataFrame) -> str:
 
 def _table1(m: pd.DataFrame, task: str) -> Section:
     own = ["optimizer", "mu_max"]
-    t1 = tables.table1(m, task)
+    t1, why = protocol.drop_unmatched_paper(tables.table1(m, task), "table1", m)
     return Section("table1", "Table 1: best-lr error per mu_max and momentum type",
                    {"optimizer": "optimizer", "mu_max": "mu_max", **_keys(t1, m, own), **BEST_COLUMNS},
-                   "The paper's Table 1 at mu_max = 0 is one column for NAG and CM (plain SGD)." + split_note(m, own),
+                   "The paper's Table 1 at mu_max = 0 is one column for NAG and CM (plain SGD)." + split_note(m, own)
+                   + protocol.mismatch_note(why) + edge_note(t1),
                    t1, table1_figure(t1, family(task), list(_keys(t1, m, own))))
+
+
+def _early_before_note(t2: pd.DataFrame, nag: pd.DataFrame) -> str:
+    """Runs of an older trainer, which reported on its report_every grid only: "before" is then
+    the last report before the phase, and the note says how far before."""
+    starts = sorted(set((nag["updates"] - nag["final_phase_updates"]).dropna().astype(int)))
+    steps = sorted(set(t2["before_step"].dropna().astype(int))) if "before_step" in t2 else []
+    early = [s for s in steps if s not in starts]
+    if not early:
+        return ""
+    return (f" **Before is not at the phase's start** in these runs (reported at update {', '.join(map(str, early))}; "
+            f"the phase starts at {', '.join(map(str, starts))}): they were made by a trainer that reported on its "
+            "report_every grid only.")
 
 
 def _table2(m: pd.DataFrame, task: str) -> Section:
     own = ["optimizer", "mu_max"]
-    t2 = tables.table2(m, task)
     nag = m[m["optimizer"] == "nag"]
+    t2, why = protocol.drop_unmatched_paper(tables.table2(m, task), "table2", nag, ("paper_before", "paper_after"))
     fig = None
     if (t2["result"] == "ok").any():
         fig = table2_figure(t2, list(_keys(t2, nag, own)), paper_best_mu_max(task))
@@ -90,10 +120,11 @@ def _table2(m: pd.DataFrame, task: str) -> Section:
                    {"mu_max": "mu_max", **_keys(t2, nag, own), "best_lr": "best lr",
                     "final_phase_updates": "final-phase updates", "before_step": "before: at update",
                     "before_cell": "before: mean ± 95% CI", "after_cell": "after: mean ± 95% CI", "seeds": "seeds",
-                    "n_diverged": "diverged", "result": "result", "paper_before": "paper before",
+                    "n_diverged": "diverged", "n_pruned": "pruned", "result": "result", "paper_before": "paper before",
                     "paper_after": "paper after"},
-                   "Before: the error at the last report before the final phase (mu <= 0.9) begins; "
-                   "after: the final error. The paper's row is at its best mu_max and lr." + split_note(nag, own),
+                   "Before: the error at the update where the final phase (mu <= 0.9) begins (the trainer "
+                   "reports there); after: the final error. The paper's row is at its best mu_max and lr."
+                   + _early_before_note(t2, nag) + split_note(nag, own) + protocol.mismatch_note(why) + edge_note(t2),
                    t2, fig)
 
 
@@ -121,24 +152,25 @@ def _table3_note(m: pd.DataFrame, t3: pd.DataFrame) -> str:
 
 def _table3(m: pd.DataFrame, task: str) -> Section:
     own = ["optimizer", "init_scale"]
-    t3 = tables.table3(m, task)
+    t3, why = protocol.drop_unmatched_paper(tables.table3(m, task), "table3", m)
     return Section("table3", "Table 3: error against the SI scale multiplier",
                    {"optimizer": "optimizer", "init_scale": "SI scale", **_keys(t3, m, own), **BEST_COLUMNS},
-                   _table3_note(m, t3) + split_note(m, own),
+                   _table3_note(m, t3) + split_note(m, own) + protocol.mismatch_note(why) + edge_note(t3),
                    t3, table3_figure(t3, list(_keys(t3, m, own))))
 
 
 def _table5(m: pd.DataFrame, task: str) -> Section:
-    own = ["optimizer", "mu_0"]
-    t5 = tables.table5(m, task)
+    momentum = protocol.table5_momentum(m)
+    own = ["optimizer", momentum]
+    t5, why = protocol.drop_unmatched_paper(tables.table5(m, task, momentum), "table5", m)
     bias = next((r["error"] for r in load_published().get("table5_biases", []) if r["task"] == task), None)
-    return Section("table5", "Table 5: zero-one error per mu_0 and momentum type",
-                   {"optimizer": "optimizer", "mu_0": "mu_0", **_keys(t5, m, own), **BEST_COLUMNS,
+    return Section("table5", f"Table 5: zero-one error per {momentum} and momentum type",
+                   {"optimizer": "optimizer", momentum: momentum, **_keys(t5, m, own), **BEST_COLUMNS,
                     "min": "min", "max": "max"},
                    "Mean over seeds (population members and/or trials with different seeds) at the best lr, its "
                    f"95% interval, min and max over those seeds. The paper's bias-only error: {bias}."
-                   + warmup_note(m) + split_note(m, own),
-                   t5, table5_figure(t5, task, list(_keys(t5, m, own))))
+                   + warmup_note(m) + split_note(m, own) + protocol.mismatch_note(why) + edge_note(t5),
+                   t5, table5_figure(t5, task, list(_keys(t5, m, own)), momentum))
 
 
 def paper_tables(m: pd.DataFrame, task: str) -> list[Section]:

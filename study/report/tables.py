@@ -3,9 +3,10 @@
 Aggregation follows the paper: a setting's result is the mean final training error over its seeds
 at the learning rate that gave the lowest such mean (Table 1 and Table 5's "for each mu_0 we used
 the fixed learning rate that gave the best performance"). Failures are never dropped: a learning
-rate where any seed diverged (or failed) is not a candidate for "best", and every table counts the
-diverged and failed members of each setting; a setting where no learning rate finished cleanly
-shows "diverged" (or "failed") instead of a number.
+rate where any seed diverged (or failed, or was pruned) is not a candidate for "best", and every
+table counts the diverged, pruned and failed members of each setting apart; a setting where no
+learning rate finished cleanly shows "diverged" (or "pruned", "failed") instead of a number. A
+best lr at the edge of the lrs tried is flagged (``best_lr_at_edge``, a † in the Markdown).
 
 Beyond the paper, every mean over seeds comes with its 95% interval over those seeds (Student t,
 n - 1 degrees of freedom; study.report.stats): columns ``<value>_ci_low`` / ``<value>_ci_high``
@@ -21,10 +22,14 @@ import numpy as np
 import pandas as pd
 
 from study.report.published import published_row, published_value
-from study.run.optuna_study import finite_trials_study, importance_evaluator, param_importances
+from study.report.importances import finite_optuna_study, importance_evaluator, importances  # noqa: F401
 from study.report.stats import mean_interval
 
-FAILED_OUTCOMES = ("failed", "pruned", "running", "pending")
+# Pruned (stopped early by the scheduler, e.g. ASHA) is counted apart from failed (crashed) and
+# unfinished (running, pending): a pruned member did not fail, it was judged unpromising.
+UNFINISHED_OUTCOMES = ("failed", "running", "pending")
+# The mark of a best value at the edge of the values tried (tables and legend).
+EDGE_MARK = "†"
 
 
 def fmt(v: Any, digits: int = 4) -> str:
@@ -50,14 +55,16 @@ def lr_candidates(group: pd.DataFrame, select: str = "lr") -> pd.DataFrame:
         done = g[g["outcome"] == "completed"]["final_error"].astype(float)
         n = len(g)
         n_div = int((g["outcome"] == "diverged").sum())
-        n_fail = int(g["outcome"].isin(FAILED_OUTCOMES).sum())
-        clean = n_div == 0 and n_fail == 0 and len(done) == n and n > 0
+        n_pruned = int((g["outcome"] == "pruned").sum())
+        n_fail = int(g["outcome"].isin(UNFINISHED_OUTCOMES).sum())
+        clean = n_div == 0 and n_fail == 0 and n_pruned == 0 and len(done) == n and n > 0
         mean, sd, low, high = mean_interval(done) if clean else (math.nan,) * 4
         rows.append(
             {
                 select: _key_value(value),
                 "n": n,
                 "n_diverged": n_div,
+                "n_pruned": n_pruned,
                 "n_failed": n_fail,
                 "clean": clean,
                 "mean": mean,
@@ -78,21 +85,23 @@ def best_over(members: pd.DataFrame, keys: Sequence[str], select: str = "lr") ->
     is chosen within each combination, never across them."""
     rows = []
     if members.empty:
-        return pd.DataFrame(columns=[*keys, f"best_{select}", "error", "error_ci_low", "error_ci_high", "std", "min",
-                                     "max", "seeds", "n_diverged", "n_failed", "n_members", f"{select}_tried",
-                                     "result"])
+        return pd.DataFrame(columns=[*keys, f"best_{select}", f"best_{select}_at_edge", "error", "error_ci_low",
+                                     "error_ci_high", "std", "min", "max", "seeds", "n_diverged", "n_pruned",
+                                     "n_failed", "n_members", f"{select}_tried", "result"])
     for key, g in members.groupby(list(keys), dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         cands = lr_candidates(g, select)
         clean = cands[cands["clean"]]
         row: dict[str, Any] = {k: _key_value(v) for k, v in zip(keys, key)}
         n_div = int(cands["n_diverged"].sum())
+        n_pruned = int(cands["n_pruned"].sum())
         n_fail = int(cands["n_failed"].sum())
         if len(clean):
             best = clean.loc[clean["mean"].idxmin()]
             row.update(
                 {
                     f"best_{select}": best[select],
+                    f"best_{select}_at_edge": at_edge(best[select], cands[select].tolist()),
                     "error": best["mean"],
                     "error_ci_low": best["ci_low"],
                     "error_ci_high": best["ci_high"],
@@ -105,13 +114,14 @@ def best_over(members: pd.DataFrame, keys: Sequence[str], select: str = "lr") ->
             )
         else:
             row.update(
-                {f"best_{select}": None, "error": math.nan, "error_ci_low": math.nan, "error_ci_high": math.nan,
+                {f"best_{select}": None, f"best_{select}_at_edge": False, "error": math.nan, "error_ci_low": math.nan, "error_ci_high": math.nan,
                  "std": math.nan, "min": math.nan, "max": math.nan, "seeds": 0,
                  "result": "diverged" if n_div else _unfinished(g)}
             )
         row.update(
             {
                 "n_diverged": n_div,
+                "n_pruned": n_pruned,
                 "n_failed": n_fail,
                 "n_members": int(len(g)),
                 f"{select}_tried": ", ".join(fmt(v) for v in cands[select].tolist()),
@@ -121,11 +131,34 @@ def best_over(members: pd.DataFrame, keys: Sequence[str], select: str = "lr") ->
     return pd.DataFrame(rows)
 
 
+def at_edge(best: Any, tried: Sequence[Any]) -> bool:
+    """Whether ``best`` is the lowest or highest of two or more numeric values tried: the optimum
+    may lie beyond the grid, so the best value is not established until the grid is widened. One
+    value tried is no grid (nothing was searched), not an edge."""
+    values = sorted({float(v) for v in tried if isinstance(v, (int, float, np.number)) and not pd.isna(v)})
+    if len(values) < 2 or best is None or not isinstance(best, (int, float, np.number)):
+        return False
+    return float(best) in (values[0], values[-1])
+
+
+def flagged(v: Any) -> bool:
+    """A True flag, also as numpy's bool; None and NaN are not."""
+    return v is not None and not (isinstance(v, float) and math.isnan(v)) and bool(v)
+
+
 def _unfinished(g: pd.DataFrame) -> str:
-    """'incomplete' while members are still running or pending, else 'failed' (crashed or pruned)."""
+    """'incomplete' while members are still running or pending, 'failed' where one crashed, else
+    'pruned' (the scheduler stopped them: not a failure, not a final error either)."""
     if g["outcome"].isin(("running", "pending")).any():
         return "incomplete"
-    return "failed" if g["outcome"].isin(FAILED_OUTCOMES).any() else "no result"
+    if g["outcome"].eq("failed").any():
+        return "failed"
+    return "pruned" if g["outcome"].eq("pruned").any() else "no result"
+
+
+def not_ok_count(row: Any) -> int:
+    """The members behind a cell's 'diverged' / 'pruned' / 'failed' / 'incomplete' word."""
+    return int({"diverged": row["n_diverged"], "pruned": row.get("n_pruned", 0)}.get(row["result"], row["n_failed"]))
 
 
 def interval_cell(mean: Any, high: Any) -> str:
@@ -140,8 +173,7 @@ def interval_cell(mean: Any, high: Any) -> str:
 def _cell(row: pd.Series) -> str:
     """'0.0123 ± 0.0041' (mean ± 95% interval over seeds) or 'diverged (3/3)'."""
     if row["result"] != "ok":
-        bad = row["n_diverged"] if row["result"] == "diverged" else row["n_failed"]
-        return f"{row['result']} ({bad}/{row['n_members']})"
+        return f"{row['result']} ({not_ok_count(row)}/{row['n_members']})"
     return interval_cell(row["error"], row["error_ci_high"])
 
 
@@ -198,7 +230,7 @@ def table2(members: pd.DataFrame, task: str) -> pd.DataFrame:
     rows = []
     for _, b in best.iterrows():
         row: dict[str, Any] = {"optimizer": "nag", "mu_max": b["mu_max"], **{k: b[k] for k in others},
-                               "best_lr": b["best_lr"]}
+                               "best_lr": b["best_lr"], "best_lr_at_edge": b["best_lr_at_edge"]}
         sel = nag[(nag["mu_max"] == b["mu_max"]) & (nag["lr"] == b["best_lr"])]
         for k in others:
             sel = sel[sel[k].isna()] if b[k] is None else sel[sel[k] == b[k]]
@@ -218,6 +250,7 @@ def table2(members: pd.DataFrame, task: str) -> pd.DataFrame:
                 "seeds": b["seeds"],
                 "n_without_before": int(len(sel) - before.size),
                 "n_diverged": b["n_diverged"],
+                "n_pruned": b["n_pruned"],
                 "n_failed": b["n_failed"],
                 "result": b["result"],
                 "paper_before": paper.get("before"),
@@ -225,10 +258,11 @@ def table2(members: pd.DataFrame, task: str) -> pd.DataFrame:
             }
         )
         rows.append(row)
-    return pd.DataFrame(rows, columns=["optimizer", "mu_max", *others, "best_lr", "final_phase_updates", "before_step",
-                                       "before", "before_ci_low", "before_ci_high", "after", "after_ci_low",
-                                       "after_ci_high", "seeds", "n_without_before", "n_diverged", "n_failed",
-                                       "result", "paper_before", "paper_after"])
+    return pd.DataFrame(rows, columns=["optimizer", "mu_max", *others, "best_lr", "best_lr_at_edge",
+                                       "final_phase_updates", "before_step", "before", "before_ci_low",
+                                       "before_ci_high", "after", "after_ci_low", "after_ci_high", "seeds",
+                                       "n_without_before", "n_diverged", "n_pruned", "n_failed", "result",
+                                       "paper_before", "paper_after"])
 
 
 # --- Table 3 ------------------------------------------------------------------------------------
@@ -243,14 +277,16 @@ def table3(members: pd.DataFrame, task: str) -> pd.DataFrame:
 # --- Table 5 ------------------------------------------------------------------------------------
 
 
-def table5(members: pd.DataFrame, task: str) -> pd.DataFrame:
+def table5(members: pd.DataFrame, task: str, momentum: str = "mu_0") -> pd.DataFrame:
     """Zero-one error per (optimizer, mu_0), mean over seeds at the best lr, with its spread.
 
     Seeds may be population members of one trial (``repeats``), separate trials with different
-    ``seed``, or both: members are grouped by their hyperparameters, never by trial.
+    ``seed``, or both: members are grouped by their hyperparameters, never by trial. ``momentum``
+    "mu_max": a study whose schedule never read mu_0 (constant, Eq. 5) is tabled by the momentum
+    it ran, and the paper (which has mu_0 only) has no value for it.
     """
-    df = best_over(members, ["optimizer", "mu_0", *other_varied(members, ["optimizer", "mu_0"])])
-    return _with_paper(df, "table5", task, "mu_0")
+    df = best_over(members, ["optimizer", momentum, *other_varied(members, ["optimizer", momentum])])
+    return _with_paper(df, "table5", task, "mu_0") if momentum == "mu_0" else df.assign(paper=None)
 
 
 # --- sensitivity --------------------------------------------------------------------------------
@@ -325,49 +361,18 @@ def sensitivity(members: pd.DataFrame, field: str, param: dict[str, Any] | None 
                 "n": int(len(g)),
                 "n_completed": int(len(done)),
                 "n_diverged": int((g["outcome"] == "diverged").sum()),
-                "n_failed": int(g["outcome"].isin(FAILED_OUTCOMES).sum()),
+                "n_pruned": int((g["outcome"] == "pruned").sum()),
+                "n_failed": int(g["outcome"].isin(UNFINISHED_OUTCOMES).sum()),
                 "paper": None if binned else _paper_best(field, task, value),
             }
         )
-    out = pd.DataFrame(rows, columns=["x", "best", "median", "n", "n_completed", "n_diverged", "n_failed", "paper"])
+    out = pd.DataFrame(rows, columns=["x", "best", "median", "n", "n_completed", "n_diverged", "n_pruned", "n_failed",
+                                      "paper"])
     # Categories have no order (optimizer names, or a search that says type: categorical).
     categorical = param.get("type") == "categorical" or not numeric
     out.attrs.update({"field": field, "label": label, "log": log, "momentum": one_minus,
                       "categorical": bool(categorical and len(out))})
     return out
-
-
-# --- Optuna parameter importances ----------------------------------------------------------------
-
-
-def finite_optuna_study(study_name: str, results_db: str, spec: dict[str, Any]) -> tuple[Any | None, str | None]:
-    """The study's Optuna trials (from the results DB) that completed with a finite objective, as
-    an in-memory Optuna study; or (None, why there is nothing to analyse)."""
-    sampler = spec.get("sampler") or {}
-    sampler_type = sampler.get("type") if isinstance(sampler, dict) else sampler
-    if sampler_type == "grid":
-        return None, "skipped: a grid study (every point is run; importances need a sampled search)"
-    if not spec.get("search"):
-        return None, "skipped: nothing was searched"
-    return finite_trials_study(results_db, study_name)
-
-
-def importances(study_name: str, results_db: str, spec: dict[str, Any]) -> tuple[pd.DataFrame | None, str | None]:
-    """optuna.importance.get_param_importances on the study's Optuna storage (in the results DB).
-
-    Returns (table, None), or (None, why it was skipped): a grid (every point is run, there is
-    nothing to attribute), fewer than 2 completed trials, or no searched parameter.
-    """
-    study, why = finite_optuna_study(study_name, results_db, spec)
-    if study is None:
-        return None, why
-    try:
-        # The evaluator the importance figure is drawn with (build.py), so the two agree.
-        values = param_importances(study, importance_evaluator())
-    except Exception as exc:  # noqa: BLE001 - e.g. a parameter that never varied
-        return None, f"skipped: optuna could not compute importances ({type(exc).__name__}: {exc})"
-    df = pd.DataFrame({"parameter": list(values), "importance": [float(v) for v in values.values()]})
-    return df, None
 
 
 # --- Markdown -----------------------------------------------------------------------------------
@@ -389,6 +394,9 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
     """The table with readable cells: ``result_cell`` ('0.07 ± 0.01', the mean ± its 95% interval
     over seeds, or 'diverged (2/2)'); Table 2's ``before_cell`` and ``after_cell`` alike."""
     out = df.copy()
+    if "best_lr_at_edge" in out and "best_lr" in out:
+        out["best_lr"] = [f"{fmt(v)} {EDGE_MARK}" if flagged(edge) else v
+                          for v, edge in zip(out["best_lr"], out["best_lr_at_edge"])]
     if {"result", "error"} <= set(out.columns):
         out["result_cell"] = [_cell(r) for _, r in out.iterrows()] if len(out) else []
     for value in ("before", "after"):

@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from study.report.figures.style import (PAPER_COLOR, error_label, fixed_ticks, fmt_value, log_y_if_spread,
-                                        mark_failures, momentum_axis, place_legend)
+                                        mark_failures, mark_pruned, momentum_axis, place_legend)
 from study.report.figures.tick_labels import tidy
 
 
@@ -41,6 +41,8 @@ def sensitivity_figure(df: pd.DataFrame, family: str, metric: str = "error") -> 
     bad = (df["n_diverged"] + df["n_failed"] > 0).to_numpy()
     mark_failures(ax, list(xs[bad]), [f"{d + f}/{n}" for d, f, n in
                                       zip(df["n_diverged"][bad], df["n_failed"][bad], df["n"][bad])])
+    pruned = df["n_pruned"].to_numpy() > 0 if "n_pruned" in df else np.zeros(len(df), bool)
+    mark_pruned(ax, list(xs[pruned]), [f"{p}/{n}" for p, n in zip(df["n_pruned"][pruned], df["n"][pruned])])
     if not numeric:
         ax.set_xticks(xs, [str(v) for v in df["x"]])
         ax.set_xlim(-0.5, len(xs) - 0.5)

@@ -51,9 +51,14 @@ def log_y_if_spread(ax: Any, values: Sequence[Any], ratio: float = 20) -> None:
         ax.set_yscale("log")
 
 
-def mark_failures(ax: Any, xs: list[float], counts: list[str], color: str = "tab:red") -> None:
+PRUNED_COLOR = "tab:gray"
+
+
+def mark_failures(ax: Any, xs: list[float], counts: list[str], color: str = "tab:red",
+                  label: str = "diverged / failed (runs)", y: float = 0.97) -> None:
     """Diverged/failed settings as 'x' markers at the top edge with "bad/runs" under each; several
-    settings failing at one x are summed into one mark (their rows are in the table)."""
+    settings failing at one x are summed into one mark (their rows are in the table). Pruned
+    settings get their own grey marks (``mark_pruned``): stopped by the scheduler is no failure."""
     if not xs:
         return
     per_x: dict[float, list[int]] = {}
@@ -64,11 +69,15 @@ def mark_failures(ax: Any, xs: list[float], counts: list[str], color: str = "tab
         total[1] += runs
     ax.set_ymargin(0.15)  # headroom: the marks sit above the highest data point
     trans = ax.get_xaxis_transform()
-    ax.scatter(list(per_x), [0.97] * len(per_x), marker="x", color=color, transform=trans, zorder=5,
-               label="diverged / failed (runs)")
+    ax.scatter(list(per_x), [y] * len(per_x), marker="x", color=color, transform=trans, zorder=5, label=label)
     for x, (bad, runs) in per_x.items():
-        ax.annotate(f"{bad}/{runs}", (x, 0.97), xycoords=trans, textcoords="offset points", xytext=(0, -11),
+        ax.annotate(f"{bad}/{runs}", (x, y), xycoords=trans, textcoords="offset points", xytext=(0, -11),
                     ha="center", fontsize=7, color=color)
+
+
+def mark_pruned(ax: Any, xs: list[float], counts: list[str]) -> None:
+    """Settings the scheduler pruned (ASHA), in grey below the failure marks."""
+    mark_failures(ax, xs, counts, color=PRUNED_COLOR, label="pruned by the scheduler (runs)", y=0.88)
 
 
 def place_legend(ax: Any, outside_from: int = 6) -> None:

@@ -11,8 +11,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from study.report.figures.style import (OPTIMIZER_STYLE, PAPER_COLOR, error_label, finite_positive, fixed_ticks,
-                                        fmt_value, log_y_if_spread, mark_failures, momentum_axis, place_legend)
+                                        fmt_value, log_y_if_spread, mark_failures, mark_pruned, momentum_axis,
+                                        place_legend)
 from study.report.figures.tick_labels import tidy
+from study.report.tables import not_ok_count
 
 
 def _group_label(name: str, keys: Sequence[str], values: Sequence[Any]) -> str:
@@ -27,7 +29,7 @@ def _momentum_table_figure(df: pd.DataFrame, key: str, title: str, ylabel: str,
     fig = Figure(figsize=(6.6, 4.6), dpi=110)
     ax = fig.add_subplot()
     others = [k for k in other_keys if k in df]
-    fail_x, fail_c, all_x = [], [], []
+    fail_x, fail_c, all_x, pruned_x, pruned_c = [], [], [], [], []
     groups = list(df.groupby(["optimizer", *others], sort=True, dropna=False))
     palette = matplotlib.colormaps["tab10"]
     paper_done: set[tuple[str, Any]] = set()
@@ -46,8 +48,9 @@ def _momentum_table_figure(df: pd.DataFrame, key: str, title: str, ylabel: str,
             hi = ok["max"].astype(float).to_numpy() - y
             ax.errorbar(ok["x"], y, yerr=[lo, hi], marker="o", capsize=3, color=color, label=f"{label} (this study)")
         for _, r in g[g["result"] != "ok"].iterrows():
-            fail_x.append(1 - float(r[key]))
-            fail_c.append(f"{label} {r['result']} {r['n_diverged'] or r['n_failed']}/{r['n_members']}")
+            xs, cs = (pruned_x, pruned_c) if r["result"] == "pruned" else (fail_x, fail_c)
+            xs.append(1 - float(r[key]))
+            cs.append(f"{label} {r['result']} {not_ok_count(r)}/{r['n_members']}")
         paper = g.dropna(subset=["paper"]).drop_duplicates(key) if "paper" in g else g.iloc[0:0]
         # The paper varies only the optimizer (and the task): one set of its points for each.
         paper_key = (opt, g["task"].iloc[0] if "task" in others else None)
@@ -57,6 +60,7 @@ def _momentum_table_figure(df: pd.DataFrame, key: str, title: str, ylabel: str,
                        facecolors="none", edgecolors=color or PAPER_COLOR, zorder=4,
                        label=f"{name}{', task=' + str(paper_key[1]) if paper_key[1] else ''} (paper)")
     mark_failures(ax, fail_x, fail_c)
+    mark_pruned(ax, pruned_x, pruned_c)
     momentum_axis(ax, all_x, key)
     ax.set_ylabel(ylabel)
     log_y_if_spread(ax, list(df["error"]) + (list(df["paper"]) if "paper" in df else []))
@@ -71,9 +75,10 @@ def table1_figure(df: pd.DataFrame, family: str = "autoencoder", other_keys: Seq
                                   error_label(family), other_keys)
 
 
-def table5_figure(df: pd.DataFrame, task: str, other_keys: Sequence[str] = ()) -> Figure:
-    return _momentum_table_figure(df, "mu_0", f"Table 5 ({task}): mean over seeds at the best lr (bars: min..max)",
-                                  error_label("rnn"), other_keys)
+def table5_figure(df: pd.DataFrame, task: str, other_keys: Sequence[str] = (), momentum: str = "mu_0") -> Figure:
+    """Against 1 - mu_0; against 1 - mu_max where the study's schedule never read mu_0 (constant)."""
+    return _momentum_table_figure(df, momentum, f"Table 5 ({task}): mean over seeds at the best lr (bars: min..max)"
+                                  + ("" if momentum == "mu_0" else f", per {momentum}"), error_label("rnn"), other_keys)
 
 
 def table2_figure(df: pd.DataFrame, other_keys: list[str] | None = None,
@@ -121,7 +126,7 @@ def table3_figure(df: pd.DataFrame, other_keys: Sequence[str] = ()) -> Figure:
     fig = Figure(figsize=(6.6, 4.4), dpi=110)
     ax = fig.add_subplot()
     others = [k for k in other_keys if k in df and k != "optimizer"]
-    fail_x, fail_c = [], []
+    fail_x, fail_c, pruned_x, pruned_c = [], [], [], []
     palette = matplotlib.colormaps["tab10"]
     paper_done: set[str] = set()
     for i, (gkey, g) in enumerate(df.groupby(["optimizer", *others], sort=True, dropna=False)):
@@ -138,15 +143,16 @@ def table3_figure(df: pd.DataFrame, other_keys: Sequence[str] = ()) -> Figure:
                         marker="o", capsize=3, color=color,
                         label=f"{_group_label(name, others, gkey[1:])} (this study)")
         for _, r in g[g["result"] != "ok"].iterrows():
-            fail_x.append(float(r["init_scale"]))
-            fail_c.append(f"{_group_label(name, others, gkey[1:])} {r['result']} "
-                          f"{r['n_diverged'] or r['n_failed']}/{r['n_members']}")
+            xs, cs = (pruned_x, pruned_c) if r["result"] == "pruned" else (fail_x, fail_c)
+            xs.append(float(r["init_scale"]))
+            cs.append(f"{_group_label(name, others, gkey[1:])} {r['result']} {not_ok_count(r)}/{r['n_members']}")
         paper = g.dropna(subset=["paper"]).drop_duplicates("init_scale").sort_values("init_scale")
         if len(paper) and opt not in paper_done:
             paper_done.add(opt)
             ax.plot(paper["init_scale"].astype(float), paper["paper"].astype(float), "s--", mfc="none",
                     color=PAPER_COLOR, label=f"{name} (paper, 750k updates)")
     mark_failures(ax, fail_x, fail_c)
+    mark_pruned(ax, pruned_x, pruned_c)
     ax.set_xscale("log", base=2)
     scales = sorted(set(df["init_scale"].dropna().astype(float)))
     if scales:

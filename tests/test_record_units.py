@@ -13,6 +13,7 @@ import datetime as dt
 import io
 import json
 import math
+import re
 
 import pytest
 from mlflow import MlflowClient
@@ -243,18 +244,49 @@ def test_a_journal_left_by_the_earlier_recorder_replays(stores):
 
 def test_progress_renders_the_records_it_is_handed():
     out = io.StringIO()
-    progress = Progress("units", 3, "min", Console(file=out, force_terminal=False, width=300))
+    progress = Progress("units", 4, "min", Console(file=out, force_terminal=False, width=300))
     with progress:
-        progress.started([], ["p-0", "p-1", "p-2"])
+        progress.started([], ["p-0", "p-1", "p-2", "p-3"])
         progress.reported([], [report("p-0", 10, [0.4, 0.6]), report("p-1", 10, [0.2, 0.2], number=1),
-                               report("p-2", 10, [0.1, 0.1], number=2)])
+                               report("p-2", 10, [0.1, 0.1], number=2), report("p-3", 10, [0.15, 0.15], number=3)])
         diverged = report("p-2", 20, [0.05, 0.05], "diverged", number=2)
         progress.reported([], [report("p-0", 20, [0.3, 0.3]), report("p-1", 20, [0.3, 0.5], number=1), diverged])
         progress.ended([], ConfigurationEnd("p-2", 2, "p", "diverged", diverged))
         progress.ended([], ConfigurationEnd("p-1", 1, "p", "failed", None, "boom"))
+        stopped = report("p-3", 10, [0.15, 0.15], number=3).stopped()
+        progress.ended([], ConfigurationEnd("p-3", 3, "p", "pruned", stopped))
+        last = report("p-0", 40, [0.25, 0.35], "completed", final=True)
+        progress.reported([], [last])
+        progress.ended([], ConfigurationEnd("p-0", 0, "p", "completed", last))
     lines = out.getvalue().splitlines()
-    # The best is p-1's 0.2 at step 10: p-2's lower figures do not count once it diverged.
-    assert lines[0].startswith("trial p-2 diverged; study units: 1/3 finished, 0 running")
-    assert lines[0].endswith("best metric 0.2 (trial p-1)")
-    assert lines[1].startswith("trial p-1 failed; study units: 2/3 finished")
-    assert lines[-1].startswith("study units: 2/3 finished") and lines[-1].endswith("best metric 0.2 (trial p-1)")
+    # The best is a completed configuration's result (its mean over seeds at its last report):
+    # none until p-0 completes, though p-1, p-2 and p-3 had lower figures at some report.
+    assert lines[0].startswith("trial p-2 diverged; study units: 1/4 finished, 0 running")
+    assert lines[0].endswith("best metric none finished yet")
+    assert lines[1].startswith("trial p-1 failed; study units: 2/4 finished")
+    assert lines[2].startswith("trial p-3 pruned; ") and lines[2].endswith("none finished yet")
+    assert lines[3].startswith("trial p-0 completed; ") and lines[3].endswith("best metric 0.3 (trial p-0)")
+    assert lines[-1].startswith("study units: 4/4 finished") and lines[-1].endswith("best metric 0.3 (trial p-0)")
+
+
+def test_the_live_table_shows_time_the_best_and_the_searched_values_by_their_spec_names():
+    """On a terminal: the line (elapsed, ETA, best) as the table's title, and each configuration's
+    searched values, a ``one_minus`` field as the field itself (mu_max = 1 - one_minus_mu_max)."""
+    out = io.StringIO()
+    progress = Progress("units", 2, "min", Console(file=out, force_terminal=True, width=200, color_system=None))
+    with progress:
+        progress.started([], [Configuration("p-0", 0, {"one_minus_mu_max": 0.007, "lr": 0.003}),
+                              Configuration("p-1", 1, {"one_minus_mu_max": 0.1, "lr": 0.01})])
+        last = report("p-0", 40, [0.25, 0.35], "completed", final=True)
+        progress.reported([], [last, report("p-1", 10, [0.5, 0.5], number=1)])
+        progress.ended([], ConfigurationEnd("p-0", 0, "p", "completed", last))
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", out.getvalue())  # the last frame is drawn last
+    title = [ln for ln in text.splitlines() if ln.startswith("study units:")][-1]
+    assert "1/2 finished" in title and "elapsed 0:00:0" in title and "ETA " in title
+    assert title.rstrip().endswith("best metric 0.3 (trial p-0)")
+    header = [ln for ln in text.splitlines() if "trial" in ln and "state" in ln][-1]
+    assert [c.strip() for c in header.split("┃")[1:-1]] == [
+        "trial", "state", "step", "metric", "mu_max", "lr"]
+    row = [ln for ln in text.splitlines() if "p-0" in ln][-1]
+    assert [c.strip() for c in row.split("│")[1:-1]] == ["p-0", "completed", "40", "0.3", "0.993", "0.003"]
+    assert "one_minus" not in text

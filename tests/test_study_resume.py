@@ -7,6 +7,7 @@ sampler's own suggestion."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -21,9 +22,17 @@ from mlflow.tracking import MlflowClient
 
 from conftest import STUDY_BIN, quick_spec
 from study import api
+from study.report.verdict import study_verdict
 
 
 STEPS = [200, 400, 600, 800, 1000]
+# The best in a progress line (study/run/progress.py): a completed configuration's result.
+BEST = re.compile(r"\| best error (?:none finished yet|(?P<value>\S+) \(trial (?P<trial>\S+)\))$")
+
+
+def _bests(output: str) -> list[tuple[str | None, str | None]]:
+    """(value, configuration) of the best in each progress line of a run's output, in order."""
+    return [(m["value"], m["trial"]) for m in map(BEST.search, output.splitlines()) if m]
 
 
 def _finished(db: str) -> int:
@@ -41,12 +50,14 @@ def _finished(db: str) -> int:
 def test_interrupted_study_resumes_without_duplicates_or_gaps(ray_session, study_env, tmp_path):
     # Fused: three populations of two configurations (TPE asks two at a time), one at a time,
     # each long enough (about 4 s here) that two are still to train when the first has finished,
-    # on machines several times faster than this one.
-    spec = quick_spec("resumable", num_samples=6, max_concurrent_trials=1, checkpoint_every=1, max_members=2)
+    # on machines several times faster than this one. A checkpoint every other report: a population
+    # resumed from one reports again what it had reported since.
+    spec = quick_spec("resumable", num_samples=6, max_concurrent_trials=1, checkpoint_every=2, max_members=2)
     spec["config"].update(updates=1000, report_every=200)
     path = tmp_path / "resumable.yaml"
     path.write_text(yaml.safe_dump(spec))
-    env = {**os.environ, "RAY_ADDRESS": ray_session}
+    # A progress line (no terminal here) at every step of Tune's loop, besides each configuration's end.
+    env = {**os.environ, "RAY_ADDRESS": ray_session, "MOMENTUM_STUDY_PROGRESS_EVERY": "0.01"}
     db = str(study_env / "resumable" / "results.db")
 
     proc = subprocess.Popen([STUDY_BIN, "run", str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -72,6 +83,22 @@ def test_interrupted_study_resumes_without_duplicates_or_gaps(ray_session, study
     first = before[before["state"] == "completed"].set_index("trial_id")["ended_at"]
     after = trials.set_index("trial_id")["ended_at"]
     assert all(after[t] == first[t] for t in first.index)
+
+    # One "best" (issue 21): each progress line's best is a completed configuration's result, its
+    # mean over seeds at its last report, never a figure of one still running; resume keeps the
+    # best it had (it shows no worse one, and never "none finished yet", as one had completed)
+    # and ends at the verdict's best; Optuna's warning for steps reported again is not shown.
+    final = trials.set_index("trial_id")["metric_value"]
+    before_bests, after_bests = _bests(out), _bests(done.stdout + done.stderr)
+    assert before_bests and after_bests, out + done.stderr
+    for value, trial in before_bests + after_bests:
+        assert value is None or (trial in final.index and value == f"{final[trial]:.4g}"), (value, trial)
+    kept = before_bests[-1][0]
+    assert kept is not None and all(v is not None and float(v) <= float(kept) for v, _ in after_bests), (
+        kept, after_bests)
+    assert after_bests[-1] == (f"{final.min():.4g}", final.idxmin())
+    assert study_verdict("resumable").best.trial_id == final.idxmin()
+    assert "is already reported" not in done.stdout + done.stderr
 
     points = api.metrics("resumable")
     assert not points.duplicated(["trial_id", "step", "member"]).any()
@@ -189,7 +216,10 @@ def _restored(searcher_file: bytes, url: str, tune_lists: dict) -> "object":
 def _table(searcher, trial_id: str) -> list[dict]:
     from study.plan.population import POPULATION_KEY
 
-    return searcher.suggest(trial_id)[POPULATION_KEY]
+    table = searcher.suggest(trial_id)[POPULATION_KEY]
+    # Ended in Tune: a paced sampler (CMA-ES here, study/plan/pacing.py) does not wait for its results.
+    searcher.on_trial_complete(trial_id)
+    return table
 
 
 def test_a_population_tune_lists_is_not_handed_out_again_by_an_older_searcher_file(tmp_path):
@@ -250,3 +280,24 @@ def test_a_sampler_state_older_than_the_last_ask_is_reseeded_not_replayed(tmp_pa
     fourth = _table(restored, "t4")
     values = [c["params"]["lr"] for c in first + second + fourth]
     assert len(set(values)) == 6, values
+
+
+def test_a_step_reported_again_by_a_resumed_population_is_not_reported_to_optuna_again(tmp_path):
+    """A population resumed from a checkpoint reports again the steps since it: Optuna keeps the
+    first value and says nothing (it warned "The reported value is ignored because this step=...
+    is already reported" for each), also for the driver of `study resume`, which opens the study anew."""
+    import warnings
+
+    from study.run.optuna_study import OptunaStudy
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    first = OptunaStudy.create(url, "s", optuna.samplers.RandomSampler(seed=0), "min", "error")
+    ot_id = first.study.ask()._trial_id
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first.report(ot_id, 0.5, 200)
+        first.report(ot_id, 0.4, 200)
+        resumed = OptunaStudy.load(url, "s")
+        resumed.report(ot_id, 0.3, 200)
+        resumed.report(ot_id, 0.2, 400)
+    assert resumed.intermediate_values(ot_id) == {200: 0.5, 400: 0.2}

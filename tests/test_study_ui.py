@@ -65,23 +65,24 @@ def browser():
     shutil.rmtree(profile, ignore_errors=True)
 
 
-def _printed_url(proc: subprocess.Popen, timeout: float = 300) -> str:
-    """The address `study ui` prints once its server answers (its stdout, line by line)."""
+def _printed_url(proc: subprocess.Popen, printed: list[str], timeout: float = 300) -> str:
+    """The address `study ui` prints once its server answers (its stdout, line by line, kept in
+    ``printed``)."""
     import select
 
-    deadline, seen = time.monotonic() + timeout, ""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         ready, _, _ = select.select([proc.stdout], [], [], 1)
         if ready:
             line = proc.stdout.readline()
             if not line and proc.poll() is not None:
                 break
-            seen += line
+            printed.append(line)
             if "MLflow UI for study" in line:
                 return line.split(": ", 1)[1].split()[0]
         elif proc.poll() is not None:
             break
-    raise AssertionError(f"study ui printed no address: {seen!r} (exit {proc.poll()})")
+    raise AssertionError(f"study ui printed no address: {''.join(printed)!r} (exit {proc.poll()})")
 
 
 @pytest.fixture(scope="module")
@@ -93,18 +94,38 @@ def quick_ui(quick_study):
         [STUDY_BIN, "ui", quick_study.name, "--dir", str(quick_study.root), "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
+    printed: list[str] = []
     try:
-        url = _printed_url(proc)  # printed once the server answers
+        url = _printed_url(proc, printed)  # printed once the server answers
         # Keep reading its output: a full pipe would stall the server while the module's tests run.
-        threading.Thread(target=proc.stdout.read, daemon=True).start()
-        yield {"proc": proc, "port": port, "url": url}
+        threading.Thread(target=lambda: printed.extend(proc.stdout), daemon=True).start()
+        yield {"proc": proc, "port": port, "url": url, "printed": printed}
     finally:
         _stop(proc)
 
 
+# What MLflow 3.17's GenAI layout lists in its sidebar and the model-training layout does not.
+GENAI_ONLY = ("Judges", "Prompts", "Evaluation runs", "Sessions", "Agent versions", "Overview")
+
+
+def _header_boxes(driver) -> dict[str, dict[str, float]]:
+    """The runs table's header cells by column id (``params.`lr```), with their boxes on the page,
+    and the box of the table's scrolling part (``viewport``)."""
+    return driver.execute_script("""
+        const out = {};
+        for (const e of document.querySelectorAll('.ag-header-cell[col-id]')) {
+            const r = e.getBoundingClientRect();
+            out[e.getAttribute('col-id')] = {left: r.left, right: r.right, text: e.innerText};
+        }
+        const v = document.querySelector('.ag-body-viewport').getBoundingClientRect();
+        out.viewport = {left: v.left, right: v.right, text: ''};
+        return out;""")
+
+
 @needs_chromium
-def test_study_ui_opens_on_the_runs_table_sorted_by_error_with_the_paper_columns(quick_study, quick_ui, browser,
-                                                                                 tmp_path):
+def test_study_ui_opens_on_the_runs_table_in_the_training_layout(quick_study, quick_ui, browser, tmp_path):
+    """At 1400 pixels: the model-training layout, the configurations named by their settings and
+    sorted by error, the searched value, state and error in view, the parent run in its own group."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -112,31 +133,72 @@ def test_study_ui_opens_on_the_runs_table_sorted_by_error_with_the_paper_columns
     exp = c.get_experiment_by_name(quick_study.name)
     runs = c.search_runs([exp.experiment_id], filter_string="tags.`momentum_study.role` = 'trial'")
     by_error = [r.info.run_name for r in sorted(runs, key=lambda r: r.data.metrics["error"])]
+    for run in runs:  # named by its settings: the optimizer, then the searched lr
+        optimizer, lr = run.info.run_name.split(" ")[0], run.info.run_name.split(" lr ")[1].split(" ")[0]
+        assert optimizer == run.data.params["optimizer"], run.info.run_name
+        # 3 significant digits: within half a unit of the third
+        assert abs(float(lr) - float(run.data.params["lr"])) <= 5e-3 * float(run.data.params["lr"]), run.info.run_name
+    assert len(set(by_error)) == len(by_error)
     port, url = quick_ui["port"], quick_ui["url"]
-    assert url == f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs?viewStateShareKey=study-runs"
-    # Wide enough for every chosen column: the table renders only the columns in view.
-    browser.set_window_size(2400, 1000)
+    assert url == (f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs?viewStateShareKey=study-runs"
+                   f"&workflowType=machine_learning")
+    browser.set_window_size(1400, 900)
     browser.get(url)
-    header = ["error", "best_error", "lr", "mu_0", "mu_max", "init_scale", "spectral_radius", "state"]
+    columns = ["params.`lr`", "tags.`state`", "metrics.`error`"]
 
     def table_shown(d):
         body = d.find_element(By.TAG_NAME, "body").text
-        return all(n in body for n in by_error) and all(f"\n{h}\n" in body for h in header)
+        return all(n in body for n in by_error) and all(c in _header_boxes(d) for c in columns)
 
     WebDriverWait(browser, 120).until(table_shown)
-    body = browser.find_element(By.TAG_NAME, "body").text
-    # The trials' rows in the order of their error, best first (the view sorts by the metric).
-    assert sorted(by_error, key=body.index) == by_error, body
-    # The hidden columns stay hidden: a per-seed figure is one 'Columns' click away, not shown.
-    assert "error/seed_0" not in body and "sampled.lr" not in body
     browser.save_screenshot(str(tmp_path / "study-ui.png"))
     if os.environ.get("STUDY_UI_SCREENSHOT"):
         shutil.copy(tmp_path / "study-ui.png", os.environ["STUDY_UI_SCREENSHOT"])
+    body = browser.find_element(By.TAG_NAME, "body").text
+    lines = body.split("\n")
+    # The model-training layout: its sidebar (Runs, Models), none of the GenAI one's entries.
+    assert "Runs" in lines and "Models" in lines, lines[:20]
+    assert [entry for entry in GENAI_ONLY if entry in lines] == [], lines[:30]
+    # The searched value, the state and the error in view without scrolling, within 1400 pixels
+    # (and within the table's visible part, beside the Assistant panel MLflow may open).
+    width = browser.execute_script("return window.innerWidth")
+    assert width == 1400
+    boxes = _header_boxes(browser)
+    for column in columns:
+        box = boxes[column]
+        assert boxes["viewport"]["left"] <= box["left"] and box["right"] <= min(width, boxes["viewport"]["right"]), (
+            column, boxes)
+    # The configurations in the order of their error, best first, in their group; the parent apart.
+    assert sorted(by_error, key=body.index) == by_error, body
+    trials, parents = body.index("Group: trial"), body.index("Group: parent")
+    assert trials < min(body.index(n) for n in by_error) and max(body.index(n) for n in by_error) < parents, body
+    assert body.find(quick_study.name, parents) > parents, body  # the parent run's row, under its group
+    # The hidden columns stay hidden: a per-seed figure is one 'Columns' click away, not shown.
+    assert "error/seed_0" not in body and "sampled.lr" not in body
     for run in runs:
         browser.get(f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}")
         WebDriverWait(browser, 60).until(
             lambda d: run.data.tags["trial_id"] in d.find_element(By.TAG_NAME, "body").text
         )
+
+
+def test_study_ui_prints_where_to_look_and_logs_the_server_to_the_study_directory(quick_study, quick_ui):
+    import urllib.request
+
+    log = quick_study.study_dir / "mlflow-ui.log"
+    with urllib.request.urlopen(f"http://127.0.0.1:{quick_ui['port']}/health?from=test", timeout=30) as r:
+        assert r.status == 200
+    # The server's request log goes to the file (waited on: the server writes it after answering).
+    wait_for = time.monotonic() + 60
+    while "/health?from=test" not in log.read_text() and time.monotonic() < wait_for:
+        time.sleep(0.2)
+    assert "/health?from=test" in log.read_text()
+    printed = "".join(quick_ui["printed"])
+    assert printed.splitlines()[0].startswith(f"MLflow UI for study {quick_study.name}: http://127.0.0.1:"), printed
+    assert f"the server's log: {log}" in printed, printed
+    # Nothing of MLflow's: no warnings before the address, no request log after it.
+    assert "HTTP/1.1" not in printed and "INFO" not in printed and "Warning" not in printed, printed
+    assert len(printed.splitlines()) == 4, printed
 
 
 def _command_lines(proc: subprocess.Popen) -> list[str]:
@@ -230,9 +292,28 @@ def test_trial_runs_carry_the_paper_figures_once_each(quick_study):
         assert not [k for k in params if k.startswith("sampled.")], params  # lr once, not sampled.lr too
         assert run.data.tags["state"] == "completed"
         history = c.get_metric_history(run.info.run_id, "error")
-        best = c.get_metric_history(run.info.run_id, "best_error")
-        assert [m.step for m in best] == [m.step for m in history]
-        assert metrics["best_error"] == min(m.value for m in history)
+        seen = c.get_metric_history(run.info.run_id, "lowest_error_seen")
+        assert [m.step for m in seen] == [m.step for m in history]
+        assert metrics["lowest_error_seen"] == min(m.value for m in history)
+
+
+def test_each_configuration_has_its_seed_averaged_error_curve(quick_study):
+    """error/mean_over_seeds (and error, the table's column) at each update is numpy's mean of the
+    seeds' error/seed_N at that update."""
+    import numpy as np
+
+    c = MlflowClient(quick_study.mlflow_uri)
+    exp = c.get_experiment_by_name(quick_study.name)
+    for run in c.search_runs([exp.experiment_id], filter_string="tags.`momentum_study.role` = 'trial'"):
+        seeds = sorted(k for k in run.data.metrics if k.startswith("error/seed_"))
+        assert len(seeds) == 2, run.data.metrics  # the quick study's repeats
+        curves = {k: {m.step: m.value for m in c.get_metric_history(run.info.run_id, k)} for k in seeds}
+        mean = {m.step: m.value for m in c.get_metric_history(run.info.run_id, "error/mean_over_seeds")}
+        # One point per report, at the update it was taken (report_every 10 of 40 updates).
+        assert sorted(mean) == [10, 20, 30, 40] and all(sorted(v) == sorted(mean) for v in curves.values())
+        for step, value in mean.items():
+            assert value == np.mean([curves[k][step] for k in seeds]), (run.info.run_name, step)
+        assert {m.step: m.value for m in c.get_metric_history(run.info.run_id, "error")} == mean
 
 
 def test_trial_runs_last_as_long_as_their_trials(quick_study):
@@ -257,7 +338,7 @@ def test_the_parent_run_holds_the_study_best_and_counts(quick_study):
     m = parent.data.metrics
     assert (m["trials_completed"], m["trials_diverged"], m["trials_pruned"], m["trials_failed"]) == (3, 0, 0, 0)
     trials = c.search_runs([exp.experiment_id], filter_string="tags.`momentum_study.role` = 'trial'")
-    assert m["best_error"] == min(r.data.metrics["best_error"] for r in trials)
+    assert m["best_error"] == min(r.data.metrics["error"] for r in trials)  # the best configuration's result
     assert [a.path for a in c.list_artifacts(parent.info.run_id)] == ["spec.yaml"]
     assert parent.data.tags["state"] == "completed"
 
@@ -289,9 +370,53 @@ def test_setup_study_puts_the_description_on_the_parent_and_the_runs_view_on_the
     assert c.get_run(parent).data.tags["mlflow.note.content"] == spec["description"]
     view = json.loads(c.get_experiment(experiment_id).tags[tracking.VIEW_TAG])
     assert view["orderByKey"] == "metrics.`error`" and view["orderByAsc"] is True
-    # An autoencoder: Eq. 5's mu_max and the SI scale, no RNN-only figures; searched fields too.
-    assert view["selectedColumns"] == ["metrics.`error`", "metrics.`best_error`", "tags.`state`", "params.`lr`",
-                                       "params.`mu_max`", "params.`init_scale`", "params.`final_momentum`"]
+    # The searched fields first, then the state and the metric, then the rest of an autoencoder's
+    # paper figures (Eq. 5's mu_max and the SI scale, no RNN-only ones); in that order on the page.
+    columns = ["params.`lr`", "params.`final_momentum`", "tags.`state`", "metrics.`error`",
+               "metrics.`lowest_error_seen`", "params.`mu_max`", "params.`init_scale`"]
+    assert view["selectedColumns"] == columns
+    assert view["columnOrder"] == ["attributes.`Run Name`", *columns, "duration"]
+    # The parent apart from the configurations: the table groups runs by their role.
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": tracking.ROLE_TAG}]
+    assert c.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_study_made_before_the_training_layout_gets_it_on_resume(tmp_path):
+    from study.record import tracking
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    c = MlflowClient(uri)
+    experiment_id = c.create_experiment("older", artifact_location=str(tmp_path / "a"))  # no kind, no view
+    spec = {"name": "older", "task": "addition", "metric": "error", "mode": "min"}
+    assert tracking.setup_study(uri, "older", spec, "name: older\n", str(tmp_path / "a"))[0] == experiment_id
+    tags = c.get_experiment(experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development" and tracking.VIEW_TAG in tags
+
+
+def test_configurations_are_named_by_their_settings_and_told_apart_where_equal(tmp_path):
+    from study.record import tracking
+    from study.record.run_names import configuration_name
+
+    assert configuration_name({"optimizer": "nag", "mu_max": 0.99, "spectral_radius": 1.1, "lr": 0.005},
+                              {"mu_max": 0.99, "spectral_radius": 1.1}) == "nag mu 0.99 r 1.1"
+    # A transformed search shows the value trained with; a momentum near 1 keeps its digits.
+    assert configuration_name({"optimizer": "cm", "mu_0": 0.9995, "lr": 0.0031622776},
+                              {"one_minus_mu_0": 0.0005, "lr": 0.0031622776}) == "cm mu0 0.9995 lr 0.00316"
+    assert configuration_name({"optimizer": "nag"}, {"optimizer": "nag"}) == "nag"
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = {"name": "named", "task": "addition", "metric": "error", "mode": "min"}
+    experiment_id, parent = tracking.setup_study(uri, "named", spec, "name: named\n", str(tmp_path / "a"))
+    runs = [
+        tracking.ensure_trial_run(uri, experiment_id, parent, "named", trial_id, n,
+                                  {"optimizer": "nag", "mu_max": mu, "lr": 0.005}, {"mu_max": mu})
+        for n, (trial_id, mu) in enumerate([("aa11-0", 0.99), ("bb22-0", 0.99), ("bb22-1", 0.9)])
+    ]
+    # The id only where two would be the same; a configuration found again keeps its run and name.
+    assert tracking.ensure_trial_run(uri, experiment_id, parent, "named", "bb22-0", 1, {"optimizer": "nag",
+                                     "mu_max": 0.99, "lr": 0.005}, {"mu_max": 0.99}) == runs[1]
+    c = MlflowClient(uri)
+    assert [c.get_run(r).info.run_name for r in runs] == ["nag mu 0.99", "nag mu 0.99 (bb22-0)", "nag mu 0.9"]
 
 
 def test_child_runs_take_the_trials_own_start_and_end(tmp_path):

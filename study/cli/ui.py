@@ -1,10 +1,12 @@
 """`study ui NAME`: MLflow's own server (UI + REST) on a study's store, bound to 127.0.0.1, opened on
 the study's runs table.
 
-The address printed is the experiment's training-runs table (MLflow 3 opens a bare experiment on
-its GenAI overview) through the view study/record/tracking.py stores with the experiment: one row per
-run sorted by the study's metric, with the metric, its best, the trial's state and the paper's
-parameters as columns. The store's URL goes to the server in its environment
+The address printed is the experiment's training-runs table in MLflow's model-training layout
+(MLflow 3 opens a bare experiment on its GenAI overview) through the view study/record/tracking.py
+stores with the experiment: one row per configuration sorted by the study's metric, the parent run
+in a group of its own, with the searched values, the state and the metric as the first columns.
+The server's output goes to ``mlflow-ui.log`` in the study's directory, so the terminal shows the
+address only. The store's URL goes to the server in its environment
 (``servers.mlflow_server_env``), never on its command line; study/cluster/servers.py's ``serve`` starts
 and stops it, as it does ``study mlflow-server``.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -25,6 +28,9 @@ from study.cluster.servers import LOCALHOST, PortBusy, mlflow_server_env, port_i
 from study.locations import redact
 from study.record import tracking
 from study.spec.model import load_spec
+
+# In the study's directory: MLflow's warnings and request log, kept off the terminal.
+SERVER_LOG = "mlflow-ui.log"
 
 
 def command(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -45,7 +51,8 @@ def command(args: argparse.Namespace, out: Console, err: Console) -> int:
         out.print(text, highlight=False, soft_wrap=True)
         sys.stdout.flush()
 
-    return serving(lambda: run_ui(args.name, uri, experiment_id, spec, args.port, say), "the MLflow UI", err)
+    log = locate(args, args.name).study_dir / SERVER_LOG
+    return serving(lambda: run_ui(args.name, uri, experiment_id, spec, args.port, say, log), "the MLflow UI", err)
 
 
 def mlflow_ui_command(port: int, host: str = LOCALHOST) -> list[str]:
@@ -64,23 +71,26 @@ def without_login(url: str) -> str:
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
-def where_to_look(name: str, url: str, spec: dict[str, Any]) -> str:
-    """What `study ui` prints: the address and what the page shows."""
+def where_to_look(name: str, url: str, spec: dict[str, Any], log: Path) -> str:
+    """What `study ui` prints: the address, what the page shows and where the server's output goes."""
     metric = spec.get("metric", "error")
-    params = [c.split("`")[1] for c in tracking.runs_view(spec)["selectedColumns"] if c.startswith("params.")]
+    columns = [c.split("`")[1] for c in tracking.runs_view(spec)["selectedColumns"]]
     return (
         f"MLflow UI for study {name}: {url}  (Ctrl+C stops it)\n"
-        f"  the runs table: one row per trial, sorted by {metric}; columns {metric}, {tracking.best_key(metric)}, "
-        f"state, {', '.join(params)} ('Columns' adds more)\n"
-        f"  the parent run {name!r}: the study's description, spec.yaml, its best {metric} and trials per state; "
-        f"a trial's run: every parameter, its curves, system metrics"
+        f"  the runs table: one row per configuration, named by its settings, sorted by {metric}; "
+        f"columns {', '.join(columns)} ('Columns' adds more)\n"
+        f"  the parent run {name!r}, in a group of its own: the study's description, spec.yaml, its best {metric} "
+        f"and configurations per state; a configuration's run: every parameter, its curves "
+        f"({metric}/{tracking.SEED_MEAN} beside each seed's), system metrics\n"
+        f"  the server's log: {log}"
     )
 
 
 def run_ui(name: str, uri: str, experiment_id: str, spec: dict[str, Any], port: int,
-           say: Callable[[str], None]) -> int:
-    """Stores the runs view, starts the server, says where to look once it answers, serves until
-    Ctrl+C. Raises servers.PortBusy for a busy port, RuntimeError for a server that never answers."""
+           say: Callable[[str], None], log: Path) -> int:
+    """Stores the runs view, starts the server (its output to ``log``), says where to look once it
+    answers, serves until Ctrl+C. Raises servers.PortBusy for a busy port, RuntimeError for a server
+    that never answers."""
     if not port_is_free(LOCALHOST, port):
         raise PortBusy(f"port {port} on {LOCALHOST} is in use; choose another with --port")
     try:
@@ -90,4 +100,5 @@ def run_ui(name: str, uri: str, experiment_id: str, spec: dict[str, Any], port: 
                            f"({exc}); name its store with --mlflow-uri") from None
     url = tracking.runs_url(f"http://{LOCALHOST}:{port}", experiment_id)
     env = {**mlflow_server_env(uri), "MLFLOW_TRACKING_URI": uri}
-    return serve(mlflow_ui_command(port), env, LOCALHOST, port, lambda: say(where_to_look(name, url, spec)))
+    return serve(mlflow_ui_command(port), env, LOCALHOST, port, lambda: say(where_to_look(name, url, spec, log)),
+                 log=log)

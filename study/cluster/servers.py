@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Callable, Mapping
 
 from study.errors import LocationError
@@ -121,7 +122,7 @@ class PortBusy(LocationError):
 
 
 def serve(cmd: list[str], env: dict[str, str], host: str, port: int, on_ready: Callable[[], None],
-          ready_timeout_s: float = 300) -> int:
+          ready_timeout_s: float = 300, log: Path | None = None) -> int:
     """Runs a server command (``mlflow server``) in the foreground until it exits or Ctrl+C; the
     one start and stop of ``study ui`` and ``study mlflow-server``.
 
@@ -129,24 +130,31 @@ def serve(cmd: list[str], env: dict[str, str], host: str, port: int, on_ready: C
     and then exits 0 without ever serving); calls ``on_ready`` once ``/health`` answers, so an
     address is printed only when it works; a server that exits or never answers is stopped and
     reported (RuntimeError). MLflow has no public Python API that starts its server (``mlflow
-    server`` is the supported way), so it runs as a child process.
+    server`` is the supported way), so it runs as a child process. With ``log`` its output (MLflow's
+    start-up warnings, a line per HTTP request) goes to that file, overwritten, instead of ours.
     """
     if not port_is_free(host, port):
         raise PortBusy(f"port {port} on {host} is in use; choose another with --port")
     probe = LOCALHOST if host in ("0.0.0.0", "::", "") else host
-    proc = subprocess.Popen(cmd, env=env)
+    output = None
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        output = open(log, "wb")  # the server writes to it until it stops
+    proc = subprocess.Popen(cmd, env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
     _stop_on_sigterm()
     try:
         try:
             wait_http(f"http://{probe}:{port}/health", ready_timeout_s, proc)
-        except TimeoutError as exc:
-            raise RuntimeError(str(exc)) from None
+        except (TimeoutError, RuntimeError) as exc:
+            raise RuntimeError(f"{exc}{f'; its output is in {log}' if log else ''}") from None
         on_ready()
         return proc.wait()
     except KeyboardInterrupt:
         return 0
     finally:
         _stop(proc)
+        if output is not None:
+            output.close()
 
 
 def _stop_on_sigterm() -> None:

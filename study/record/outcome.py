@@ -97,8 +97,10 @@ class ConfigurationReport:
         return ended_state(self) if self.ended else "running"
 
     def stopped(self) -> "ConfigurationReport":
-        """This report as its configuration's last, stopped by a rung: pruned, figures as they are."""
-        return replace(self, ended=True, final=False, members=tuple(replace(m, status="pruned") for m in self.members))
+        """This report as its configuration's last, stopped by a rung, figures as they are: its
+        running seeds become pruned; a seed that had ended (diverged) keeps its end, which is final."""
+        members = tuple(replace(m, status="pruned") if m.status == "running" else m for m in self.members)
+        return replace(self, ended=True, final=False, members=members)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (Tune results and checkpoints hold no objects of ours)."""

@@ -283,12 +283,17 @@ _METRIC_POINTS = """SELECT t.trial_id, t.optuna_trial_number, p.step, p.member, 
                     WHERE s.name = :name ORDER BY t.optuna_trial_number, t.trial_id, p.step, p.member"""
 
 _FINISHED = f"t.state IN ({', '.join(repr(s) for s in results.TERMINAL_TRIAL_STATES)})"
+# A study's best is the best result (metric_value: the study metric at the last report, the mean
+# over seeds) of a configuration that completed with no seed diverged: the verdict's best.
+_COMPLETED = "t.state = 'completed' AND COALESCE(t.members_diverged, 0) = 0"
 
 _STUDIES = f"""SELECT s.name, s.task, s.state, s.num_samples,
                       (SELECT COUNT(*) FROM ms_trials t WHERE t.study_id = s.id AND {_FINISHED}) AS finished,
                       (SELECT COUNT(*) FROM ms_trials t WHERE t.study_id = s.id AND t.state = 'running') AS running,
-                      CASE s.mode WHEN 'min' THEN (SELECT MIN(best_metric_value) FROM ms_trials t WHERE t.study_id = s.id)
-                                  ELSE (SELECT MAX(best_metric_value) FROM ms_trials t WHERE t.study_id = s.id) END AS best,
+                      CASE s.mode
+                          WHEN 'min' THEN (SELECT MIN(metric_value) FROM ms_trials t WHERE t.study_id = s.id AND {_COMPLETED})
+                          ELSE (SELECT MAX(metric_value) FROM ms_trials t WHERE t.study_id = s.id AND {_COMPLETED})
+                      END AS best,
                       s.metric, s.created_at
                FROM ms_studies s ORDER BY s.created_at"""
 STUDIES_COLUMNS = ["name", "task", "state", "num_samples", "finished", "running", "best", "metric", "created_at"]

@@ -288,6 +288,13 @@ class Recorder:
 
     @_timed
     def ended(self, end: ConfigurationEnd) -> None:
+        last = end.last
+        if end.state != "failed" and last is not None and any(m.status == "running" for m in last.members):
+            # Stopped with its Ray trial (Ray Tune's scheduler): its seeds still running at the last
+            # report were pruned there; a seed that had ended keeps its end.
+            members = [dataclasses.asdict(dataclasses.replace(m, status="pruned") if m.status == "running" else m)
+                       for m in last.members]
+            self._db(PointsRows(end.config_id, last.step, members))
         self._db(FinishRow(end.config_id, end.state, _now(), end.error))
         tags = {"objective": str(end.objective)}
         if end.error:

@@ -275,8 +275,10 @@ def finish_trial(url: str, study_id: int, trial_id: str, state: str, ended_at: d
         if row is None:
             row = TrialRow(study_id=study_id, trial_id=trial_id, params={}, config={})
             s.add(row)
-        if row.state == state and row.ended_at is not None:
-            return  # finished again in the same state (a trial resumed at its end): the first end stands
+        if row.state in TERMINAL_TRIAL_STATES and row.ended_at is not None:
+            # Finished again (a trial resumed at its end, or its population stopped after one of
+            # its seeds diverged): a configuration's first end is final (docs/study-specs.md).
+            return
         row.state, row.ended_at = state, ended_at
         if error_message is not None:
             row.error_message = error_message

@@ -33,6 +33,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
+from study.record.run_names import configuration_name
+
 if TYPE_CHECKING:
     from study.record.outcome import ConfigurationReport
 
@@ -46,12 +48,20 @@ PARENT_TAG = "mlflow.parentRunId"
 # What MLflow's UI shows as a run's or an experiment's description.
 NOTE_TAG = "mlflow.note.content"
 MAX_BATCH = 100
+# A configuration's mean over its seeds, beside each seed's figure (error/seed_0, error/mean_over_seeds).
+SEED_MEAN = "mean_over_seeds"
 # MLflow's "share view" state lives in an experiment tag `mlflow.sharedViewState.<key>`; the UI loads
 # it from `#/experiments/<id>/runs?viewStateShareKey=<key>` (MLflow 3's runs table, with columns and
 # sort; a plain `#/experiments/<id>` opens the GenAI overview). The UI has no other URL state for
 # the selected columns (checked against MLflow 3.17's UI, tests/test_study_ui.py).
 VIEW_KEY = "study-runs"
 VIEW_TAG = "mlflow.sharedViewState." + VIEW_KEY
+# MLflow 3 opens an experiment in its GenAI layout (traces, judges, prompts) unless told it is model
+# training: the experiment's kind tag (the value MLflow's own "experiment type" choice writes) and,
+# since MLflow 3.17's UI takes the layout from its address instead, ``workflowType`` in the URL.
+KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+MODEL_TRAINING_LAYOUT = "workflowType=machine_learning"
 
 
 def client(uri: str) -> MlflowClient:
@@ -102,33 +112,61 @@ def setup_study(uri: str, name: str, spec: dict[str, Any], spec_yaml: str, artif
 
 
 def best_key(metric: str) -> str:
-    """The child runs' (and the parent's) metric holding the best value of the study's metric."""
+    """The parent run's metric holding the study's best: the best result (the study metric at the
+    last report, the mean over seeds) of a completed configuration, as the verdict and the
+    progress lines name it."""
     return f"best_{metric}"
 
 
+def seen_key(metric: str, mode: str = "min") -> str:
+    """A child run's metric holding the lowest (mode max: highest) value of the study's metric at
+    any of its reports while no seed had diverged: not its result (the value at its last report),
+    and named so that no one takes it for the best."""
+    return f"{'lowest' if mode == 'min' else 'highest'}_{metric}_seen"
+
+
 def runs_view(spec: dict[str, Any]) -> dict[str, Any]:
-    """The runs table a study opens on: sorted by its metric, with the figures a reader wants."""
+    """The runs table a study opens on: the configurations sorted by the study's metric, grouped
+    apart from the parent run, with the searched values, the state and the metric first.
+
+    Columns the table shows are in the order of ``columnOrder`` after the run's name and Created
+    (which MLflow keeps first), so the figures a reader looks for fit a 1400-pixel window. MLflow
+    nests child runs under their parent only when sorted by start time, hence the grouping by role.
+    """
     metric, mode = spec.get("metric", "error"), spec.get("mode", "min")
     from trainables.tasks import task_for
 
-    # The paper's figures of the task (Task.paper_params, from the resolved training config) first.
-    paper = task_for(spec["task"]).paper_params if spec.get("task") else ()
-    params = list(paper) + [f for f in spec.get("search", {}) if f not in paper]
-    columns = [f"metrics.`{metric}`", f"metrics.`{best_key(metric)}`", f"tags.`{STATE_TAG}`"]
-    columns += [f"params.`{p}`" for p in params]
+    searched = list(spec.get("search", {}))
+    # Then the paper's figures of the task (Task.paper_params, from the resolved training config).
+    paper = [p for p in (task_for(spec["task"]).paper_params if spec.get("task") else ()) if p not in searched]
+    columns = [f"params.`{p}`" for p in searched]
+    columns += [f"tags.`{STATE_TAG}`", f"metrics.`{metric}`", f"metrics.`{seen_key(metric, mode)}`"]
+    columns += [f"params.`{p}`" for p in paper]
+    # Narrower than MLflow's defaults: the searched values, the state and the metric fit beside the
+    # Assistant panel MLflow opens on a browser's first visit to a local server (a third of 1400 px).
+    widths = {"attributes.`Run Name`": 180, "runDateAndNestInfo": 110, **{c: 100 for c in columns[:len(searched)]},
+              **{c: 90 for c in columns[len(searched):len(searched) + 2]}}
     return {"searchFilter": "", "orderByKey": f"metrics.`{metric}`", "orderByAsc": mode == "min",
-            "selectedColumns": columns}
+            "selectedColumns": columns, "columnOrder": ["attributes.`Run Name`", *columns, "duration"],
+            "columnWidths": widths,
+            # A group's row shows its best figures: the configurations' best error, not an average.
+            "groupBy": {"aggregateFunction": "min" if mode == "min" else "max",
+                        "groupByKeys": [{"mode": "tag", "groupByData": ROLE_TAG}]}}
 
 
 def set_runs_view(uri: str, experiment_id: str, spec: dict[str, Any]) -> None:
+    """The runs table's view and the model-training kind, on the experiment (new or old)."""
     import json
 
-    client(uri).set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(runs_view(spec)))
+    c = client(uri)
+    c.set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(runs_view(spec)))
+    c.set_experiment_tag(experiment_id, KIND_TAG, MODEL_TRAINING_KIND)
 
 
 def runs_url(base_url: str, experiment_id: str) -> str:
     """The address of the study's runs table in MLflow's UI (``set_runs_view`` stored its view)."""
-    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+    return (f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+            f"&{MODEL_TRAINING_LAYOUT}")
 
 
 def find_trial_run(uri: str, experiment_id: str, trial_id: str) -> str | None:
@@ -164,8 +202,9 @@ def ensure_trial_run(
     start_time_ms: int | None = None,
     population: str | None = None,
 ) -> str:
-    """A configuration's child run, created with every resolved parameter on first call;
-    ``population`` (the Ray trial that trains it) is a tag.
+    """A configuration's child run, created with every resolved parameter on first call and named by
+    its settings (``nag mu 0.99 r 1.1``, study/record/run_names.py); ``population`` (the Ray trial
+    that trains it) is a tag.
 
     Sampled values go in under their own names only where the sampler's name differs from the
     config's (``sampled.one_minus_mu_max``), so ``lr`` is one param, not ``lr`` and ``sampled.lr``.
@@ -195,7 +234,8 @@ def ensure_trial_run(
         tags[OPTUNA_TAG] = str(optuna_number)
     if population is not None:
         tags[POPULATION_TAG] = population
-    run = c.create_run(experiment_id, start_time=start_time_ms, run_name=f"{study}-{trial_id}", tags=tags)
+    run = c.create_run(experiment_id, start_time=start_time_ms, tags=tags,
+                       run_name=_unique_run_name(c, experiment_id, configuration_name(config, sampled), trial_id))
     params: dict[str, str] = {}
     _flat("", config, params)
     _flat("sampled", {k: v for k, v in sampled.items() if k not in config}, params)
@@ -203,9 +243,18 @@ def ensure_trial_run(
     return run.info.run_id
 
 
+def _unique_run_name(c: MlflowClient, experiment_id: str, name: str, trial_id: str) -> str:
+    """``name``, or ``name (trial_id)`` where another run of the study has that name (the same
+    values sampled twice, values equal in the digits shown, or nothing searched)."""
+    taken = c.search_runs([experiment_id], filter_string=f"attributes.run_name = '{name}'", max_results=1,
+                          run_view_type=ViewType.ALL)
+    return f"{name} ({trial_id})" if taken else name
+
+
 def metrics_at_step(report: "ConfigurationReport", metric: str | None = None) -> dict[str, float]:
-    """The metric names one configuration's report becomes: means beside per-member figures
-    (error/seed_3), and the study's metric under its own name (``averaged_error``: the mean over members)."""
+    """The metric names one configuration's report becomes (step: the update): means over its seeds
+    (``error``, and ``error/mean_over_seeds`` beside the seeds' ``error/seed_3``), and the study's
+    metric under its own name (the mean over its seeds)."""
     out: dict[str, float] = {}
     for key in ("error", "loss", "mu", "lr", "members_diverged"):
         if getattr(report, key) is not None:
@@ -218,15 +267,21 @@ def metrics_at_step(report: "ConfigurationReport", metric: str | None = None) ->
                 out[f"{key}/seed_{m.seed}"] = float(getattr(m, key))
         for key, v in m.extra.items():
             out[f"{key}/seed_{m.seed}"] = float(v)
+    # The seed-averaged curve again under a name that says so, beside the seeds' own curves
+    # (error/seed_0, ...): ``error`` is the same mean, named as the table's column and the results DB.
+    for key in ("error", "loss"):
+        if key in out:
+            out[f"{key}/{SEED_MEAN}"] = out[key]
     return {k: v for k, v in out.items() if not math.isnan(v)}
 
 
 class MetricLog:
     """Driver-side metric logging that never writes a (run, step) twice.
 
-    Beside each report it logs ``best_<metric>``: the best of the study's metric over the run's
-    reports while no member had diverged, the rule of the results DB's ``best_metric_value``
-    (study/record/results.py); once a member diverged it is no longer logged (the state tag says why).
+    Beside each report it logs ``lowest_<metric>_seen`` (``seen_key``): the lowest (mode max:
+    highest) of the study's metric over the run's reports while no member had diverged, the rule of
+    the results DB's ``best_metric_value`` (study/record/results.py); once a member diverged it is
+    no longer logged (the state tag says why). A run's result is its ``<metric>`` at the last step.
     """
 
     def __init__(self, uri: str, metric: str = "error", mode: str = "min"):
@@ -238,7 +293,7 @@ class MetricLog:
         if run_id not in self._last:
             history = client(self.uri).get_metric_history(run_id, "error")
             self._last[run_id] = max((m.step for m in history), default=-1)
-            self._best[run_id] = client(self.uri).get_run(run_id).data.metrics.get(best_key(self.metric))
+            self._best[run_id] = client(self.uri).get_run(run_id).data.metrics.get(seen_key(self.metric, self.mode))
         return self._last[run_id]
 
     def log(self, run_id: str, step: int, metrics: dict[str, float], timestamp_ms: int) -> bool:
@@ -253,7 +308,7 @@ class MetricLog:
         elif value is not None and better(value, self._best.get(run_id), self.mode):
             self._best[run_id] = value
         if self._best.get(run_id) is not None and not metrics.get("members_diverged"):
-            metrics[best_key(self.metric)] = self._best[run_id]
+            metrics[seen_key(self.metric, self.mode)] = self._best[run_id]
         items = [Metric(k, v, timestamp_ms, step) for k, v in metrics.items()]
         c = client(self.uri)
         for i in range(0, len(items), MAX_BATCH):
@@ -276,8 +331,8 @@ def finish_trial(uri: str, run_id: str, state: str, extra_tags: dict[str, str] |
 def study_summary(uri: str, parent_run_id: str) -> dict[str, float]:
     """The parent's metrics from its child runs: trials per final state and the study's best.
 
-    The best is over the trials that did not diverge (a diverged configuration has no best), as
-    ``study status`` counts it from the results DB.
+    The best is the best result (the study metric at the last step) of the completed
+    configurations, the verdict's best; a diverged, pruned or failed one has no result.
     """
     from study.record.outcome import TERMINAL, better
 
@@ -296,8 +351,8 @@ def study_summary(uri: str, parent_run_id: str) -> dict[str, float]:
         state = run.data.tags.get(STATE_TAG)
         if f"trials_{state}" in counts:
             counts[f"trials_{state}"] += 1
-        value = run.data.metrics.get(best_key(metric))
-        if state != "diverged" and value is not None and better(value, best, mode):
+        value = run.data.metrics.get(metric)  # a run's metrics hold each one's value at its last step
+        if state == "completed" and value is not None and better(value, best, mode):
             best = value
     out: dict[str, float] = dict(counts)
     if best is not None:

@@ -20,7 +20,9 @@ where no such configuration exists (a sampled search), the worst configuration i
 A configuration is one trial: its sampled values (the spec's ``search`` fields, as the trial's
 training config applied them) and its N seeds (``repeats``), trained as one population. Its error
 is the study metric at the trial's last report, the mean over seeds; the seeds' own errors are the
-spread. A configuration with a diverged seed has no error: it "diverges", and ranks last.
+spread. A configuration with a diverged seed has no error: it "diverges", ranks last, and says how
+many of its seeds diverged. A configuration stopped early by the rungs (pruned) or failed has no
+final error: it is not ranked, but counted ("2 of 8 configurations learn, 5 pruned").
 `study run` and `study resume` print ``best_line()`` and ``line()`` when a study completes::
 
     from study.report.verdict import study_verdict
@@ -51,6 +53,7 @@ class Setting:
     error: float | None  # None: a seed diverged
     seed_errors: tuple[tuple[int | None, float | None], ...]
     bias_only: float | None
+    members_diverged: int = 0  # the results DB's count (the seeds' rows say which)
 
     @property
     def diverged(self) -> bool:
@@ -58,7 +61,7 @@ class Setting:
 
     @property
     def seeds_diverged(self) -> int:
-        return sum(e is None for _, e in self.seed_errors)
+        return max(sum(e is None for _, e in self.seed_errors), self.members_diverged)
 
     def name(self) -> str:
         return ", ".join(f"{k} {_fmt(v)}" for k, v in self.values.items()) or f"trial {self.trial_id}"
@@ -78,11 +81,15 @@ class Setting:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Every finished configuration of a study, best first (diverged ones last)."""
+    """Every configuration of a study that trained to its end or diverged, best first (diverged
+    ones last), and how many others the study has: stopped early by the rungs (``pruned``, whose
+    error is not a final one) or ``failed``; each is counted in the line, none is left out."""
 
     study: str
     metric: str
     settings: tuple[Setting, ...]
+    pruned: int = 0
+    failed: int = 0
 
     @property
     def best(self) -> Setting:
@@ -118,7 +125,7 @@ class Verdict:
         searched field of it does (else the worst configuration)."""
         best, worst = self.best, self.worst
         if best.diverged:
-            return f"verdict: every configuration diverged ({len(self.settings)} in all)"
+            return f"verdict: every configuration diverged ({len(self.settings)} of {self.total}{self._others()})"
         if best.bias_only is None:
             if len(self.settings) == 1:
                 return f"verdict: {best.name()} ends at {self.metric} {_fmt(best.error)} (no bias-only level to compare)"
@@ -131,8 +138,16 @@ class Verdict:
         if not contrasts and len(self.settings) > 1:
             parts.append(f"{worst.name()} {worst.outcome()} ({_describe(worst, shown_level=best.bias_only)})")
         learned = sum(s.outcome() == "learns" for s in self.settings)
-        parts.append(f"{learned} of {len(self.settings)} configurations learn")
+        parts.append(f"{learned} of {self.total} configurations learn{self._others()}")
         return "; ".join(parts)
+
+    @property
+    def total(self) -> int:
+        return len(self.settings) + self.pruned + self.failed
+
+    def _others(self) -> str:
+        """", 5 pruned, 1 failed": the configurations that have no final error, where there are any."""
+        return "".join(f", {n} {what}" for n, what in ((self.pruned, "pruned"), (self.failed, "failed")) if n)
 
 
 def _describe(s: Setting, metric: str | None = None, shown_level: float | None = None) -> str:
@@ -167,6 +182,7 @@ def study_verdict(name: str, directory: str | None = None, results_db: str | Non
     metric, mode = str(study["metric"]), str(study["mode"])
     searched = list((spec.get("search") or {}).keys())
     trials = api.trials(name, directory, results_db)
+    others = {state: int((trials["state"] == state).sum()) for state in ("pruned", "failed")}
     trials = trials[trials["state"].isin(["completed", "diverged"])]
     if trials.empty:
         return None
@@ -191,10 +207,11 @@ def study_verdict(name: str, directory: str | None = None, results_db: str | Non
             error=None if diverged else float(t["metric_value"]),
             seed_errors=seed_errors,
             bias_only=level,
+            members_diverged=0 if _missing(t["members_diverged"]) else int(t["members_diverged"]),
         ))
     sign = 1.0 if mode == "min" else -1.0
     settings.sort(key=lambda s: (s.diverged, s.seeds_diverged, sign * s.error if s.error is not None else 0.0))
-    return Verdict(study=name, metric=metric, settings=tuple(settings))
+    return Verdict(study=name, metric=metric, settings=tuple(settings), **others)
 
 
 def _member_config(config: dict[str, Any]) -> dict[str, Any]:

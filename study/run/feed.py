@@ -41,7 +41,7 @@ class StudyFeed(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         table = member_table(trial.config)
         self.recorder.started(trial.trial_id, table)
-        self.progress.started(trials, [c.config_id for c in table])
+        self.progress.started(trials, table)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         running = [c.config_id for c in member_table(trial.config) if self.endings.get(c.config_id) is None]

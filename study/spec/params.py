@@ -51,6 +51,24 @@ class FloatParam(_Strict):
         return [self.low, self.high]
 
 
+# The sampler's (and Optuna's) name of a field searched with ``transform: one_minus``: this prefix
+# and the field (study/spec/expand.py ``param_name``).
+ONE_MINUS = "one_minus_"
+
+
+def field_value(name: str, value: Any, config: dict[str, Any] | None = None) -> tuple[str, Any]:
+    """The sampler's name back to what a user reads: (the field, its value), e.g.
+    ``one_minus_mu_max`` 0.007 -> ``mu_max`` 0.993 (the trial's config value where it has one:
+    the value it trained with); any other name as it is."""
+    if not name.startswith(ONE_MINUS):
+        return name, value
+    field = name[len(ONE_MINUS):]
+    trained = (config or {}).get(field)
+    if isinstance(trained, float):
+        return field, trained
+    return field, 1.0 - value if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
 class IntParam(_Strict):
     """An integer in [low, high] (both included)."""
 

@@ -1,7 +1,7 @@
 """The notebook API: a study's trials, metric points and any read-only SQL as pandas DataFrames.
 
     >>> from study import api
-    >>> api.trials("quick")               # one row per trial, sampled params as columns  # doctest: +SKIP
+    >>> api.trials("quick")               # one row per trial, searched fields as columns  # doctest: +SKIP
     >>> api.metrics("quick")              # one row per trial, step and member  # doctest: +SKIP
     >>> api.query("quick", "SELECT ...")  # read-only SQL on the results database  # doctest: +SKIP
 
@@ -27,6 +27,7 @@ import pandas as pd
 from study.locations import redact, resolve, studies_root
 from study.record import queries, results
 from study.record.queries import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S, ONLY_SELECT, QueryError
+from study.spec.params import field_value
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_ROWS", "DEFAULT_TIMEOUT_S", "ONLY_SELECT", "QueryError",
            "metrics", "query", "results_target", "studies", "trials"]
@@ -77,12 +78,16 @@ def query(
 
 def trials(name: str, directory: str | None = None, results_db: str | None = None) -> pd.DataFrame:
     """One row per trial (a configuration): state, current and best metric, Optuna number, MLflow
-    run, the population that trained it (Ray trial, node, worker process), sampled params."""
+    run, the population that trained it (Ray trial, node, worker process), and the searched values
+    under the spec's field names (a ``transform: one_minus`` field as its own value: mu_max 0.993)."""
     target = results_target(name, directory, results_db)
     queries.migrate_file(target)
     df = queries.trials(target, name)
     params = df.pop("params")
-    return pd.concat([df, pd.DataFrame(list(params), index=df.index)], axis=1)
+    # Under the spec's field names (mu_max, not the sampler's one_minus_mu_max); the results
+    # database and Optuna keep the sampler's names, the coordinate its model is fitted in.
+    searched = [dict(field_value(k, v, c) for k, v in p.items()) for p, c in zip(params, df["config"])]
+    return pd.concat([df, pd.DataFrame(searched, index=df.index)], axis=1)
 
 
 def metrics(name: str, directory: str | None = None, results_db: str | None = None) -> pd.DataFrame:

@@ -76,7 +76,7 @@ def test_named_reads_answer_from_a_real_results_database(tmp_path):
     now = dt.datetime(2026, 1, 1)
     for i, state in enumerate(["completed", "diverged", "failed", "pruned", "running"]):
         results.upsert_trial(url, study_id, f"t{i}", state=state, optuna_trial_number=i, params={"lr": 0.1 * (i + 1)},
-                             best_metric_value=float(i), started_at=now)
+                             metric_value=float(i) + 0.5, best_metric_value=float(i), started_at=now)
     results.forget_engine(url)
     target = tmp_path / "results.db"
 
@@ -94,7 +94,8 @@ def test_named_reads_answer_from_a_real_results_database(tmp_path):
 
     summary = queries.studies(target)
     assert list(summary.columns) == queries.STUDIES_COLUMNS
-    assert summary.loc[0, ["name", "finished", "running", "best"]].tolist() == ["named", 4, 1, 0.0]
+    # best: the final result of the completed configuration, not any configuration's lowest seen.
+    assert summary.loc[0, ["name", "finished", "running", "best"]].tolist() == ["named", 4, 1, 0.5]
 
     found = queries.study_with_trials(url, "named")
     assert found is not None

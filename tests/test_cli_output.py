@@ -33,7 +33,7 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PROGRESS_LINE = re.compile(
     r"study (?P<name>\S+): (?P<finished>\d+)/(?P<total>\d+) finished, (?P<running>\d+) running \| "
     r"elapsed (?P<elapsed>\d+:\d\d:\d\d) \| ETA (?P<eta>\d+:\d\d:\d\d|unknown) \| "
-    r"best (?P<metric>\w+) (?P<best>none yet|\S+ \(trial \S+\))$"
+    r"best (?P<metric>\w+) (?P<best>none finished yet|\S+ \(trial \S+\))$"
 )
 
 
@@ -174,8 +174,10 @@ def test_csv_and_json_keep_every_digit_and_tables_round(quick_study):
     status = json.loads(out.stdout)
     assert status["state"] == "completed" and status["finished"] == 3 and status["num_samples"] == 3
     assert {t["trial"] for t in status["trials"]} == set(stored)
-    bests = [t["best"] for t in status["trials"]]
-    assert status["best"] == min(bests) and all(isinstance(b, float) for b in bests)
+    # best: the best final result (the study metric at the last report, the mean over seeds) of a
+    # completed configuration; lowest_seen: a configuration's lowest at any report, named apart.
+    finals = [t["error"] for t in status["trials"] if t["state"] == "completed"]
+    assert status["best"] == min(finals) and all(isinstance(t["lowest_seen"], float) for t in status["trials"])
     out = study_in_process("status", name, "--dir", root, "--format", "csv")
     assert set(pd.read_csv(StringIO(out.stdout))["trial"]) == set(stored)
     out = study_in_process("status", "--dir", root, "--format", "json")
@@ -237,9 +239,9 @@ def test_stop_interrupts_a_running_study_and_a_moved_copy_resumes(ray_session, s
     assert int(last["finished"]) == finished
     assert any(m["eta"] != "unknown" for m in parsed)
     trials = api.trials(name)
-    best = trials["best_metric_value"].min()
-    best_trial = trials.loc[trials["best_metric_value"].idxmin(), "trial_id"]
-    assert last["best"] == f"{best:.4g} (trial {best_trial})"
+    # The best is a completed configuration's result (its metric at its last report; issue 21).
+    completed = trials[trials["state"] == "completed"].set_index("trial_id")["metric_value"]
+    assert last["best"] == f"{completed.min():.4g} (trial {completed.idxmin()})"
 
     # After the interrupt the study counts what finished, not "3/3".
     status = _cli("status", name, env=env)
@@ -312,7 +314,7 @@ def test_delete_asks_then_removes_rows_optuna_mlflow_and_the_tune_directory(ray_
     assert done.stdout.strip().endswith(f"study {name} deleted")
     assert not (study_env / name).exists() and not tune_dir.exists()
     assert MlflowClient(mlflow_uri).get_experiment_by_name(name) is None
-    assert _cli("status", "--dir", str(study_env)).stdout.strip() == "no studies yet"
+    assert _cli("status", "--dir", str(study_env)).stdout.strip() == f"no studies yet in {study_env}"
     gone = _cli("delete", name)
     assert gone.returncode == 2 and f"no study named {name!r}" in gone.stderr
 

@@ -13,8 +13,10 @@ from rich.console import Console
 
 from study import api
 from study.cli import jobs
-from study.cli.common import EXIT_BAD_INPUT, locate
+from study.cli.common import EXIT_BAD_INPUT, dir_given, locate, studies_dir
 from study.cli.output import cell, emit, json_value, records, table
+from study.errors import LocationError
+from study.locations import studies_root
 from study.record import queries
 from study.record.results import TERMINAL_TRIAL_STATES
 from study.run.lock import is_locked
@@ -32,52 +34,87 @@ def status(args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.job:
         return jobs.job_status(args, out)
     if not args.name:
+        try:
+            where = studies_dir(args)
+        except LocationError:
+            if dir_given(args):
+                raise
+            # The default ./studies before the first `study run` here: nothing is mistyped.
+            where = studies_root(None)
+            if args.format == "table":
+                out.print(f"no studies yet: {where} does not exist (`study run SPEC` creates it; --dir names "
+                          "another)", highlight=False, soft_wrap=True)
+                return 0
         df = api.studies(args.dir, args.results_db)
         if args.format != "table":
             emit(df, args.format, out)
         elif df.empty:
-            out.print("no studies yet")
+            out.print(f"no studies yet in {where or 'the results database'}", highlight=False, soft_wrap=True)
         else:
             trials = [f"{f}/{n}" + (f", {r} running" if r else "")
                       for f, n, r in zip(df["finished"], df["num_samples"], df["running"])]
             created = [cell(c)[:16] for c in df["created_at"]]  # to the minute
             shown = df.assign(finished=trials, created=created)
-            out.print(table(shown[["name", "task", "state", "finished", "best", "metric", "created"]], "studies"))
+            out.print(table(shown[["name", "task", "state", "finished", "best", "metric", "created"]], "studies",
+                            out.width, optional=("created", "task", "metric")))
         return 0
     df = api.trials(args.name, args.dir, args.results_db)
     s = study_row(args, err)
     if s is None:
         return EXIT_BAD_INPUT
+    seen = seen_label(s["mode"])
     shown = df[["trial_id", "optuna_trial_number", "state", "last_step", "metric_value", "best_metric_value"]]
     shown = shown.rename(
         columns={"trial_id": "trial", "optuna_trial_number": "optuna", "last_step": "step",
-                 "metric_value": s["metric"], "best_metric_value": "best"}
+                 "metric_value": s["metric"], "best_metric_value": seen}
     )
     state = s["state"]
     if state == "running" and not _driver_alive(args):
         state = "interrupted (its driver is not running: `study resume` continues it)"
     finished = int(df["state"].isin(TERMINAL_TRIAL_STATES).sum())
-    best = shown.dropna(subset=["best"])
-    if not best.empty:
-        best = best.loc[best["best"].idxmax() if s["mode"] == "max" else best["best"].idxmin()]
+    best = best_configuration(df, s["mode"])
     if args.format == "json":
         sys.stdout.write(json.dumps({
             "name": args.name, "state": state, "state_reason": s["state_reason"], "metric": s["metric"],
             "finished": finished, "num_samples": int(s["num_samples"]),
-            "best": None if len(best) == 0 else json_value(best["best"]),
-            "best_trial": None if len(best) == 0 else best["trial"],
+            "best": None if best is None else json_value(best["metric_value"]),
+            "best_trial": None if best is None else best["trial_id"],
             "trials": records(shown),
         }, separators=(",", ":")) + "\n")
         return 0
     if args.format == "csv":
         emit(shown, "csv", out)
         return 0
-    out.print(table(shown, f"study {args.name}: {state}, {finished}/{s['num_samples']} trials finished"))
-    if len(best):
-        out.print(f"best {s['metric']}: {cell(best['best'])} (trial {best['trial']})", highlight=False)
+    out.print(table(shown, f"study {args.name}: {state}, {finished}/{s['num_samples']} trials finished", out.width,
+                    optional=("optuna", seen, "step")))
+    if best is not None:
+        # Wrapped by rich at the terminal's width: at spaces, never inside a word.
+        out.print(f"best {s['metric']}: {cell(best['metric_value'])} (trial {best['trial_id']}, the best final "
+                  "result of a completed configuration, the mean over its seeds)", highlight=False)
+    else:
+        out.print("best: none yet (no configuration has completed)", highlight=False)
+    out.print(f"{seen}: the {seen.split('_')[0]} {s['metric']} of a configuration at any of its reports, not a final "
+              "result", highlight=False, style="dim")
     if s["state_reason"]:
         out.print(f"reason: {s['state_reason']}", highlight=False, soft_wrap=True)
     return 0
+
+
+def seen_label(mode: str) -> str:
+    """What the tables call a configuration's best value at any report (``best_metric_value``):
+    "best" is kept for the best final result, as everywhere else."""
+    return "highest_seen" if mode == "max" else "lowest_seen"
+
+
+def best_configuration(trials: Any, mode: str) -> Any:
+    """The best configuration (a row of api.trials), or None: the verdict's rule
+    (study/report/verdict.py), the best final result (``metric_value``, the mean over seeds at the
+    last report) of a configuration that completed with no seed diverged."""
+    done = trials[(trials["state"] == "completed") & (trials["members_diverged"].fillna(0) == 0)]
+    done = done.dropna(subset=["metric_value"])
+    if done.empty:
+        return None
+    return done.loc[done["metric_value"].idxmax() if mode == "max" else done["metric_value"].idxmin()]
 
 
 def _driver_alive(args: argparse.Namespace) -> bool:
@@ -89,23 +126,28 @@ def _driver_alive(args: argparse.Namespace) -> bool:
 
 
 def results(args: argparse.Namespace, out: Console, err: Console) -> int:
+    # The columns a narrow terminal leaves out first (CSV and JSON have every column).
+    optional: tuple[str, ...] = ()
     if args.metrics:
         df = api.metrics(args.name, args.dir, args.results_db)
-        if args.format == "table":  # what fits 80 columns; CSV and JSON have every column
+        if args.format == "table":
             df = df[["trial_id", "step", "member", "seed", "error", "loss", "mu", "lr", "status"]]
             df = df.rename(columns={"trial_id": "trial"})
+            optional = ("loss", "mu", "lr", "member")
     else:
         df = api.trials(args.name, args.dir, args.results_db).drop(columns=["config"])
         if args.format == "table":
             s = study_row(args, err)
             metric = s["metric"] if s is not None else "value"
+            seen = seen_label(s["mode"] if s is not None else "min")
             diverged = [f"{d}/{m}" for d, m in zip(df["members_diverged"], df["members"])]
             df = df.drop(columns=["mlflow_run_id", "started_at", "ended_at", "objective", "members", "members_diverged",
                                   "population", "hostname", "node_ip", "worker_pid"])
             df.insert(6, "diverged", diverged)
             df = df.rename(columns={"trial_id": "trial", "optuna_trial_number": "optuna", "last_step": "step",
-                                    "metric_value": metric, "best_metric_value": "best"})
-    emit(df, args.format, out, f"study {args.name}")
+                                    "metric_value": metric, "best_metric_value": seen})
+            optional = ("optuna", seen, "step", "diverged")
+    emit(df, args.format, out, f"study {args.name}", optional)
     return 0
 
 

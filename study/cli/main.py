@@ -1,4 +1,4 @@
-"""The `study` command line: run, status, resume, stop, delete, results, query, ui, report; submit,
+"""The `study` command line: run, status, resume, stop, delete, results, query, ui, report, best; submit,
 logs and mlflow-server for a cluster (docs/cluster.md).
 
 This module is the parser, the dispatch and the answer to each kind of error (one line, an exit
@@ -16,14 +16,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from study.api import QueryError
-from study.cli.common import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from study.cli.common import EXIT_BAD_INPUT, EXIT_INTERRUPTED, check_known
 from study.errors import StudyError
 from study.locations import named_study_dir, studies_root
 from study.plan import rates
 from study.record.database import DriverError
 from study.record.results import ResultsDBError
 
-DESCRIPTION = """The `study` command line: run, status, resume, stop, delete, results, query, ui, report; submit,
+DESCRIPTION = """The `study` command line: run, status, resume, stop, delete, results, query, ui, report, best; submit,
 logs and mlflow-server for a cluster (docs/cluster.md)."""
 
 # Each command's module, loaded when the command runs: the modules import torch, Ray (after
@@ -39,6 +39,7 @@ COMMANDS = {
     "query": "study.cli.inspect:query",
     "ui": "study.cli.ui:command",
     "report": "study.report.command:report_command",
+    "best": "study.cli.best:command",
     "submit": "study.cli.jobs:submit",
     "logs": "study.cli.jobs:logs",
     "mlflow-server": "study.cli.jobs:mlflow_server",
@@ -141,6 +142,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report on the study's MLflow parent run")
     _locations_args(p)
 
+    p = sub.add_parser("best", help="write a spec that reruns a study's best configuration with new seeds (or longer)")
+    p.add_argument("name")
+    p.add_argument("--repeats", type=_positive_int,
+                   help="seeds of the rerun, all new (default 10: the mean's standard error about a third of one seed's spread)")
+    p.add_argument("--updates", type=_positive_int, help="updates of the rerun (default: the study's)")
+    p.add_argument("-o", "--output", metavar="PATH", help="the spec file to write (default ./NAME_best.yaml)")
+    p.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
+    _locations_args(p)
+
     p = sub.add_parser("submit", help="run a study as a Ray job on a cluster; prints the job id")
     p.add_argument("spec", help="path to a study spec (YAML)")
     p.add_argument("--address", help="Ray Jobs API, http://HEAD:8265 (env RAY_API_SERVER_ADDRESS)")
@@ -175,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "name", None) is not None:
             _check_name(args)
+            if not getattr(args, "job", None):
+                check_known(args)
         return _command(args.command)(args, out, err)
     # Every kind (study.errors: the spec, a location, a service; a query) is a refusal before the
     # work starts: one line and exit 2. A run that fails once started ends in its own state instead.

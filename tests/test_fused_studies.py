@@ -9,6 +9,7 @@ so bit equality across sizes is not promised; see tests/test_training.py).
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -116,12 +117,16 @@ def test_member_rungs_prune_inside_the_population_and_the_survivors_run_on_uncha
     _, _, solo, asha = grid_runs
     a = api.trials(asha.name, results_db=asha.results_db).set_index("lr").sort_index()
     assert a["population"].nunique() == 1
-    # Rungs at reports 2 and 4: at report 2 the diverged configuration has ended and the three
-    # running keep ceil(3/2) = 2; at report 4 one of the two is kept.
+    # Rungs at reports 2 and 4: they stop what Ray
+    # Tune's ASHAScheduler stops when it is given the same reports in the same order (each report's
+    # configurations in table order; the diverged one only while it ran).
     assert a.loc[BAD, "state"] == "diverged"
     assert sorted(a["state"]) == ["completed", "diverged", "pruned", "pruned"]
     pruned = a[a["state"] == "pruned"]
-    assert sorted(pruned["last_step"]) == [20, 40]
+    assert dict(zip(pruned["trial_id"], pruned["last_step"])) == _ray_asha_stops(asha, grace_period=2, rf=2)
+    # The study's record, where `study resume` takes it up (study/run/rung_board.py).
+    record = json.loads((asha.study_dir / "rungs.json").read_text())
+    assert sorted(record["stopped"]) == sorted(pruned["trial_id"])
     survivor = a[a["state"] == "completed"].index[0]
     assert a.loc[survivor, "last_step"] == 60
 
@@ -247,13 +252,44 @@ def test_members_per_trial_follow_max_members_repeats_and_the_trials_that_can_ru
     assert population.default_max_members(heavy) == 2
 
 
-def test_member_rungs_keep_the_best_fraction_at_each_rung():
-    rungs = population.MemberRungs(grace_period=1, reduction_factor=3, max_t=10, mode="min")
-    assert rungs.rungs == {1, 3, 9}
-    assert rungs.stop(1, {0: 0.5, 1: 0.1, 2: 0.9, 3: 0.3}) == [0, 2]  # keeps ceil(4/3) = 2
-    assert rungs.stop(2, {0: 0.5, 1: 0.1}) == []  # not a rung
-    assert rungs.stop(3, {1: 0.1}) == []  # one left: nothing to compare
-    assert population.MemberRungs(1, 2, 10, "max").stop(1, {0: 0.5, 1: 0.1}) == [1]
+def _ray_asha_stops(loc, grace_period, rf):
+    """The configurations Ray Tune's ASHAScheduler stops (id -> step) given a study's recorded
+    reports: each configuration's mean error over its seeds at each step it ran at."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import ASHAScheduler
+
+    m = api.metrics(loc.name, results_db=loc.results_db)
+    sched = ASHAScheduler(time_attr="training_iteration", metric="v", mode="min", max_t=len(STEPS),
+                          grace_period=grace_period, reduction_factor=rf)
+    ids = sorted(m["trial_id"].unique(), key=lambda c: int(c.rsplit("-", 1)[1]))  # table order
+    trials = {c: Trial("population", config={}, trial_id=c, stub=True) for c in ids}
+    for t in trials.values():
+        sched.on_trial_add(None, t)
+    stopped = {}
+    for report, step in enumerate(STEPS[:-1], 1):
+        for c in ids:
+            rows = m[(m["trial_id"] == c) & (m["step"] == step)]
+            if c in stopped or rows.empty or (rows["status"] == "diverged").any():
+                continue
+            if sched.on_trial_result(None, trials[c], {"training_iteration": report, "v": rows["error"].mean()}) == "STOP":
+                stopped[c] = step
+    return stopped
+
+
+def test_member_rungs_judge_each_configuration_against_the_whole_study_at_its_rung():
+    """Ray Tune's ASHA rule (tests/test_rung_board.py checks it against Ray's own scheduler): at a
+    rung, a configuration stops when it is worse than the (1 - 1/rf) percentile of every value
+    recorded there before it, in any population; the first arrival goes on."""
+    study = population.AshaRule(grace_period=1, reduction_factor=3, max_t=10, mode="min")
+    assert study.milestones == [9, 3, 1]
+    first = population.MemberRungs(1, 3, 10, "min", config_ids=["a-0", "a-1"], board=study)
+    assert first.stop(1, {0: 0.9, 1: 0.5}) == []  # a-0 first; a-1 better than the cutoff, 0.9
+    assert first.stop(2, {0: 0.9, 1: 0.5}) == []  # not a rung
+    second = population.MemberRungs(1, 3, 10, "min", config_ids=["b-0"], board=study)
+    # A population of one is judged too: 0.7 is worse than the cutoff of [0.9, 0.5] (0.633 by nanpercentile).
+    assert second.stop(1, {0: 0.7}) == [0]
+    assert population.MemberRungs(1, 2, 10, "max", board=population.AshaRule(1, 2, 10, "max")).stop(
+        1, {0: 0.5, 1: 0.1}) == [1]
 
 
 def test_batched_asks_get_a_constant_liar_for_tpe_and_a_popsize_for_cmaes_unless_the_spec_sets_them():
@@ -282,8 +318,11 @@ def test_a_resumed_population_stops_again_what_it_had_stopped_at_the_checkpointe
 
     spec = _grid("resumed", scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2})
     table = [population.Configuration(f"t-{j}", j, {"lr": lr}) for j, lr in enumerate(LRS[:3])]
+    # The study's record (study/run/rung_board.py), where another population reached rung 2 first.
+    study = population.AshaRule(1, 2, max_t=6, mode="min")
+    study.decide("q-0", 2, 0.2)
     reporter = PopulationReporter(spec, table, seeds=[0, 1] * 3,
-                                  rungs=population.MemberRungs(1, 2, max_t=6, mode="min"))
+                                  rungs=population.MemberRungs(1, 2, 6, "min", [c.config_id for c in table], board=study))
 
     def report(step, errors, status=("running",) * 6):
         members = tuple(MemberMetrics(k, e, e, 0.9, 1e-3, s) for k, (e, s) in enumerate(zip(errors, status)))
@@ -291,18 +330,19 @@ def test_a_resumed_population_stops_again_what_it_had_stopped_at_the_checkpointe
 
     # Rungs fall at reports 1, 2 and 4.
     result, stop = reporter.result(report(10, [0.5, 0.5, 0.1, 0.1, 0.9, 0.9]))
-    assert stop == [4, 5]  # rung 1 keeps ceil(3/2) = 2 configurations: 0.1 and 0.5; config 2 stops
+    assert stop == [4, 5]  # rung 1: 0.5 first, 0.1 better than it; 0.9 worse than their median stops
     assert [c["ended"] for c in result["configs"]] == [False, False, True]
     assert result["configs"][2]["members"][0]["status"] == "pruned"
     pruned = ("running",) * 4 + ("pruned",) * 2  # the trainer dropped config 2's members
     second = report(20, [0.5, 0.5, 0.1, 0.1, 0.9, 0.9], pruned)
     _, stop = reporter.result(second)
-    assert stop == [0, 1]  # rung 2 keeps 1 of 2: config 0 stops
+    assert stop == [0, 1]  # rung 2: config 0 (0.5) is worse than q-0's 0.2 and stops; config 1 goes on
     # The checkpoint of report 2, as run_trial writes it, and read back by the trial's loader.
     saved = tmp_path / "checkpoint_000001"
     saved.mkdir()
     torch.save({**second.checkpoint(), **reporter.checkpoint_state()}, saved / CHECKPOINT_FILE)
-    resumed = PopulationReporter(spec, table, seeds=[0, 1] * 3, rungs=population.MemberRungs(1, 2, 6, "min"))
+    resumed = PopulationReporter(spec, table, seeds=[0, 1] * 3,
+                                 rungs=population.MemberRungs(1, 2, 6, "min", [c.config_id for c in table], board=study))
     resumed.resume(_load_checkpoint(tune.Checkpoint.from_directory(str(saved))))
     # The trainer restored config 0's members as they were before report 2's stop: running. The
     # next report, 3, is no rung: nothing new stops, but config 0 is stopped again.

@@ -13,8 +13,10 @@ import json
 from dataclasses import replace
 from typing import Any
 
+import pandas as pd
 from rich.console import Console
-from rich.table import Table
+
+from study.cli.output import table
 
 from study.plan import sizing as plans
 from study.plan import rates
@@ -56,26 +58,29 @@ def command(args: argparse.Namespace, out: Console, err: Console) -> int:
         f"study {spec.name}: {spec.trials} configurations x {spec.repeats} repeats = {spec.trials * spec.repeats} "
         f"members; `study run` here trains on {'a GPU' if run.device == 'gpu' else 'the CPU'} ({run.where}), "
         f"{run.slots} trial(s) at once, memory limit per trial {plans.size_text(run.limit)} ({run.limit_what})",
-        highlight=False, soft_wrap=True,
+        highlight=False,  # wrapped at the terminal's width, at spaces
     )
-    table = Table(title=f"populations ({run.device})" + ("" if run.exact else ": sampled shapes may split them further"))
-    for col in ("shape", "populations", "configurations each", "members each", "memory each", "training time each"):
-        table.add_column(col, justify="left" if col == "shape" else "right")
-    for r in run.rows:
-        table.add_row(r.shape or "(one shape)", str(r.count), str(r.configs), str(r.members),
-                      plans.size_text(r.memory).split(" (")[0], duration(r.seconds))
-    out.print(table)
-    times = Table(title="expected wall time (training only, from measured rates: study/plan/rates.py)")
-    for col in ("device", "where", "trials at once", "populations", "largest population", "wall time"):
-        times.add_column(col, justify="left" if col in ("device", "where") else "right")
+    for warning in run.warnings:
+        out.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    # Tables that fit the terminal by shortening values, never words (study/cli/output.py).
+    rows = pd.DataFrame(
+        [(r.shape or "(one shape)", r.count, r.configs, r.members, plans.size_text(r.memory).split(" (")[0],
+          duration(r.seconds)) for r in run.rows],
+        columns=["shape", "populations", "configurations", "members", "memory", "training_time"])
+    title = f"populations ({run.device}), each with its configurations, members, memory and training time" + (
+        "" if run.exact else "; sampled shapes may split them further")
+    out.print(table(rows, title, out.width))
+    times = []
     for device in ("cpu", "gpu"):
         p = found[device]
         if isinstance(p, str):
-            times.add_row(device, "does not fit", "", "", "", p)
+            times.append((device, "does not fit", None, None, None, p))
         else:
-            times.add_row(device, p.where, str(p.slots), str(p.populations),
-                          f"{max(r.members for r in p.rows)} members", duration(p.wall_seconds))
-    out.print(times)
+            times.append((device, p.where, p.slots, p.populations, max(r.members for r in p.rows),
+                          duration(p.wall_seconds)))
+    times_df = pd.DataFrame(times, columns=["device", "where", "at_once", "populations", "largest", "wall_time"])
+    out.print(table(times_df, "expected wall time (training only, from measured rates: study/plan/rates.py), with "
+                    "the trials at once and the members of the largest population", out.width))
     return 0
 
 
@@ -90,6 +95,7 @@ def to_json(spec: StudySpec, found: dict[str, Any]) -> dict[str, Any]:
             "populations": [{"shape": r.shape, "count": r.count, "configurations": r.configs, "members": r.members,
                              "memory_bytes": r.memory, "training_seconds": round(r.seconds, 1)} for r in p.rows],
             "populations_total": p.populations, "wall_seconds": round(p.wall_seconds, 1),
+            "warnings": p.warnings,
         }
 
     return {"name": spec.name, "configurations": spec.trials, "repeats": spec.repeats,

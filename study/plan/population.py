@@ -17,6 +17,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from study.spec.expand import task_config_dict
 from study.spec.limits import MAX_MEMBERS
 from study.spec.model import StudySpec
@@ -138,29 +140,110 @@ def configs_per_trial(spec: StudySpec, cfg: TaskConfig, slots: int, device: str 
     return max(1, min(per_trial, spread))
 
 
-class MemberRungs:
-    """Early stopping inside a population, ASHA's rule applied to its configurations: at each rung
-    (``grace_period * reduction_factor**k`` reports) the configurations still running keep the best
-    ``ceil(n / reduction_factor)`` by the scheduler objective; the others stop, and the trial drops
-    their slices from the batched computation (trainables: a reporter returns the members to stop).
+class AshaRule:
+    """Ray Tune's asynchronous successive halving, as ``ray.tune.schedulers.async_hyperband._Bracket``
+    decides with one bracket and ``stop_last_trials``, over configurations of any population.
 
-    Rungs compare the configurations of one population (ASHA compares a rung's arrivals across
-    trials); with ``fuse: off`` every population holds one configuration and Ray Tune's
-    ASHAScheduler does the stopping instead."""
+    Rungs fall at ``grace_period * reduction_factor**k`` reports (up to ``max_t``). A configuration
+    is judged at the highest rung it has reached and not yet been recorded at: it stops when its
+    reward (the scheduler objective, negated for ``mode: min``) is below the
+    ``(1 - 1/reduction_factor)`` percentile (``numpy.nanpercentile``) of every reward recorded
+    there before it, in any population, and its reward is then recorded. The first arrival at a
+    rung always goes on. At ``max_t`` reports every configuration stops, as Ray's does. One rule
+    object is the study's record (study/run/rung_board.py shares it between populations); it also
+    remembers what it stopped, so a population resumed from a checkpoint taken before a stop stops
+    that configuration again."""
 
     def __init__(self, grace_period: int, reduction_factor: float, max_t: int, mode: str):
-        self.rungs = set()
-        r = float(grace_period)
-        while r < max_t:
-            self.rungs.add(int(round(r)))
-            r *= reduction_factor
-        self.reduction_factor, self.mode = reduction_factor, mode
+        self.rf, self.max_t, self.op = reduction_factor, max_t, (1.0 if mode == "max" else -1.0)
+        count = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
+        # Highest first, as Ray's _Bracket keeps them.
+        self.milestones = [grace_period * reduction_factor ** k for k in reversed(range(count))]
+        self.recorded: list[dict[str, float]] = [{} for _ in self.milestones]
+        self.stopped: set[str] = set()
+
+    def decide(self, key: str, report: int, value: float | None) -> bool:
+        """Whether configuration ``key``, at report number ``report`` with scheduler objective
+        ``value``, stops (and its reward recorded at the rung it was judged at)."""
+        if key in self.stopped:
+            return True
+        if report >= self.max_t:
+            self.stopped.add(key)
+            return True
+        if value is None:
+            return False  # nothing to judge by; Ray warns and records nothing
+        reward = self.op * float(value)
+        i = self._rung(key, report)
+        if i is None:
+            return False
+        recorded = self.recorded[i]
+        stop = bool(recorded) and reward < np.nanpercentile(list(recorded.values()), (1 - 1 / self.rf) * 100)
+        recorded[key] = reward
+        if stop:
+            self.stopped.add(key)
+        return stop
+
+    def _rung(self, key: str, report: int) -> int | None:
+        """The rung ``key`` is judged at by ``report``: the highest reached where it is not recorded."""
+        for i, (milestone, recorded) in enumerate(zip(self.milestones, self.recorded)):
+            if report >= milestone and key not in recorded:
+                return i
+        return None
+
+    def due(self, key: str, report: int) -> bool:
+        """Whether ``decide`` has anything to judge for ``key`` at ``report`` (a rung reached and
+        not recorded, ``max_t``, or a stop to repeat): a population asks only then."""
+        return key in self.stopped or report >= self.max_t or self._rung(key, report) is not None
+
+    def mark(self, key: str, report: int) -> None:
+        """Notes that ``key`` was judged at ``report`` (a population's own mirror of the study's record)."""
+        i = self._rung(key, report)
+        if i is not None:
+            self.recorded[i][key] = math.nan
+
+    def state(self) -> dict[str, Any]:
+        return {"recorded": self.recorded, "stopped": sorted(self.stopped)}
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Takes a saved ``state`` of the same rungs."""
+        recorded = state.get("recorded") or []
+        if len(recorded) == len(self.milestones):
+            self.recorded = [{str(k): float(v) for k, v in r.items()} for r in recorded]
+        self.stopped = set(state.get("stopped") or [])
+
+
+class MemberRungs:
+    """A population's view of the study's rungs: at each report, the configurations still running
+    (``values``: index in the member table -> scheduler objective) that are due at a rung are put,
+    one after the other in table order, to the study's ``AshaRule`` (``board``: the rule itself,
+    or study/run/rung_board.py's shared one); those it stops leave the batched computation.
+
+    ``last_report`` is the population's final report (default: ``max_t``): its end is its own, never
+    a stop; a ``max_t`` below it stops every configuration there, as Ray's ASHA does."""
+
+    def __init__(self, grace_period: int, reduction_factor: float, max_t: int, mode: str,
+                 config_ids: list[str] | None = None, last_report: int | None = None, board: Any = None):
+        self.mine = AshaRule(grace_period, reduction_factor, max_t, mode)  # what this population reached
+        self.board = board if board is not None else AshaRule(grace_period, reduction_factor, max_t, mode)
+        self.ids, self.last_report = config_ids, last_report
+
+    def key(self, j: int) -> str:
+        return self.ids[j] if self.ids is not None else str(j)
 
     def stop(self, report: int, values: dict[int, float]) -> list[int]:
         """The configurations (keys of ``values``: those still running, with their scheduler
         objective) that stop at report number ``report``."""
-        if report not in self.rungs or len(values) < 2:
+        # The population's last report is its own end, never a stop: without it, max_t is taken as that.
+        if report >= (self.last_report if self.last_report is not None else self.mine.max_t):
             return []
-        keep = math.ceil(len(values) / self.reduction_factor)
-        ranked = sorted(values, key=lambda j: values[j], reverse=self.mode == "max")
-        return sorted(ranked[keep:])
+        due = [j for j in sorted(values) if self.mine.due(self.key(j), report)]
+        if not due:
+            return []
+        asked = [(self.key(j), report, values[j]) for j in due]
+        stops = self.board.decide_all(asked) if hasattr(self.board, "decide_all") else [
+            self.board.decide(*a) for a in asked]
+        for (key, _, _), stop in zip(asked, stops):
+            self.mine.mark(key, report)
+            if stop:
+                self.mine.stopped.add(key)
+        return [j for j, s in zip(due, stops) if s]

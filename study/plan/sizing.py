@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from study.plan import population
+from study.plan import pacing, population
 from study.plan import rates
 from study.plan.devices import trial_gpus
 from study.errors import SpecError
@@ -177,6 +177,7 @@ class Plan:
     rows: list[PopulationRow] = field(default_factory=list)
     exact: bool = True  # False: a sampler picks the shapes, so the split by shape is a guess
     parallel: float = 1.0  # trials that train at full speed at once
+    warnings: list[str] = field(default_factory=list)  # what leaves a learning sampler blind
 
     @property
     def populations(self) -> int:
@@ -233,14 +234,22 @@ def make_plan(spec: StudySpec, machine: Machine) -> Plan:
                                              memory=heaviest.estimate)
     plan = Plan(device, machine.where, res["cpu"], res["gpu"], max(1, slots), per_trial, limit, limit_what,
                 exact=spec.sampler.type == "grid" or len(found) == 1, parallel=parallel)
+    # A sampler that learns from results takes its suggestions in rounds (study/plan/pacing.py).
+    from study.run.optuna_study import study_pacing
+
+    pace = study_pacing(spec, per_trial)
+    plan.warnings = pacing.blind_warnings(pace, spec.trials, _startup_field(spec))
     for s in found:
-        full, rest = divmod(s.configs, per_trial)
-        for count, configs in ((full, per_trial), (1 if rest else 0, rest)):
-            if count:
-                members = configs * spec.repeats
-                plan.rows.append(PopulationRow(s.label, count, configs, members, s.estimate.total(members),
-                                               _seconds(s.cfg, members, device)))
+        for configs, run in itertools.groupby(pacing.population_sizes(pace, s.configs, per_trial)):
+            count = len(list(run))
+            members = configs * spec.repeats
+            plan.rows.append(PopulationRow(s.label, count, configs, members, s.estimate.total(members),
+                                           _seconds(s.cfg, members, device)))
     return plan
+
+
+def _startup_field(spec: StudySpec) -> str:
+    return "sampler.options.popsize" if spec.sampler.type == "cmaes" else "sampler.options.n_startup_trials"
 
 
 def _slots(machine: Machine, res: dict[str, float]) -> int:

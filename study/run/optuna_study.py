@@ -120,6 +120,20 @@ def batch_sampler(spec: StudySpec, per_trial: int = 1) -> Any:
     return optuna_sampler(spec, extra)
 
 
+def study_pacing(spec: StudySpec, per_trial: int = 1, sampler: Any = None) -> Any:
+    """The pacing of the spec's sampler (study/plan/pacing.py), read from the sampler a run builds
+    (``batch_sampler``): TPE's and GP's ``n_startup_trials``, CMA-ES's ``popsize`` (when unset,
+    the cmaes package's default 4 + floor(3 ln n) over the n numerical parameters it searches)."""
+    from study.plan.pacing import pacing
+
+    sampler = sampler if sampler is not None else batch_sampler(spec, per_trial)
+    generation = None
+    if spec.sampler.type == "cmaes":
+        numerical = sum(not hasattr(d, "choices") for d in distributions(spec).values())
+        generation = getattr(sampler, "_popsize", None) or 4 + math.floor(3 * math.log(max(1, numerical)))
+    return pacing(spec.sampler.type, spec.trials, int(getattr(sampler, "_n_startup_trials", 0) or 0), generation)
+
+
 def distributions(spec: StudySpec) -> dict[str, Any]:
     """The spec's search as Optuna distributions, under the sampler's parameter names."""
     import optuna.distributions as d
@@ -179,6 +193,7 @@ class OptunaStudy:
 
     def __init__(self, study: Any) -> None:
         self.study = study
+        self._reported: dict[int, set[int]] = {}  # per trial, the steps with an intermediate value
 
     @classmethod
     def create(cls, url: str, name: str, sampler: Any, mode: str, metric: str) -> "OptunaStudy":
@@ -288,9 +303,17 @@ class OptunaStudy:
         return self.trial(ot_id).intermediate_values
 
     def report(self, ot_id: int, value: float, step: int) -> None:
+        """An intermediate value, at a step not reported before: a resumed population reports again
+        the steps since its checkpoint, which Optuna would ignore with a warning for each."""
         import optuna
 
+        reported = self._reported.get(ot_id)
+        if reported is None:
+            reported = self._reported[ot_id] = set(self.intermediate_values(ot_id))
+        if step in reported:
+            return
         optuna.trial.Trial(self.study, ot_id).report(value, step)
+        reported.add(step)
 
     def tell(self, ot_id: int, value: float | None = None, state: str | None = None) -> None:
         """study.tell with a value, or a state by name (``"PRUNED"``, ``"FAIL"``); the state is

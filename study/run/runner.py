@@ -11,6 +11,7 @@ configuration's final state in study/record/outcome.py.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -21,6 +22,7 @@ from study.locations import Locations, redact
 from study.plan import preflight
 from study.record import results, tracking
 from study.record.journal import JOURNAL_FILE, Journal, scrub
+from study.run import rung_board
 from study.run import searcher as search
 from study.run.conclude import fit_and_conclude
 from study.run.lock import StudyLock
@@ -29,13 +31,14 @@ from study.run.progress import Progress
 from study.run.trial import MLFLOW_URI_ENV
 from study.run.tuner import (
     can_restore,
-    configs_per_trial,
+    configs_per_trial,  # noqa: F401 - the runner's figure, read by tests/test_plan.py
     init_ray,
     new_tuner,
     prepare,
     rebase_search_state,
     restore,
     restored_populations,
+    run_plan,
     use_callbacks,
 )
 from study.spec.model import StudySpec, spec_to_yaml
@@ -75,11 +78,13 @@ def run(spec: StudySpec, loc: Locations, console: Any = None) -> str:
     preflight.check(spec, loc)
     _refuse_existing(spec, loc)
     created_dir = not loc.study_dir.exists()
-    with StudyLock(loc.study_dir, spec.name, loc.results_db):
+    with StudyLock(loc.study_dir, spec.name, loc.results_db), contextlib.ExitStack() as run_scope:
         undo: list[Callable[[], None]] = []
         try:
             _refuse_existing(spec, loc)  # again, now that no other driver can be starting it
             init_ray(loc, spec)
+            # The study's ASHA record for this run (study/run/rung_board.py), before the first write.
+            run_scope.enter_context(rung_board.board(spec, loc.study_dir, reports))
             started = _start(spec, loc, reports, console, undo)
         except BaseException:
             _undo_start(loc, created_dir, undo)
@@ -126,7 +131,13 @@ def _start(spec: StudySpec, loc: Locations, reports: int, console: Any, undo: li
     recorder, progress, feed = _feed(spec, loc, study_id, experiment_id, parent_run_id,
                                      Journal(loc.study_dir / JOURNAL_FILE), console)
     undo.append(lambda: shutil.rmtree(loc.tune_path, ignore_errors=True) if not loc.storage else None)
-    per_trial = configs_per_trial(spec, loc)
+    plan = run_plan(spec, loc)
+    per_trial = plan.configs_per_trial
+    for warning in plan.warnings:  # a learning sampler left blind (study/plan/pacing.py)
+        if console is not None:
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        else:
+            log.warning("%s", warning)
     # The run's one sampler: the searcher asks it, and a resumed run restores it from Optuna's storage.
     searcher = search.searcher(spec, loc.results_db, per_trial, batch_sampler(spec, per_trial))
     tuner = new_tuner(spec, loc, reports, context, searcher, [feed])
@@ -182,7 +193,7 @@ def resume(name: str, loc: Locations, console: Any = None) -> str:
         mlflow_uri = loc.mlflow_uri  # the study directory's own store, wherever it was moved
     loc = Locations(loc.root, name, loc.results_db, mlflow_uri, loc.ray_address, loc.storage)
     preflight.check(spec, loc)
-    with StudyLock(loc.study_dir, name, loc.results_db):
+    with StudyLock(loc.study_dir, name, loc.results_db), contextlib.ExitStack() as run_scope:
         journal = Journal(loc.study_dir / JOURNAL_FILE)
         if row.state == "completed" and not journal.pending():
             return "completed"  # nothing to do (the command line says so)
@@ -196,6 +207,8 @@ def resume(name: str, loc: Locations, console: Any = None) -> str:
         if "://" not in path:
             rebase_search_state(path)
         init_ray(loc, spec)
+        # The rungs recorded before the interruption (study/run/rung_board.py), before anything is written.
+        run_scope.enter_context(rung_board.board(spec, loc.study_dir, prepare(spec, loc)))
         search.use_storage(loc.results_db)  # the restored searcher re-attaches to it
         # ... and takes the populations of the trials Tune restores as those that exist, not the
         # older ones its own pickle may hold (study/run/searcher.py).

@@ -27,6 +27,12 @@ a fused study needs a member table per trial (study/plan/population.py) and a va
   with its own values (a grid point's when the walk reaches that point), never asked again; one
   that finished counts as done; configurations Optuna already finished are not told again
   (Optuna would raise UpdateFinishedTrialError).
+- Pacing: a sampler that learns from results (TPE, GP, CMA-ES) is asked only as many new
+  configurations as study/plan/pacing.py allows: the start-up suggestions freely, then no more
+  without a result than its window. A population takes what is allowed when Tune asks for it
+  (possibly fewer than ``per_trial``); when nothing is allowed, ``suggest`` returns None and Tune
+  asks again later. Only configurations of populations still live in Tune count as waiting for a
+  result, so a study with nothing running never waits.
 - The sampler is state too: its random generator after the newest ask is kept in the Optuna
   storage with that ask (``optuna_study.SAMPLER_ATTR``), and a restored searcher continues from it. The
   pickle's older generator would draw again the values it had drawn for the trials asked since,
@@ -43,9 +49,10 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from study.plan import population
+from study.record.outcome import CONFIGS_KEY
 from study.spec.expand import grid_points, param_name
 from study.spec.model import StudySpec
-from study.run.optuna_study import OptunaStudy, distributions, is_running
+from study.run.optuna_study import OptunaStudy, distributions, is_running, study_pacing
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +82,7 @@ def searcher(spec: StudySpec, results_db: str, per_trial: int, sampler: Any) -> 
     run's one (optuna_study.batch_sampler for ``per_trial``)."""
     use_storage(results_db)
     use_restored_populations(None)
-    found = PopulationSearch(spec, per_trial, sampler)
+    found = PopulationSearch(spec, per_trial, sampler, study_pacing(spec, per_trial, sampler))
     found.open(results_db)
     return found
 
@@ -83,7 +90,7 @@ def searcher(spec: StudySpec, results_db: str, per_trial: int, sampler: Any) -> 
 class PopulationSearch(Searcher):
     """The searcher of every study: hands each Ray trial a member table (module docstring)."""
 
-    def __init__(self, spec: StudySpec, per_trial: int, sampler: Any) -> None:
+    def __init__(self, spec: StudySpec, per_trial: int, sampler: Any, pace: Any = None) -> None:
         super().__init__(metric="objective", mode=spec.mode)
         self._spec_dict = spec.model_dump(mode="json")
         self._study_name = spec.name
@@ -107,6 +114,12 @@ class PopulationSearch(Searcher):
         self._grid_done: set[str] = set()
         self._optuna: OptunaStudy | None = None
         self._spec: StudySpec | None = spec
+        # A sampler that learns from results is asked in rounds (study/plan/pacing.py); None: freely.
+        self._pace = pace
+        # Populations that may still bring results: handed out by this searcher, or reporting
+        # (a restored one counts once it reports), and not yet completed in Tune.
+        self._live: set[str] = set()
+        self._waiting = False
 
     def set_search_properties(self, metric: Any, mode: Any, config: dict, **spec: Any) -> bool:
         return True  # the space, metric and mode come from the study spec
@@ -119,7 +132,7 @@ class PopulationSearch(Searcher):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"_pace": None, "_live": set(), "_waiting": False, **state})  # older pickles lack them
         if _storage_url is not None:
             self._attach(_storage_url)
 
@@ -157,6 +170,7 @@ class PopulationSearch(Searcher):
                      if c["number"] in by_number}
         known = set(self._ids.values())
         self._held, self._orphans, self._grid_orphans, self._grid_done = [], [], {}, set()
+        self._live, self._waiting = set(), False  # Tune's restored trials count once they report
         # A grid is walked again from its start: every point with a trial is done or an orphan, and
         # one enqueued but never asked (WAITING) is asked when the walk reaches it (_ask_point).
         self._next_grid = 0
@@ -212,8 +226,10 @@ class PopulationSearch(Searcher):
         spec = self._study_spec()
         table: list[dict[str, Any]] = []
         shape = None
+        allowed, first = self._allowed_now(), self._handed
+        self._waiting = False
         while len(table) < self._per_trial:
-            t = self._take()
+            t = self._take(allowed is None or self._handed - first < allowed)
             if t is None:
                 break
             key = population.shape_key(spec, t.params)
@@ -225,12 +241,30 @@ class PopulationSearch(Searcher):
             self._ids[cid] = t._trial_id
             table.append(population.Configuration(cid, t.number, dict(t.params)).to_dict())
         if not table:
-            return Searcher.FINISHED
+            # Waiting for results: Tune asks again later (a Searcher's None); else nothing is left.
+            return None if self._waiting else Searcher.FINISHED
         self._populations[trial_id] = table
+        self._live.add(trial_id)
         return {population.POPULATION_KEY: table}
 
-    def _take(self) -> Any:
-        """The next configuration's Optuna trial, or None when every configuration was handed out."""
+    def _allowed_now(self) -> int | None:
+        """New suggestions the pacing allows now (None: no limit). Pending are the configurations of
+        the live populations that Optuna has no result of, and those asked but not handed out yet.
+        With no population live, nothing pending can bring a result, so none counts and the study
+        cannot wait forever (a configuration's result lost with a killed driver, say)."""
+        pace = getattr(self, "_pace", None)  # None in a searcher pickled by an older version
+        if pace is None:
+            return None
+        live = getattr(self, "_live", set())
+        assert self._optuna is not None
+        running = {t._trial_id for t in self._optuna.trials(running_only=True)}
+        pending = sum(self._ids.get(c["config_id"]) in running
+                      for tid in live for c in self._populations.get(tid, []))
+        return pace.allowed(self._handed, pending + len(self._held) + len(self._orphans))
+
+    def _take(self, may_ask: bool = True) -> Any:
+        """The next configuration's Optuna trial, or None when every configuration was handed out,
+        or when a new one would have to be asked and ``may_ask`` is false (then ``_waiting``)."""
         study = self._optuna
         assert study is not None
         if self._held:
@@ -249,6 +283,9 @@ class PopulationSearch(Searcher):
         if self._orphans:
             return study.trial(self._orphans.pop(0))
         if self._handed >= self._total:
+            return None
+        if not may_ask:
+            self._waiting = True
             return None
         self._handed += 1
         trial = study.ask(self._space)
@@ -276,10 +313,17 @@ class PopulationSearch(Searcher):
     # display too; Tune's own calls to its searcher tell nothing more.
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        pass
+        # A restored population reporting may still bring results; one whose configurations have
+        # all ended brings none (Tune's ConcurrencyLimiter passes on_trial_complete on only for
+        # the trials it started itself, not for all that a resumed study restores).
+        configs = result.get(CONFIGS_KEY) or []
+        if configs and all(c.get("ended") for c in configs):
+            self._live.discard(trial_id)
+        else:
+            self._live.add(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        pass
+        getattr(self, "_live", set()).discard(trial_id)
 
 
 def _key(params: dict[str, Any]) -> str:

@@ -138,7 +138,8 @@ def run_trial(config: dict[str, Any]) -> None:
     """Tune's function trainable for every study (importable by workers from the installed package):
     trains the member table's configurations as one population."""
     from study.plan.devices import ray_trial_device
-    from study.plan.population import MemberRungs, member_table, training_config
+    from study.plan.population import member_table, training_config
+    from study.run.rung_board import population_rungs
     from study.spec.model import StudySpec
 
     global _previous_end
@@ -156,11 +157,8 @@ def run_trial(config: dict[str, Any]) -> None:
     checkpoint = tune.get_checkpoint()
     resume_from = _load_checkpoint(checkpoint) if checkpoint is not None else None
 
-    rungs = None
-    if spec.scheduler.type == "asha" and len(table) > 1:
-        reports_total = -(-task_config.updates // task_config.report_every)
-        rungs = MemberRungs(spec.scheduler.grace_period, spec.scheduler.reduction_factor,
-                            spec.scheduler.max_t or reports_total, spec.mode)
+    # The study's rungs, shared by every population (study/run/rung_board.py).
+    rungs = population_rungs(spec, [c.config_id for c in table], -(-task_config.updates // task_config.report_every))
     population = PopulationReporter(spec, table, seeds, rungs, trial_id)
     if resume_from is not None:
         population.resume(resume_from)

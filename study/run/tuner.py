@@ -39,8 +39,9 @@ def trial_dirname(trial: Any) -> str:
 
 
 def scheduler(spec: StudySpec, reports: int) -> Any:
-    """Ray Tune's ASHA for ``fuse: off`` (a trial is one configuration); a fused study stops
-    configurations inside their population instead (study/plan/population.py, MemberRungs)."""
+    """Ray Tune's ASHA for ``fuse: off`` (a trial is one configuration); a fused study's
+    populations stop their configurations by the same rule at the study's rungs, shared through
+    study/run/rung_board.py (study/plan/population.py, AshaRule)."""
     if spec.scheduler.type == "asha" and spec.fuse == "off":
         from ray.tune.schedulers import ASHAScheduler
 
@@ -84,15 +85,19 @@ def prepare(spec: StudySpec, loc: Locations) -> int:
     return math.ceil(cfg.updates / cfg.report_every)
 
 
-def configs_per_trial(spec: StudySpec, loc: Locations | None = None) -> int:
-    """How many configurations a Ray trial trains, for the Ray just started: study/plan/sizing.py's
-    make_plan, the function `study plan` prints (the trials that can run at once are
-    ``max_concurrent_trials``, else what the cluster's resources hold; the device and its memory
-    size the population)."""
+def run_plan(spec: StudySpec, loc: Locations | None = None) -> Any:
+    """The plan for the Ray just started: study/plan/sizing.py's make_plan, the function `study
+    plan` prints (the trials that can run at once are ``max_concurrent_trials``, else what the
+    cluster's resources hold; the device and its memory size the population)."""
     from study.plan import sizing as plan
 
     local = loc is None or not loc.ray_address
-    return plan.make_plan(spec, plan.ray_machine(local)).configs_per_trial
+    return plan.make_plan(spec, plan.ray_machine(local))
+
+
+def configs_per_trial(spec: StudySpec, loc: Locations | None = None) -> int:
+    """How many configurations a Ray trial trains, at most (``run_plan``)."""
+    return run_plan(spec, loc).configs_per_trial
 
 
 # --- Ray and the Tuner ---------------------------------------------------------------------------

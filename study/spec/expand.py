@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from study.errors import SpecError
 from study.spec.limits import MAX_SIZES, MAX_UPDATES
-from study.spec.params import FloatParam
+from study.spec.params import ONE_MINUS, FloatParam
 from trainables.config import ConfigError, TaskConfig
 from trainables.train import check_config
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def param_name(field: str, param: Any) -> str:
     """The name the sampler (and Optuna's storage) knows a searched field by."""
     if isinstance(param, FloatParam) and param.transform == "one_minus":
-        return f"one_minus_{field}"
+        return f"{ONE_MINUS}{field}"
     return field
 
 

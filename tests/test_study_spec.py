@@ -211,6 +211,14 @@ def test_max_members_below_repeats_is_refused_and_at_repeats_allowed():
     assert load_spec(quick_spec("m", repeats=4, max_members=4)).max_members == 4
 
 
+def test_several_asha_brackets_are_refused_for_fused_populations_and_allowed_with_fuse_off():
+    # Fused populations share one bracket (study/run/rung_board.py); more would be ignored silently.
+    spec = quick_spec("b", scheduler={"type": "asha", "brackets": 2})
+    with pytest.raises(SpecError, match=r"scheduler.brackets=2 is not allowed with fuse: 'auto': .*brackets: 1, or fuse: 'off'"):
+        load_spec(spec)
+    assert load_spec({**spec, "fuse": "off"}).scheduler.brackets == 2
+
+
 def test_a_relative_data_dir_is_taken_from_where_the_spec_is_loaded(tmp_path, monkeypatch):
     """Ray Tune runs each trial in a directory of its own, where `data_dir: data` named nothing."""
     monkeypatch.chdir(tmp_path)

@@ -47,7 +47,9 @@ class SchedulerSpec(_Strict):
     """FIFO runs every trial to the end; ASHA stops poor trials at its rungs.
 
     Rungs are counted in reports (Tune's training_iteration): one report per ``report_every``
-    updates of the training config.
+    updates of the training config (an autoencoder run also reports at its final phase's start,
+    one report more from there on). ``brackets`` above 1 needs ``fuse: off``: fused populations
+    share one bracket across the study (study/run/rung_board.py).
     """
 
     type: Literal["fifo", "asha"] = "fifo"
@@ -249,6 +251,12 @@ class StudySpec(_Strict):
             raise ValueError(
                 f"max_members={self.max_members!r} is not allowed with fuse: 'off': every Ray trial trains one "
                 "configuration; leave max_members out or use fuse: auto"
+            )
+        if self.scheduler.type == "asha" and self.scheduler.brackets != 1 and self.fuse != "off":
+            raise ValueError(
+                f"scheduler.brackets={self.scheduler.brackets!r} is not allowed with fuse: {self.fuse!r}: fused "
+                "populations stop their configurations by one ASHA bracket shared across populations; use "
+                "brackets: 1, or fuse: 'off' for Ray Tune's ASHAScheduler with several brackets"
             )
         if self.max_members is not None and self.max_members < self.repeats:
             raise ValueError(

@@ -2,6 +2,7 @@
 
     python benchmarks/tpe_fusion.py             # under a minute on two quiet CPU cores (docs/benchmarks.md)
     python benchmarks/tpe_fusion.py --updates 2000   # longer runs, that learn something
+    python benchmarks/tpe_fusion.py --scheduler fifo  # no pruning: every configuration to its end
     python benchmarks/tpe_fusion.py --quick     # a smoke test: seconds, not minutes
 
 The search (Sutskever et al. 2013, Table 5, addition row, reduced): optimizer {cm, nag}, momentum
@@ -46,7 +47,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 from study.run.local_ray import start_local_ray  # noqa: E402  (before anything imports ray)
 
 
-def spec(name: str, fuse: str, trials: int, updates: int, batch: int) -> dict:
+def spec(name: str, fuse: str, trials: int, updates: int, batch: int, scheduler: str = "asha") -> dict:
     return {
         "name": name,
         "description": f"tpe_fusion benchmark, fuse: {fuse}",
@@ -62,7 +63,8 @@ def spec(name: str, fuse: str, trials: int, updates: int, batch: int) -> dict:
         "num_samples": trials,
         "repeats": 2,
         "fuse": fuse,
-        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 3},
+        "scheduler": ({"type": "asha", "grace_period": 1, "reduction_factor": 3} if scheduler == "asha"
+                      else {"type": "fifo"}),
         "resources": {"cpus": 1, "gpus": 0},
         "max_concurrent_trials": 2,
     }
@@ -99,15 +101,17 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--updates", type=int, default=600)
     ap.add_argument("--batch", type=int, default=10)
+    ap.add_argument("--scheduler", choices=["asha", "fifo"], default="asha",
+                    help="fifo: every configuration trains to the end (no pruning), in both ways")
     ap.add_argument("--quick", action="store_true", help="12 configurations of 40 updates")
     args = ap.parse_args()
     trials, updates = (12, 40) if args.quick else (args.trials, args.updates)
     start_local_ray(log_to_driver=False, num_cpus=2)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        fused = run(root, spec("tpe-fused", "auto", trials, updates, args.batch))
+        fused = run(root, spec("tpe-fused", "auto", trials, updates, args.batch, args.scheduler))
         print(describe("(a) TPE, fuse: auto", fused), flush=True)
-        solo = run(root, spec("tpe-solo", "off", trials, updates, args.batch))
+        solo = run(root, spec("tpe-solo", "off", trials, updates, args.batch, args.scheduler))
         print(describe("(b) TPE, fuse: off ", solo), flush=True)
     a, b = fused["best"], solo["best"]
     print(f"wall time (b) / (a): {solo['wall'] / fused['wall']:.2f}x")

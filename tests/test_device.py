@@ -235,6 +235,9 @@ def test_no_call_waits_on_the_device_between_two_reports(monkeypatch, device, ta
     # graph path's own no-wait check is in tests/test_cuda_graphs.py).
     cfg = _config(task, k, optimizer=optimizer, lr=lrs, updates=12, report_every=4, polyak_decay=0.9, device=device,
                   cuda_graphs=False)
-    training.train(cfg)
-    assert len(audits) == 3
-    assert [a.syncs for a in audits] == [[], [], []]
+    steps = []
+    training.train(cfg, lambda report: steps.append(report.step))
+    # One stretch of updates per report: 4, 8, 12, and for an autoencoder also the final phase's
+    # start (a report there, for Table 2) where it falls off that grid.
+    assert {4, 8, 12} <= set(steps) and len(audits) == len(steps)
+    assert all(a.syncs == [] for a in audits)

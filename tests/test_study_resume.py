@@ -57,7 +57,7 @@ def test_interrupted_study_resumes_without_duplicates_or_gaps(ray_session, study
     path = tmp_path / "resumable.yaml"
     path.write_text(yaml.safe_dump(spec))
     # A progress line (no terminal here) at every step of Tune's loop, besides each configuration's end.
-    env = {**os.environ, "RAY_ADDRESS": ray_session, "MOMENTUM_STUDY_PROGRESS_EVERY": "0.01"}
+    env = {**os.environ, "RAY_ADDRESS": ray_session, "MOMENTUM_STUDY_PROGRESS_EVERY": "0.5"}
     db = str(study_env / "resumable" / "results.db")
 
     proc = subprocess.Popen([STUDY_BIN, "run", str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -31,8 +31,10 @@ run: setup
 # Two pytest workers (pytest-xdist): most of the suite's time is spent starting `study` processes
 # and Ray clusters and waiting on them, so two at a time use the two cores of a small machine;
 # worksteal evens out the few long fault tests. One worker: `pytest -p no:xdist` or `-n 0`.
+# One OpenMP thread per process: the tests' models are small, and with two workers (and their
+# Ray trials) on two cores a second thread per process only spins (12.3 min against 13.2).
 test: setup-test
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 bench: setup
 	$(BIN)/python benchmarks/updates_per_second.py

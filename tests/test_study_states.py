@@ -200,7 +200,15 @@ def _env(study_env):
     return env
 
 
-def test_a_second_driver_on_a_running_study_is_refused(study_env, tmp_path):
+def _on_session_ray(study_env, ray_session):
+    """The environment of a `study` executable that joins the session's Ray (with the session's
+    own RAY_* settings, its token among them)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MOMENTUM_STUDY_DIR=str(study_env), TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1", RAY_ADDRESS=ray_session)
+    return env
+
+
+def test_a_second_driver_on_a_running_study_is_refused(ray_session, study_env, tmp_path):
     # The first driver is frozen (SIGSTOP) as soon as it holds the study's lock (its pid file) and
     # has written the study's row, events on disk: it then runs "for as long as the test needs"
     # whatever the machine's speed (no sleep, no training budget to outlast); thawed, it must
@@ -211,7 +219,7 @@ def test_a_second_driver_on_a_running_study_is_refused(study_env, tmp_path):
     spec["config"].update(updates=20, report_every=10)
     path = tmp_path / "locked.yaml"
     path.write_text(yaml.safe_dump(spec))
-    env = _env(study_env)
+    env = _on_session_ray(study_env, ray_session)  # the lock is the study's, not its Ray's
     pid_file = study_env / "locked" / ".lock.pid"
     first = Driver(["run", str(path)], env, tmp_path / "first.log")
     try:
@@ -366,10 +374,12 @@ def _parent_run(loc, name):
     return client.get_run(row.mlflow_parent_run_id), experiment
 
 
-def test_a_study_whose_every_configuration_failed_ends_failed_and_exits_1(study_env, tmp_path):
+def test_a_study_whose_every_configuration_failed_ends_failed_and_exits_1(ray_session, study_env, tmp_path):
     """Every configuration failed (a data file that cannot be read) used to end `completed`, exit 0."""
     path = _corrupt_curves(tmp_path, "all-failed")
-    env = _env(study_env)
+    # The executables on the session's Ray: what is checked is their exit status, output and
+    # records, not a Ray of their own (starting two took most of this test's time).
+    env = _on_session_ray(study_env, ray_session)
     done = subprocess.run([STUDY_BIN, "run", str(path)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "study all-failed failed: every configuration failed (2 of 2); the first error: " in done.stdout

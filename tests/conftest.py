@@ -108,25 +108,3 @@ def quick_study(ray_session, tmp_path_factory):
     state = runner.run(spec, loc)
     assert state == "completed"
     return loc
-
-
-# The longest tests (a minute or more each on two cores: drivers with Ray clusters of their own,
-# servers started and killed) open the two halves of the collection. pytest-xdist's worksteal
-# gives each of the two workers one contiguous half and lets an idle worker steal from the end
-# of the other's queue: a long test near the end of a half would leave the other worker idle at
-# the end of the suite. Whole modules stay together (module-scoped fixtures).
-LONG_TESTS = (
-    ("tests/test_faults.py::", "tests/test_cluster.py::"),
-    ("tests/test_postgres.py::",
-     "tests/test_study_resume.py::test_interrupted_study_resumes_without_duplicates_or_gaps",
-     "tests/test_cli_output.py::test_stop_interrupts_a_running_study_and_a_moved_copy_resumes",
-     "tests/test_main_example.py::test_quick_study_at_a_reduced_budget"),
-)
-
-
-def pytest_collection_modifyitems(items):
-    first = [i for i in items if i.nodeid.startswith(LONG_TESTS[0])]
-    second = [i for i in items if i.nodeid.startswith(LONG_TESTS[1])]
-    rest = [i for i in items if not i.nodeid.startswith(LONG_TESTS[0] + LONG_TESTS[1])]
-    cut = max(0, len(items) // 2 - len(first))
-    items[:] = first + rest[:cut] + second + rest[cut:]

@@ -209,10 +209,10 @@ def train(
         last = list(measure().values())  # the "last good metrics" of a member that diverges before its first report
 
     # Table 2 (the autoencoders, sec. 3) compares the error where the final low-momentum phase
-    # begins with the final one: an autoencoder run also reports at each member's start of that
-    # phase, besides every report_every updates. The RNN problems have no such table.
+    # begins with the final one: where the task asks, a run also reports at each member's start of
+    # that phase, besides every report_every updates.
     phase_starts = ({cfg.updates - default_final_updates(cfg, k) for k in range(K)} - {0, cfg.updates}
-                    if task_for(cfg.task).family == "autoencoder" else set())
+                    if task_for(cfg.task).reports_final_phase_start else set())
     while step < cfg.updates and ids:
         n = min(cfg.report_every - step % cfg.report_every, cfg.updates - step,
                 *(s - step for s in phase_starts if s > step))

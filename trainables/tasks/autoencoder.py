@@ -310,6 +310,8 @@ class AutoencoderTask:
     # Tables 1-3 vary the learning rate, Eq. 5's mu_max and the SI scale.
     paper_params: tuple[str, ...] = ("lr", "mu_max", "init_scale")
     bias_only_prediction: str = "the mean image"
+    # Table 2 (sec. 3) measures the error at the start of the final phase and at the end.
+    reports_final_phase_start: bool = True
 
     def resolve(self, cfg: TaskConfig) -> TaskConfig:
         return resolve(cfg)

@@ -65,7 +65,9 @@ class Task(Protocol):
     - ``default_metric``: the metric a study of this task ranks by when its spec names none;
     - ``paper_params``: the hyperparameters the paper varies for this task, in the order a run's
       row shows them;
-    - ``bias_only_prediction``: what a model that learns its output biases only predicts, in words.
+    - ``bias_only_prediction``: what a model that learns its output biases only predicts, in words;
+    - ``reports_final_phase_start``: whether a run also reports where each member's final
+      low-momentum phase begins (Table 2 compares the error there with the final one).
     """
 
     name: str
@@ -74,6 +76,7 @@ class Task(Protocol):
     default_metric: str
     paper_params: tuple[str, ...]
     bias_only_prediction: str
+    reports_final_phase_start: bool
 
     def resolve(self, cfg: "TaskConfig") -> "TaskConfig":
         """``cfg`` with every default the task decides filled in (init, init scale, momentum

@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-test run test bench clean
+.PHONY: setup setup-test run test bench evidence clean
 
 $(BIN)/study: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,11 @@ run: setup
 # Ray trials) on two cores a second thread per process only spins (12.3 min against 13.2).
 test: setup-test
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal
+
+# Every report under docs/results/ made from scratch with this code (search_spaces/evidence.yaml;
+# about two hours on two cores). `study evidence --only NAME` remakes one.
+evidence: setup
+	$(BIN)/study evidence
 
 bench: setup
 	$(BIN)/python benchmarks/updates_per_second.py

@@ -1,4 +1,4 @@
-"""The `study` command line: run, status, resume, stop, delete, results, query, ui, report, best; submit,
+"""The `study` command line: run, status, resume, stop, delete, results, query, ui, report, best, evidence; submit,
 logs and mlflow-server for a cluster (docs/cluster.md).
 
 This module is the parser, the dispatch and the answer to each kind of error (one line, an exit
@@ -23,7 +23,7 @@ from study.plan import rates
 from study.record.database import DriverError
 from study.record.results import ResultsDBError
 
-DESCRIPTION = """The `study` command line: run, status, resume, stop, delete, results, query, ui, report, best; submit,
+DESCRIPTION = """The `study` command line: run, status, resume, stop, delete, results, query, ui, report, best, evidence; submit,
 logs and mlflow-server for a cluster (docs/cluster.md)."""
 
 # Each command's module, loaded when the command runs: the modules import torch, Ray (after
@@ -40,6 +40,7 @@ COMMANDS = {
     "ui": "study.cli.ui:command",
     "report": "study.report.command:report_command",
     "best": "study.cli.best:command",
+    "evidence": "study.report.evidence:command",
     "submit": "study.cli.jobs:submit",
     "logs": "study.cli.jobs:logs",
     "mlflow-server": "study.cli.jobs:mlflow_server",
@@ -141,6 +142,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default: the study directory's report/)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report on the study's MLflow parent run")
     _locations_args(p)
+
+    p = sub.add_parser("evidence", help="every report under docs/results/ made from scratch: the manifest's studies "
+                       "run and reported, then the index of verdicts written (docs/reporting.md)")
+    p.add_argument("--manifest", default="search_spaces/evidence.yaml", help="the studies to make (default %(default)s)")
+    p.add_argument("--out", default="docs/results", help="where the reports go, one folder per study (default %(default)s)")
+    p.add_argument("--dir", help="studies directory for the runs (default studies/evidence)")
+    p.add_argument("--only", action="append", metavar="NAME", help="make only this study (repeatable); the index "
+                   "still lists every study of the manifest")
+    p.add_argument("--plan", action="store_true", help="list the studies and their expected wall time; run nothing")
 
     p = sub.add_parser("best", help="write a spec that reruns a study's best configuration with new seeds (or longer)")
     p.add_argument("name")

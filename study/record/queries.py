@@ -385,6 +385,7 @@ def study_with_trials(url: str, name: str) -> tuple[dict[str, Any], list[dict[st
         info = {
             "name": study.name, "task": study.task, "metric": study.metric, "mode": study.mode, "state": study.state,
             "spec_yaml": study.spec_yaml, "mlflow_uri": study.mlflow_uri,
-            "mlflow_parent_run_id": study.mlflow_parent_run_id,
+            "mlflow_parent_run_id": study.mlflow_parent_run_id, "code_version": study.code_version,
+            "created_at": study.created_at, "updated_at": study.updated_at,
         }
     return info, trial_rows, point_rows

@@ -54,6 +54,9 @@ class StudyRow(Base):
     mlflow_parent_run_id: Mapped[str | None] = mapped_column(String(64))
     # Why the study is failed or interrupted (migration 0003); None once it completed.
     state_reason: Mapped[str | None] = mapped_column(Text)
+    # The code it ran on (study/code_version.py; migration 0006): created with, and each resume's
+    # where it differs ("0.1.0+g1a2b3c; resumed with 0.1.0+g4d5e6f").
+    code_version: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=_now, onupdate=_now)
 
@@ -97,6 +100,11 @@ class TrialRow(Base):
     # The population that trained it (migration 0004): the Ray trial id, and its worker's process.
     population: Mapped[str | None] = mapped_column(String(64))
     worker_pid: Mapped[int | None] = mapped_column(Integer)
+    # Time to target (migration 0005): the spec's target for the study metric of this configuration,
+    # and the first report step at which its metric (the mean over its seeds, no seed diverged)
+    # reached it; None: no target, or not reached (never 0 or inf).
+    target: Mapped[float | None] = mapped_column(Float)
+    updates_to_target: Mapped[int | None] = mapped_column(Integer)
 
     study: Mapped[StudyRow] = relationship(back_populates="trials")
     points: Mapped[list["MetricPointRow"]] = relationship(back_populates="trial", cascade="all, delete-orphan")

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from study.code_version import code_version
 from study.locations import resolve
 from study.report import figures, protocol, tables
 from study.report.bias_only import bias_only_error
@@ -68,6 +69,16 @@ FINDINGS_NOTE = (
     "a schedule or budget under which the finding cannot show). Figures: mean [95% interval] n of the cell the "
     "paper says is better, of the other, and of the paired differences (worse - better: positive is the paper's "
     "way).")
+
+
+def _version_line(data: StudyData) -> str:
+    """The code the study ran on, from its row of the results database, and the code of this report."""
+    ran_on = data.code_version or "not recorded (a study made before versions were recorded)"
+    line = f"Code version: the study ran on **{ran_on}**; this report was made by {code_version()}."
+    if data.created_at is not None and data.updated_at is not None:
+        line += (f" Study created {data.created_at:%Y-%m-%d %H:%M} UTC, last state change "
+                 f"{data.updated_at:%Y-%m-%d %H:%M} UTC.")
+    return line
 
 
 def default_out_dir(name: str, directory: str | None = None) -> Path:
@@ -153,8 +164,10 @@ def build_report(
     directory: str | None = None,
     results_db: str | None = None,
     out_dir: str | Path | None = None,
+    provenance: list[str] | None = None,
 ) -> Report:
-    """Computes every table and figure of a study and writes them under ``out_dir``."""
+    """Computes every table and figure of a study and writes them under ``out_dir``; ``provenance``:
+    Markdown lines on how the study was made (`study evidence` gives its command and wall time)."""
     data = load_study(name, directory, results_db)
     out = Path(out_dir) if out_dir else default_out_dir(name, directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,6 +184,9 @@ def build_report(
     md: list[str] = [
         f"# Study report: {name}",
         "",
+        _version_line(data),
+        "",
+        *([*provenance, ""] if provenance else []),
         f"Task{'s' if len(tasks) > 1 else ''} **{', '.join(tasks)}**, study state **{data.state}**, "
         f"{len(data.trials)} configuration(s), {len(m)} member run(s) "
         f"({_outcome_summary(m) if len(m) else 'none'}). Metric: final training {data.metric} "

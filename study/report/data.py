@@ -92,6 +92,9 @@ class StudyData:
     members: pd.DataFrame
     points: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    code_version: str | None = None  # None: a study made before versions were recorded
+    created_at: Any = None
+    updated_at: Any = None
 
     @property
     def family(self) -> str:
@@ -128,6 +131,9 @@ def load_study(name: str, directory: str | None = None, results_db: str | None =
         spec=yaml.safe_load(row["spec_yaml"]) or {},
         mlflow_uri=row["mlflow_uri"],
         mlflow_parent_run_id=row["mlflow_parent_run_id"],
+        code_version=row.get("code_version"),
+        created_at=row.get("created_at"),
+        updated_at=row.get("updated_at"),
     )
     trials = pd.DataFrame(trial_rows, columns=["trial_pk", "trial_id", "optuna_trial_number", "state", "params",
                                                "config", "members", "members_diverged", "last_step", "error_message"])

@@ -17,6 +17,7 @@ import os
 import shutil
 from typing import Any, Callable
 
+from study.code_version import code_version
 from study.errors import LocationError
 from study.locations import Locations, redact
 from study.plan import preflight
@@ -114,6 +115,7 @@ def _start(spec: StudySpec, loc: Locations, reports: int, console: Any, undo: li
         repeats=spec.repeats,
         state="running",
         spec_yaml=spec_yaml,
+        code_version=code_version(),
         # Relative to the study directory when Tune's experiment lives in it: a moved or copied
         # study directory resumes from where it is now (resume() resolves it).
         tune_path=TUNE_DIR if not loc.storage else loc.tune_uri,
@@ -174,6 +176,16 @@ def _undo_start(loc: Locations, created_dir: bool, undo: list[Callable[[], None]
 # --- resume --------------------------------------------------------------------------------------
 
 
+def resumed_version(recorded: str | None, now: str) -> str:
+    """The study's code versions after a resume: unchanged where it resumes on the code it ran on,
+    else the new one appended (a report then says the study ran on more than one)."""
+    if not recorded:
+        return f"unknown; resumed with {now}"
+    if recorded == now or recorded.endswith(f"resumed with {now}"):
+        return recorded
+    return f"{recorded}; resumed with {now}"
+
+
 def resume(name: str, loc: Locations, console: Any = None) -> str:
     """Continues a study: replays writes a store missed, then Tuner.restore (trials, checkpoints,
     the searcher, whose Optuna study lives in the results DB); finished trials are not rerun."""
@@ -221,6 +233,7 @@ def resume(name: str, loc: Locations, console: Any = None) -> str:
         )
         recorder, progress, feed = _feed(spec, loc, row.id, experiment_id, parent_run_id, journal, console)
         recorder.drain()  # what an earlier run could not write lands first
-        results.set_study_state(loc.results_db, name, "running", state_reason=None)
+        results.set_study_state(loc.results_db, name, "running", state_reason=None,
+                                code_version=resumed_version(row.code_version, code_version()))
         use_callbacks(tuner, [feed])
         return fit_and_conclude(spec, loc, tuner, recorder, progress, parent_run_id)

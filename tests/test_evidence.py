@@ -12,6 +12,7 @@ import yaml
 from conftest import QUICK_ADDITION, study_in_process
 
 from study.code_version import code_version
+from study.locations import resolve
 from study.record import queries
 
 
@@ -67,19 +68,13 @@ def test_evidence_makes_each_report_from_scratch_and_indexes_its_verdicts(ray_se
     assert "1 of 2 studies made" in index and "`ev_b`" in index  # not made: listed as such
     assert not (out / "ev_b").exists()
 
-    db = str(runs / "ev_a" / "results.db") if (runs / "ev_a" / "results.db").exists() else None
-    created = queries.study_with_trials(_url(runs, "ev_a", db), "ev_a")[0]["created_at"]
+    url = resolve("ev_a", str(runs)).results_db
+    created = queries.study_with_trials(url, "ev_a")[0]["created_at"]
     again = study_in_process(*args, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
-    row, trials, _ = queries.study_with_trials(_url(runs, "ev_a", db), "ev_a")
+    row, trials, _ = queries.study_with_trials(url, "ev_a")
     assert row["created_at"] > created  # deleted and made again, not resumed or appended to
     assert len(trials) == 4
-
-
-def _url(runs, name, db):
-    from study.locations import resolve
-
-    return resolve(name, str(runs)).results_db
 
 
 def test_evidence_refuses_a_bad_manifest_before_any_work(study_env, tmp_path):
@@ -95,3 +90,12 @@ def test_evidence_refuses_a_bad_manifest_before_any_work(study_env, tmp_path):
     r = study_in_process("evidence", "--manifest", _manifest(tmp_path, [wrong]), "--out", str(out))
     assert r.returncode == 2 and "ev_d.yaml" in r.stderr and "lr" in r.stderr
     assert not out.exists()
+
+
+def test_a_resume_on_other_code_is_named_beside_the_code_the_study_started_on():
+    from study.run.runner import resumed_version
+
+    assert resumed_version("0.1.0+gaaa", "0.1.0+gaaa") == "0.1.0+gaaa"
+    assert resumed_version("0.1.0+gaaa", "0.1.0+gbbb") == "0.1.0+gaaa; resumed with 0.1.0+gbbb"
+    assert resumed_version("0.1.0+gaaa; resumed with 0.1.0+gbbb", "0.1.0+gbbb") == "0.1.0+gaaa; resumed with 0.1.0+gbbb"
+    assert resumed_version(None, "0.1.0+gbbb") == "unknown; resumed with 0.1.0+gbbb"

@@ -101,13 +101,26 @@ def evaluate(table_key: str, table: pd.DataFrame, members: pd.DataFrame, task: s
     others = [k for k in tables.other_varied(members, AXES[table_key]) if k in table and k in (*CONFIG_FIELDS,)]
     groups = [dict(zip(others, g)) for g in table[others].drop_duplicates().itertuples(index=False)] if others \
         else [{}]
+    # A schedule or budget that rules the table out as a whole is said once per finding, not once
+    # per row group.
+    if protocol.paper_mismatch(table_key, pd.Series(dtype=object), members) is not None:
+        groups = [{}]
     for f in FINDINGS:
-        if f.table != table_key or task not in f.tasks:
+        if f.table != table_key or task not in f.tasks or not _ran_either(f, table, task):
             continue
         for group in groups:
             better, worse, v = judge(f, table_key, table, members, task, group)
             out.append(verdict_row(f, task, group, better, worse, v))
     return out
+
+
+def _ran_either(f: Finding, table: pd.DataFrame, task: str) -> bool:
+    """Whether the study ran either cell the finding compares: a finding about settings the study
+    never tried (NAG against CM in a study of NAG alone) is not one its tables can judge."""
+    for cell in (_resolve(f.better, task), _resolve(f.worse, task)):
+        if all(k in table for k in cell) and not _matching(table, cell).empty:
+            return True
+    return False
 
 
 def verdict_row(f: Finding, task: str, group: Mapping[str, Any], better: Mapping[str, Any],

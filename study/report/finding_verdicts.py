@@ -102,11 +102,12 @@ def evaluate(table_key: str, table: pd.DataFrame, members: pd.DataFrame, task: s
     groups = [dict(zip(others, g)) for g in table[others].drop_duplicates().itertuples(index=False)] if others \
         else [{}]
     # A schedule or budget that rules the table out as a whole is said once per finding, not once
-    # per row group.
-    if protocol.paper_mismatch(table_key, pd.Series(dtype=object), members) is not None:
+    # per row group; otherwise a finding none of whose cells the study ran is not listed.
+    ruled_out = protocol.paper_mismatch(table_key, pd.Series(dtype=object), members) is not None
+    if ruled_out:
         groups = [{}]
     for f in FINDINGS:
-        if f.table != table_key or task not in f.tasks or not _ran_either(f, table, task):
+        if f.table != table_key or task not in f.tasks or not (ruled_out or _ran_either(f, table, task)):
             continue
         for group in groups:
             better, worse, v = judge(f, table_key, table, members, task, group)

@@ -99,3 +99,19 @@ def test_a_resume_on_other_code_is_named_beside_the_code_the_study_started_on():
     assert resumed_version("0.1.0+gaaa", "0.1.0+gbbb") == "0.1.0+gaaa; resumed with 0.1.0+gbbb"
     assert resumed_version("0.1.0+gaaa; resumed with 0.1.0+gbbb", "0.1.0+gbbb") == "0.1.0+gaaa; resumed with 0.1.0+gbbb"
     assert resumed_version(None, "0.1.0+gbbb") == "unknown; resumed with 0.1.0+gbbb"
+
+
+def test_the_code_version_names_the_checkouts_commit():
+    import subprocess
+
+    from study.code_version import ROOT, package_version
+
+    version = code_version()
+    assert version.startswith(package_version())
+    if (ROOT / ".git").exists():
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        code_changed = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no",
+                                       "--", "study", "trainables", "search_spaces", "pyproject.toml"],
+                                      capture_output=True, text=True, check=True).stdout.strip() != ""
+        assert version == f"{package_version()}+g{head}{'-dirty' if code_changed else ''}"

@@ -18,8 +18,9 @@ are where fusing pays on a CPU, docs/benchmarks.md "Study throughput"). TPE (see
 The two ways, each a study spec run with ``study.run.runner.run`` into a temporary studies root:
 
 (a) ``fuse: auto``: the searcher paces TPE (study/plan/pacing.py: the 8 start-up suggestions, then
-    at most ceil(32 / 4) = 8 without a result) and each Ray trial trains what it was handed as one
-    fused population; the rungs compare every configuration of the study (study/run/rung_board.py).
+    at most ceil(32 / 4) = 8 without a result, the 2 trial slots sharing both, each population at
+    most 4) and each Ray trial trains what it was handed as one fused population; the rungs
+    compare every configuration of the study (study/run/rung_board.py).
 (b) ``fuse: off``: one configuration per Ray trial, Ray Tune's ASHAScheduler, the same pacing
     (which 2 trials at once never reach).
 

@@ -123,3 +123,18 @@ def test_best_of_a_study_run_on_ray_through_the_executable(quick_study, tmp_path
     assert spec.repeats == 10 and spec.config["seed"] == 2 and spec.name == f"{quick_study.name}_best"
     assert study_in_process("plan", str(path)).returncode == 0
     assert best_id in out.stdout and os.fspath(path) in out.stdout
+
+
+def test_best_carries_the_studys_target_for_the_rerun_task(tmp_path):
+    """A per-task time-to-target (docs/study-specs.md) is measured again on the rerun: the rerun
+    spec takes the entry of the task it runs."""
+    loc = write_tpe_study(tmp_path / "studies")
+    with sqlite3.connect(loc.study_dir / "results.db") as c:
+        (text,) = c.execute("SELECT spec_yaml FROM ms_studies").fetchone()
+        spec = yaml.safe_load(text)
+        spec["target"] = {"addition": 0.25}
+        c.execute("UPDATE ms_studies SET spec_yaml = ?", (yaml.safe_dump(spec),))
+    path = tmp_path / "rerun.yaml"
+    out = study_in_process("best", NAME, "--dir", str(loc.root), "-o", str(path))
+    assert out.returncode == 0, out.stderr
+    assert load_spec(path).target == 0.25

@@ -23,7 +23,7 @@ from study import api
 from study.locations import resolve
 from study.plan.population import POPULATION_KEY, Configuration, MemberRungs
 from study.record import recorder as rec
-from study.record import queries, results, tracking
+from study.record import queries, results, tracking, tracking_experiment
 from study.record.journal import Journal
 from study.report.verdict import study_verdict
 from study.run.feed import StudyFeed
@@ -147,7 +147,7 @@ def test_every_store_records_each_configuration_as_it_ended(study):
     # the study's best (the parent run's, the studies list's) is the completed one's result.
     assert runs["pop-0"].data.metrics[tracking.seen_key("error")] == pytest.approx(0.04)
     assert runs["pop-0"].data.metrics["error"] == pytest.approx(0.06)
-    assert tracking.study_summary(loc.mlflow_uri, runs["pop-0"].data.tags["mlflow.parentRunId"])[
+    assert tracking_experiment.study_summary(loc.mlflow_uri, runs["pop-0"].data.tags["mlflow.parentRunId"])[
         tracking.best_key("error")] == pytest.approx(0.06)
     assert rows.loc["pop-0", "best_metric_value"] == pytest.approx(0.04)
     assert queries.studies(loc.results_db).set_index("name").loc["ends", "best"] == pytest.approx(0.06)

@@ -1,7 +1,8 @@
-"""Optuna has one owner in study/ (study/run/optuna_study.py, which knows nothing of Ray), and what
-the service does through it holds on a real SQLite results database: the sampler a run builds is
-the one its searcher asks, a grid's last tell does not raise, the sampler's saved state comes back
-as it was, and deleting a study drops its Optuna study."""
+"""Optuna has one owner in study/ (study/run/optuna_study.py and its reading side
+optuna_study_analysis.py, which know nothing of Ray), and what the service does through it holds
+on a real SQLite results database: the sampler a run builds is the one its searcher asks, a grid's
+last tell does not raise, the sampler's saved state comes back as it was, and deleting a study
+drops its Optuna study."""
 
 from __future__ import annotations
 
@@ -32,18 +33,22 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
+OWNERS = ["study/run/optuna_study.py", "study/run/optuna_study_analysis.py"]
+
+
 def test_only_optuna_study_imports_optuna_in_the_service():
     importers = sorted(
         str(p.relative_to(REPO)) for p in (REPO / "study").rglob("*.py")
         if any(n == "optuna" or n.startswith("optuna.") for n in _imports(p))
     )
-    assert importers == ["study/run/optuna_study.py"]
+    assert importers == OWNERS
 
 
 def test_optuna_study_imports_no_ray():
-    assert not any(n == "ray" or n.startswith("ray.") for n in _imports(REPO / "study/run/optuna_study.py"))
-    # Nor through what it imports: a fresh interpreter has no ray module after importing it.
-    code = "import sys, study.run.optuna_study; print('ray' in sys.modules)"
+    for owner in OWNERS:
+        assert not any(n == "ray" or n.startswith("ray.") for n in _imports(REPO / owner)), owner
+    # Nor through what they import: a fresh interpreter has no ray module after importing them.
+    code = "import sys, study.run.optuna_study, study.run.optuna_study_analysis; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"

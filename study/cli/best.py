@@ -106,6 +106,11 @@ def rerun_spec(study: dict[str, Any], verdict: Any, trials: Any, repeats: int, u
         "repeats": repeats,
         **{k: source[k] for k in _KEPT if k in source and k != "task"},
     }
+    target = source.get("target")
+    if isinstance(target, dict):  # a per-task target: the rerun runs one task
+        target = target.get(task)
+    if target is not None:  # time to target (docs/study-specs.md) measured again on the new seeds
+        spec["target"] = target
     if source.get("max_members") and source["max_members"] >= repeats:
         spec["max_members"] = source["max_members"]
     seeds = ", ".join("diverged" if e is None else f"{e:.4g}" for _, e in best.seed_errors)

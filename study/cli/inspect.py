@@ -144,11 +144,27 @@ def results(args: argparse.Namespace, out: Console, err: Console) -> int:
             df = df.drop(columns=["mlflow_run_id", "started_at", "ended_at", "objective", "members", "members_diverged",
                                   "population", "hostname", "node_ip", "worker_pid"])
             df.insert(6, "diverged", diverged)
+            # "not reached" (a finished configuration) or "not yet" (a running one), never 0 or inf;
+            # a study without a target has neither column.
+            if all(_missing(t) for t in df["target"]):
+                df = df.drop(columns=["target", "updates_to_target"])
+            else:
+                df["updates_to_target"] = [
+                    "" if _missing(t) else (str(int(u)) if not _missing(u) else
+                                            "not reached" if state in TERMINAL_TRIAL_STATES else "not yet")
+                    for t, u, state in zip(df["target"], df["updates_to_target"], df["state"])]
             df = df.rename(columns={"trial_id": "trial", "optuna_trial_number": "optuna", "last_step": "step",
-                                    "metric_value": metric, "best_metric_value": seen})
-            optional = ("optuna", seen, "step", "diverged")
+                                    "metric_value": metric, "best_metric_value": seen,
+                                    "updates_to_target": "to_target"})
+            # Time to target goes first where the terminal is narrow: CSV and JSON always have it.
+            optional = ("target", "to_target", "optuna", seen, "step", "diverged")
     emit(df, args.format, out, f"study {args.name}", optional)
     return 0
+
+
+def _missing(v: Any) -> bool:
+    """None or NaN (how a NULL comes out of a pandas column)."""
+    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def query(args: argparse.Namespace, out: Console, err: Console) -> int:

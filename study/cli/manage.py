@@ -14,7 +14,7 @@ from rich.console import Console
 from study import api
 from study.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, locate
 from study.locations import LocationError, Locations, redact
-from study.record import results, tracking
+from study.record import results, tracking_experiment
 from study.run.lock import StudyBusyError, StudyLock, is_locked
 
 
@@ -46,7 +46,7 @@ def delete(args: argparse.Namespace, out: Console, err: Console) -> int:
         tune_dir = None
     # An SQLite store that is not there holds no experiment, and looking must not create it.
     experiment = (None if mlflow_uri.startswith("sqlite") and not results.sqlite_path_exists(mlflow_uri)
-                  else tracking.experiment_runs(mlflow_uri, args.name))
+                  else tracking_experiment.experiment_runs(mlflow_uri, args.name))
     what: list[str] = []
     if row is not None:
         trials = len(api.trials(args.name, args.dir, args.results_db))
@@ -74,7 +74,7 @@ def delete(args: argparse.Namespace, out: Console, err: Console) -> int:
             if row is not None:
                 results.delete_study(loc.results_db, args.name)
             if experiment is not None:
-                tracking.delete_experiment(mlflow_uri, experiment[0], args.name)
+                tracking_experiment.delete_experiment(mlflow_uri, experiment[0], args.name)
             if tune_dir:
                 _remove_tune_dir(tune_dir)
     except StudyBusyError:

@@ -22,6 +22,7 @@ from study.plan import sizing as plans
 from study.plan import rates
 from study.errors import SpecError
 from study.spec.model import ResourcesSpec, StudySpec, load_spec
+from study.spec.expand import sgd_note
 
 
 def plans_for(spec: StudySpec, here: plans.Machine, gpus: int | None = None, gpu_memory: float | None = None) -> dict[str, Any]:
@@ -60,6 +61,9 @@ def command(args: argparse.Namespace, out: Console, err: Console) -> int:
         f"{run.slots} trial(s) at once, memory limit per trial {plans.size_text(run.limit)} ({run.limit_what})",
         highlight=False,  # wrapped at the terminal's width, at spaces
     )
+    note = sgd_note(spec)
+    if note:
+        out.print(f"note: {note}", highlight=False, soft_wrap=True)
     for warning in run.warnings:
         out.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     # Tables that fit the terminal by shortening values, never words (study/cli/output.py).
@@ -98,7 +102,7 @@ def to_json(spec: StudySpec, found: dict[str, Any]) -> dict[str, Any]:
             "warnings": p.warnings,
         }
 
-    return {"name": spec.name, "configurations": spec.trials, "repeats": spec.repeats,
+    return {"name": spec.name, "configurations": spec.trials, "sgd_once": sgd_note(spec), "repeats": spec.repeats,
             "members": spec.trials * spec.repeats, "run": one(found["run"]),
             "estimates": {"cpu": one(found["cpu"]), "gpu": one(found["gpu"])},
             "rates": {"cpu": rates.CPU_SOURCE, "gpu": rates.GPU_SOURCE}}

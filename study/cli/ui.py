@@ -26,7 +26,7 @@ from study.cli.inspect import study_row
 from study.cli.manage import study_mlflow_uri
 from study.cluster.servers import LOCALHOST, PortBusy, mlflow_server_env, port_is_free, serve
 from study.locations import redact
-from study.record import tracking
+from study.record import tracking, tracking_experiment
 from study.spec.model import load_spec
 
 # In the study's directory: MLflow's warnings and request log, kept off the terminal.
@@ -94,8 +94,8 @@ def run_ui(name: str, uri: str, experiment_id: str, spec: dict[str, Any], port: 
     if not port_is_free(LOCALHOST, port):
         raise PortBusy(f"port {port} on {LOCALHOST} is in use; choose another with --port")
     try:
-        tracking.store_runs_view(uri, experiment_id, spec)
-    except tracking.StoreRefused as exc:
+        tracking_experiment.store_runs_view(uri, experiment_id, spec)
+    except tracking_experiment.StoreRefused as exc:
         raise RuntimeError(f"study {name}'s MLflow experiment {experiment_id} is not in {redact(uri)} "
                            f"({exc}); name its store with --mlflow-uri") from None
     url = tracking.runs_url(f"http://{LOCALHOST}:{port}", experiment_id)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from study.plan import pacing, population
-from study.plan import rates
+from study.plan import rates, resolution
 from study.plan.devices import trial_gpus
 from study.errors import SpecError
-from study.spec.expand import param_name
+from study.spec.expand import param_name, sgd_duplicates
 from study.spec.model import StudySpec
 from trainables.config import POPULATION_FIELDS, TaskConfig
 from trainables.tasks import family
@@ -135,7 +135,9 @@ def shapes(spec: StudySpec) -> list[Shape]:
     else:
         base = {n: v[0] for _, n, v in varying}
         combos = [base] + [{**base, n: x} for _, n, v in varying for x in v[1:]]
-    per_combo = spec.trials // max(1, len(combos)) if grid else 0
+    # Every combination holds as many of the full grid's points; those left out as another's runs
+    # (plain SGD under CM and NAG, expand.sgd_duplicates) are taken off their own shape below.
+    per_combo = spec.grid_size() // max(1, len(combos)) if grid else 0
     # The fields named in a shape's label: those whose values alone change the shape (not cm/nag).
     base = {**fixed, **combos[0]}
     splitting = [(f, n) for f, n, v in varying
@@ -148,7 +150,9 @@ def shapes(spec: StudySpec) -> list[Shape]:
             label = ", ".join(f"{f}={combo[n]}" for f, n in splitting)
             found[key] = [label, population.solo_config(spec, params), 0]
         found[key][2] += per_combo
-    out = [Shape(label, cfg, n, estimate(cfg)) for label, cfg, n in found.values()]
+    for point in sgd_duplicates(spec) if grid else []:
+        found[population.shape_key(spec, {param_name(f, spec.search[f]): v for f, v in point.items()})][2] -= 1
+    out = [Shape(label, cfg, n, estimate(cfg)) for label, cfg, n in found.values() if n > 0 or not grid]
     if not grid:
         out[0] = Shape(out[0].label, out[0].cfg, spec.trials, out[0].estimate)
     return out
@@ -178,6 +182,8 @@ class Plan:
     exact: bool = True  # False: a sampler picks the shapes, so the split by shape is a guess
     parallel: float = 1.0  # trials that train at full speed at once
     warnings: list[str] = field(default_factory=list)  # what leaves a learning sampler blind
+    # Every population in the order the searcher hands it out, with when it trains (pacing.schedule).
+    schedule: list[pacing.Handed] = field(default_factory=list)
 
     @property
     def populations(self) -> int:
@@ -185,10 +191,10 @@ class Plan:
 
     @property
     def wall_seconds(self) -> float:
-        """Every population's training time, spread over the trials that run at once (at least
-        the longest population's)."""
-        times = [r.seconds for r in self.rows for _ in range(r.count)]
-        return max(sum(times) / max(1.0, self.parallel), max(times, default=0.0))
+        """When the last population ends in the schedule: the trials at once share the machine
+        (``parallel`` at full speed), and a learning sampler's populations wait for the results
+        its pacing needs (study/plan/pacing.py)."""
+        return max((h.end for h in self.schedule), default=0.0)
 
 
 def trial_resources(spec: StudySpec, cluster_gpus: float) -> dict[str, float]:
@@ -237,14 +243,16 @@ def make_plan(spec: StudySpec, machine: Machine) -> Plan:
     # A sampler that learns from results takes its suggestions in rounds (study/plan/pacing.py).
     from study.run.optuna_study import study_pacing
 
-    pace = study_pacing(spec, per_trial)
-    plan.warnings = pacing.blind_warnings(pace, spec.trials, _startup_field(spec))
-    for s in found:
-        for configs, run in itertools.groupby(pacing.population_sizes(pace, s.configs, per_trial)):
-            count = len(list(run))
-            members = configs * spec.repeats
-            plan.rows.append(PopulationRow(s.label, count, configs, members, s.estimate.total(members),
-                                           _seconds(s.cfg, members, device)))
+    pace = study_pacing(spec, per_trial, slots=plan.slots)
+    plan.warnings = pacing.blind_warnings(pace, spec.trials, _startup_field(spec)) + resolution.spec_warnings(spec)
+    # The populations as the searcher hands them out, by the pacing's own rule, and when each trains.
+    handed = pacing.schedule(pace, [s.configs for s in found], per_trial, plan.slots, parallel,
+                             lambda i, n: _seconds(found[i].cfg, n * spec.repeats, device))
+    plan.schedule = handed
+    for (i, configs), run in itertools.groupby(handed, key=lambda h: (h.shape, h.configs)):
+        s, members = found[i], configs * spec.repeats
+        plan.rows.append(PopulationRow(s.label, len(list(run)), configs, members, s.estimate.total(members),
+                                       _seconds(s.cfg, members, device)))
     return plan
 
 

@@ -91,6 +91,12 @@ class ConfigurationReport:
     lr: float | None = None
     population: str | None = None  # the Ray trial that trains it
 
+    def reached(self, target: float | None, mode: str) -> bool:
+        """Whether this report's metric (the mean over its seeds) reaches ``target``; a report where
+        a seed has diverged never does (that seed's frozen last good error is no result), the rule
+        of ``best_metric_value``."""
+        return not self.members_diverged and reaches(self.metric_value, target, mode)
+
     @property
     def state(self) -> str:
         """``running``, or the state it ended in by this report (``failed`` comes from Tune)."""
@@ -236,6 +242,22 @@ def objectives(value: float | None, diverged: int, mode: str) -> tuple[float, fl
 def better(a: float, b: float | None, mode: str) -> bool:
     """Whether ``a`` beats ``b`` (None: nothing yet) under the study's mode."""
     return b is None or (a < b if mode == "min" else a > b)
+
+
+def reaches(value: float | None, target: float | None, mode: str) -> bool:
+    """Whether a configuration's metric ``value`` has reached ``target``: at or below it (mode
+    max: at or above). No target, or no finite value, reaches nothing."""
+    if target is None or value is None or not math.isfinite(value):
+        return False
+    return value <= target if mode == "min" else value >= target
+
+
+def updates_to_target(curve: Iterable[tuple[int, float | None]], target: float | None, mode: str) -> int | None:
+    """Time to target: the first report step of ``curve`` ((step, value) pairs; a value of None is
+    a report that cannot count, e.g. one where a seed had diverged) whose value reaches
+    ``target``; None where none does (never 0 or inf: "not reached" is not a number of updates).
+    The one rule for the results DB, MLflow and the reports (docs/reporting.md, "Time to target")."""
+    return min((int(step) for step, value in curve if reaches(value, target, mode)), default=None)
 
 
 MLFLOW_STATUS = {"completed": "FINISHED", "diverged": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}

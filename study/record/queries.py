@@ -270,7 +270,7 @@ def _statements(sql: str) -> int:
 # --- named queries -------------------------------------------------------------------------------
 
 _TRIALS = """SELECT t.trial_id, t.optuna_trial_number, t.state, t.last_step, t.metric_value,
-                    t.best_metric_value, t.objective, t.members, t.members_diverged,
+                    t.best_metric_value, t.target, t.updates_to_target, t.objective, t.members, t.members_diverged,
                     t.mlflow_run_id, t.started_at, t.ended_at, t.population, t.hostname, t.node_ip,
                     t.worker_pid, t.params, t.config
              FROM ms_trials t JOIN ms_studies s ON s.id = t.study_id
@@ -364,6 +364,8 @@ def study_with_trials(url: str, name: str) -> tuple[dict[str, Any], list[dict[st
                     "members_diverged": t.members_diverged,
                     "last_step": t.last_step,
                     "error_message": t.error_message,
+                    "target": t.target,
+                    "updates_to_target": t.updates_to_target,
                 }
             )
             for p in t.points:

@@ -218,6 +218,8 @@ class Recorder:
         self.parent_run_id = parent_run_id
         self.db_url, self.mlflow_uri = loc.results_db, loc.mlflow_uri
         self.run_ids = run_ids if run_ids is not None else RunIds()
+        # Each configuration's target for time to target: the spec's for its task (None: none).
+        self.targets: dict[str, float | None] = {}
         self.metrics = tracking.MetricLog(loc.mlflow_uri, spec.metric, spec.mode)
         self.db = WriteQueue("results-db", lambda w: decode(DB_WRITES, w).apply(self), journal)
         self.mlflow = WriteQueue("mlflow", lambda w: decode(MLFLOW_WRITES, w).apply(self), journal)
@@ -248,8 +250,9 @@ class Recorder:
             cid = c.config_id
             self._db(AdoptRow(cid, c.number))
             self._mlflow(AdoptRun(cid, c.number))
+            self.targets[cid] = self.spec.target_for(cfg.task)
             values = dict(params=c.params, config=dumped, members=cfg.population_size, optuna_trial_number=c.number,
-                          population=population)
+                          population=population, target=self.targets[cid])
             # When the run started and ended travel with the writes: a journaled write lands later.
             self._db(StartRow(cid, _now(), values))
             self._mlflow(CreateRun(cid, c.number, dumped, c.params, population, _now_ms()))
@@ -271,8 +274,11 @@ class Recorder:
         stamp = int(result.get("timestamp", time.time()) * 1000)
         for r in reports:
             self._db(PointsRows(r.config_id, r.step, [dataclasses.asdict(m) for m in r.members]))
+            target = self.targets.get(r.config_id, self.spec.target_for(None))
             values = dict(
                 last_step=r.step,
+                # The step, where this report reached the target; the row keeps the earliest.
+                updates_to_target=r.step if r.reached(target, self.spec.mode) else None,
                 metric_value=r.metric_value,
                 objective=r.objective,
                 members_diverged=r.members_diverged,
@@ -284,7 +290,8 @@ class Recorder:
                 worker_pid=result.get("pid"),
             )
             self._db(ReportRow(r.config_id, values))
-            self._mlflow(LogMetrics(r.config_id, r.step, tracking.metrics_at_step(r, self.spec.metric), stamp))
+            metrics = tracking.metrics_at_step(r, self.spec.metric, target, self.spec.mode)
+            self._mlflow(LogMetrics(r.config_id, r.step, metrics, stamp))
 
     @_timed
     def ended(self, end: ConfigurationEnd) -> None:

@@ -250,14 +250,21 @@ def report_trial(url: str, study_id: int, trial_id: str, mode: str, **values: An
     ``best_metric_value`` is the best metric over the trial's reports while no member had
     diverged; once a member diverges the configuration has no best (None), so a study whose trials
     all diverged shows no best at all. It is kept in the row, so a resumed study goes on from it.
+    ``updates_to_target`` (the step of a report that reached the target) keeps the earliest such
+    step, so a report written again after a resume cannot move it later.
     """
     from study.record.outcome import better
 
+    values = dict(values)
+    reached = values.pop("updates_to_target", None)
     with session_scope(url) as s:
         row = _trial(s, study_id, trial_id)
         if row is None:
             row = TrialRow(study_id=study_id, trial_id=trial_id, state="running", params={}, config={})
             s.add(row)
+        if reached is not None:
+            row.updates_to_target = min(int(reached), row.updates_to_target if row.updates_to_target is not None
+                                        else int(reached))
         for k, v in values.items():
             if v is not None:
                 setattr(row, k, v)

@@ -7,6 +7,9 @@ trial process runs MLflow's psutil-based system metrics monitor on its first con
 A run is found by the tag ``trial_id`` (the configuration id), so a retried or resumed
 configuration keeps one run, and the driver skips steps the run already holds, so nothing is
 logged twice. The tag ``population`` names the Ray trial that trained it.
+
+What is done to the experiment as a whole (the parent's summary and end, the runs left running,
+`study ui`'s view, `study delete`, a report's artifacts) is in study/record/tracking_experiment.py.
 """
 
 from __future__ import annotations
@@ -14,8 +17,6 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,6 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 from mlflow.entities import Metric, Param, RunTag, ViewType
-from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
@@ -50,6 +50,9 @@ NOTE_TAG = "mlflow.note.content"
 MAX_BATCH = 100
 # A configuration's mean over its seeds, beside each seed's figure (error/seed_0, error/mean_over_seeds).
 SEED_MEAN = "mean_over_seeds"
+# Time to target (docs/reporting.md): the spec's target and the first step whose metric reached it.
+TARGET = "target"
+UPDATES_TO_TARGET = "updates_to_target"
 # MLflow's "share view" state lives in an experiment tag `mlflow.sharedViewState.<key>`; the UI loads
 # it from `#/experiments/<id>/runs?viewStateShareKey=<key>` (MLflow 3's runs table, with columns and
 # sort; a plain `#/experiments/<id>` opens the GenAI overview). The UI has no other URL state for
@@ -251,11 +254,18 @@ def _unique_run_name(c: MlflowClient, experiment_id: str, name: str, trial_id: s
     return f"{name} ({trial_id})" if taken else name
 
 
-def metrics_at_step(report: "ConfigurationReport", metric: str | None = None) -> dict[str, float]:
+def metrics_at_step(report: "ConfigurationReport", metric: str | None = None, target: float | None = None,
+                    mode: str = "min") -> dict[str, float]:
     """The metric names one configuration's report becomes (step: the update): means over its seeds
     (``error``, and ``error/mean_over_seeds`` beside the seeds' ``error/seed_3``), and the study's
-    metric under its own name (the mean over its seeds)."""
+    metric under its own name (the mean over its seeds). With the spec's ``target``: ``target`` (a
+    flat line beside the metric's curve), and ``updates_to_target`` (this step) where the report
+    reaches it (``MetricLog`` logs only the first)."""
     out: dict[str, float] = {}
+    if target is not None:
+        out[TARGET] = float(target)
+        if report.reached(target, mode):
+            out[UPDATES_TO_TARGET] = float(report.step)
     for key in ("error", "loss", "mu", "lr", "members_diverged"):
         if getattr(report, key) is not None:
             out[key] = float(getattr(report, key))
@@ -288,12 +298,15 @@ class MetricLog:
         self.uri, self.metric, self.mode = uri, metric, mode
         self._last: dict[str, int] = {}
         self._best: dict[str, float | None] = {}
+        self._reached: dict[str, bool] = {}
 
     def last_step(self, run_id: str) -> int:
         if run_id not in self._last:
             history = client(self.uri).get_metric_history(run_id, "error")
             self._last[run_id] = max((m.step for m in history), default=-1)
-            self._best[run_id] = client(self.uri).get_run(run_id).data.metrics.get(seen_key(self.metric, self.mode))
+            logged = client(self.uri).get_run(run_id).data.metrics
+            self._best[run_id] = logged.get(seen_key(self.metric, self.mode))
+            self._reached[run_id] = UPDATES_TO_TARGET in logged
         return self._last[run_id]
 
     def log(self, run_id: str, step: int, metrics: dict[str, float], timestamp_ms: int) -> bool:
@@ -309,6 +322,11 @@ class MetricLog:
             self._best[run_id] = value
         if self._best.get(run_id) is not None and not metrics.get("members_diverged"):
             metrics[seen_key(self.metric, self.mode)] = self._best[run_id]
+        # Time to target is the first step that reached it: logged once, also across a resume.
+        if UPDATES_TO_TARGET in metrics:
+            if self._reached.get(run_id):
+                del metrics[UPDATES_TO_TARGET]
+            self._reached[run_id] = True
         items = [Metric(k, v, timestamp_ms, step) for k, v in metrics.items()]
         c = client(self.uri)
         for i in range(0, len(items), MAX_BATCH):
@@ -326,57 +344,6 @@ def finish_trial(uri: str, run_id: str, state: str, extra_tags: dict[str, str] |
     tags = [RunTag(STATE_TAG, state)] + [RunTag(k, str(v)) for k, v in (extra_tags or {}).items()]
     c.log_batch(run_id, tags=tags)
     c.set_terminated(run_id, status=MLFLOW_STATUS.get(state, "FAILED"), end_time=end_time_ms)
-
-
-def study_summary(uri: str, parent_run_id: str) -> dict[str, float]:
-    """The parent's metrics from its child runs: trials per final state and the study's best.
-
-    The best is the best result (the study metric at the last step) of the completed
-    configurations, the verdict's best; a diverged, pruned or failed one has no result.
-    """
-    from study.record.outcome import TERMINAL, better
-
-    c = client(uri)
-    parent = c.get_run(parent_run_id)
-    metric = parent.data.params.get("metric", "error")
-    mode = parent.data.params.get("mode", "min")
-    children = c.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{ROLE_TAG}` = 'trial'",
-        max_results=50000,
-    )
-    counts = {f"trials_{s}": 0 for s in TERMINAL}
-    best = None
-    for run in children:
-        state = run.data.tags.get(STATE_TAG)
-        if f"trials_{state}" in counts:
-            counts[f"trials_{state}"] += 1
-        value = run.data.metrics.get(metric)  # a run's metrics hold each one's value at its last step
-        if state == "completed" and value is not None and better(value, best, mode):
-            best = value
-    out: dict[str, float] = dict(counts)
-    if best is not None:
-        out[best_key(metric)] = best
-    return out
-
-
-def finish_study(uri: str, parent_run_id: str, state: str, reason: str | None = None,
-                 extra: dict[str, float] | None = None) -> None:
-    """The parent's state, its summary metrics (``study_summary``, and ``extra``) and its end."""
-    c = client(uri)
-    c.set_tag(parent_run_id, STATE_TAG, state)
-    c.set_tag(parent_run_id, "state_reason", reason or "")
-    stamp = int(time.time() * 1000)
-    metrics = {**study_summary(uri, parent_run_id), **(extra or {})}
-    c.log_batch(parent_run_id, metrics=[Metric(k, v, stamp, 0) for k, v in metrics.items()])
-    c.set_terminated(parent_run_id, status={"completed": "FINISHED", "interrupted": "KILLED"}.get(state, "FAILED"))
-
-
-def running_trial_runs(uri: str, experiment_id: str) -> list[Any]:
-    """The study's child runs MLflow still shows RUNNING."""
-    return client(uri).search_runs(
-        [experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'RUNNING'", max_results=10000
-    )
 
 
 class TrialSystemMetrics(SystemMetricsMonitor):
@@ -400,62 +367,3 @@ class TrialSystemMetrics(SystemMetricsMonitor):
             if metrics:
                 self.publish_metrics(metrics)
                 self.mlflow_logger.flush()
-
-
-# --- for the command line and the reports (they never hold an MLflow client themselves) --------
-
-
-class StoreRefused(RuntimeError):
-    """The MLflow store refused a request; the message is MLflow's own."""
-
-
-def store_runs_view(uri: str, experiment_id: str, spec: dict[str, Any]) -> None:
-    """set_runs_view for `study ui`: a study made before the view existed gets it. Raises
-    StoreRefused when the store has no such experiment (or refuses the tag)."""
-    try:
-        set_runs_view(uri, experiment_id, spec)
-    except MlflowException as exc:
-        raise StoreRefused(exc.message) from None
-
-
-def experiment_runs(uri: str, name: str) -> tuple[str, int] | None:
-    """(experiment id, number of runs, deleted ones included) of the study's experiment, or None."""
-    c = client(uri)
-    exp = c.get_experiment_by_name(name)
-    if exp is None:
-        return None
-    runs = c.search_runs([exp.experiment_id], run_view_type=ViewType.ALL, max_results=50_000)
-    return exp.experiment_id, len(runs)
-
-
-def delete_experiment(uri: str, experiment_id: str, name: str) -> None:
-    """Deletes the runs and the experiment. MLflow keeps deleted experiments (until `mlflow gc`)
-    and their names with them: renamed first, the name is free for a new study."""
-    c = client(uri)
-    for run in c.search_runs([experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=50_000):
-        c.delete_run(run.info.run_id)
-    c.rename_experiment(experiment_id, f"{name} (deleted {uuid.uuid4().hex[:8]})")
-    c.delete_experiment(experiment_id)
-
-
-def log_directory(uri: str, run_id: str, directory: str | Path, artifact_path: str) -> None:
-    """Logs every file under ``directory`` as artifacts of the run, under ``artifact_path``."""
-    client(uri).log_artifacts(run_id, str(directory), artifact_path=artifact_path)
-
-
-# --- the driver's start and end (study/run/) ------------------------------------------------------
-
-
-def experiment_exists(uri: str, name: str) -> bool:
-    """Whether the store has an experiment of that name (deleted ones included)."""
-    return client(uri).get_experiment_by_name(name) is not None
-
-
-def undo_experiment(uri: str, experiment_id: str) -> None:
-    """A failed start's experiment, deleted; setup_study restores it if the study starts again."""
-    client(uri).delete_experiment(experiment_id)
-
-
-def kill_run(uri: str, run_id: str) -> None:
-    """A run whose trial did not finish in a study that did not complete: KILLED, not RUNNING."""
-    client(uri).set_terminated(run_id, status="KILLED")

@@ -19,7 +19,7 @@ import pandas as pd
 
 from study.code_version import code_version
 from study.locations import resolve
-from study.report import figures, protocol, tables
+from study.report import figures, protocol, tables, time_to_target
 from study.report.bias_only import bias_only_error
 from study.report.data import StudyData, family, load_study, rnn_warmup_updates
 from study.report.figures.curves import curves_figure
@@ -240,6 +240,7 @@ def build_report(
     judged: list[dict[str, Any]] = []
     for t, tm in by_task.items():
         for sec in paper_tables(tm, t):
+            sec = time_to_target.timed(sec, tm, data, t)
             heads.setdefault(sec.key, sec)
             sections.setdefault(sec.key, []).append(Block(t, sec.table, sec.note, sec.figure))
             judged += evaluate(sec.key, sec.table, tm, t)
@@ -328,12 +329,12 @@ def build_report(
 
 def log_to_mlflow(rep: Report, mlflow_uri: str | None = None) -> str:
     """Logs the report directory as artifacts (under ``report/``) of the study's MLflow parent run."""
-    from study.record import tracking  # MLflow loads only when a report is logged (--no-mlflow skips it)
+    from study.record import tracking_experiment  # MLflow loads only when a report is logged (--no-mlflow skips it)
 
     run_id = rep.study.mlflow_parent_run_id
     uri = mlflow_uri or rep.study.mlflow_uri
     if not run_id or not uri:
         raise ValueError(f"study {rep.study.name!r} has no MLflow parent run recorded in the results DB")
-    tracking.log_directory(uri, run_id, rep.out_dir, REPORT_ARTIFACT_PATH)
+    tracking_experiment.log_directory(uri, run_id, rep.out_dir, REPORT_ARTIFACT_PATH)
     rep.mlflow_run_id = run_id
     return run_id

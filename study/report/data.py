@@ -136,12 +136,16 @@ def load_study(name: str, directory: str | None = None, results_db: str | None =
         updated_at=row.get("updated_at"),
     )
     trials = pd.DataFrame(trial_rows, columns=["trial_pk", "trial_id", "optuna_trial_number", "state", "params",
-                                               "config", "members", "members_diverged", "last_step", "error_message"])
+                                               "config", "members", "members_diverged", "last_step", "error_message",
+                                               "target", "updates_to_target"])
     points = pd.DataFrame(point_rows, columns=["trial_id", "step", "member", "seed", "error", "loss", "mu", "lr",
                                                "status", "diverged_at", "extra"])
     members = member_table(trials, points, info["metric"])
     # Failures are results: a member without a recorded task counts under the study's task.
     members["task"] = members["task"].fillna(info["task"])
+    from study.report.time_to_target import per_member  # it reads this module's fields
+
+    members = per_member(members, points, info["metric"], info["mode"], info["spec"])
     return StudyData(results_db=url, trials=trials, members=members, points=points, **info)
 
 

@@ -98,6 +98,8 @@ def evaluate(table_key: str, table: pd.DataFrame, members: pd.DataFrame, task: s
     out = []
     if table_key not in AXES or table.empty:
         return out
+    if table_key == "table1":  # plain SGD run once is both columns' cell (tables.with_shared_sgd)
+        members = tables.with_shared_sgd(members)
     others = [k for k in tables.other_varied(members, AXES[table_key]) if k in table and k in (*CONFIG_FIELDS,)]
     groups = [dict(zip(others, g)) for g in table[others].drop_duplicates().itertuples(index=False)] if others \
         else [{}]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from study.run.optuna_study import finite_trials_study, importance_evaluator, param_importances
+from study.run.optuna_study_analysis import finite_trials_study, importance_evaluator, param_importances
 
 # A caveat below 10 finite trials per searched parameter, and below 20 in any case: the common
 # rule of thumb for a regression forest's sample size, and what Optuna's TPE spends on its

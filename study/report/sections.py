@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from study.plan import resolution
 from study.report import protocol, tables
 from study.report.data import family, rnn_warmup_updates
 from study.report.figures.style import fmt_value
@@ -91,7 +92,10 @@ def _table1(m: pd.DataFrame, task: str) -> Section:
     t1, why = protocol.drop_unmatched_paper(tables.table1(m, task), "table1", m)
     return Section("table1", "Table 1: best-lr error per mu_max and momentum type",
                    {"optimizer": "optimizer", "mu_max": "mu_max", **_keys(t1, m, own), **BEST_COLUMNS},
-                   "The paper's Table 1 at mu_max = 0 is one column for NAG and CM (plain SGD)." + split_note(m, own)
+                   "The paper's Table 1 at mu_max = 0 is one column for NAG and CM (plain SGD)."
+                   + (" Here plain SGD ran once, as CM, and its row is shown under both (marked \"plain SGD\"): "
+                      "one set of runs, not two." if t1.get(tables.SGD_SHARED, pd.Series(dtype=bool)).any() else "")
+                   + split_note(m, own)
                    + protocol.mismatch_note(why) + edge_note(t1),
                    t1, table1_figure(t1, family(task), list(_keys(t1, m, own))))
 
@@ -169,7 +173,8 @@ def _table5(m: pd.DataFrame, task: str) -> Section:
                     "min": "min", "max": "max"},
                    "Mean over seeds (population members and/or trials with different seeds) at the best lr, its "
                    f"95% interval, min and max over those seeds. The paper's bias-only error: {bias}."
-                   + warmup_note(m) + split_note(m, own) + protocol.mismatch_note(why) + edge_note(t5),
+                   + warmup_note(m) + split_note(m, own) + protocol.mismatch_note(why) + edge_note(t5)
+                   + resolution.report_note(m),
                    t5, table5_figure(t5, task, list(_keys(t5, m, own)), momentum))
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 from study.report.published import published_row, published_value
 from study.report.importances import finite_optuna_study, importance_evaluator, importances  # noqa: F401
 from study.report.stats import mean_interval
+from study.report.sgd_shared import SGD_SHARED, with_shared_sgd
 
 # Pruned (stopped early by the scheduler, e.g. ASHA) is counted apart from failed (crashed) and
 # unfinished (running, pending): a pruned member did not fail, it was judged unpromising.
@@ -208,8 +209,13 @@ def other_varied(members: pd.DataFrame, own: Sequence[str], select: str = "lr") 
 
 
 def table1(members: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Best-lr final training error per (optimizer, mu_max), as the paper's Table 1."""
-    df = best_over(members, ["optimizer", "mu_max", *other_varied(members, ["optimizer", "mu_max"])])
+    """Best-lr final training error per (optimizer, mu_max), as the paper's Table 1; where plain
+    SGD ran once for CM and NAG (``with_shared_sgd``) its row appears under both, ``sgd_shared``."""
+    members = with_shared_sgd(members)
+    keys = ["optimizer", "mu_max", *other_varied(members, ["optimizer", "mu_max"])]
+    df = best_over(members, keys)
+    # best_over's rows follow groupby's order over the same keys.
+    df[SGD_SHARED] = members.groupby(keys, dropna=False, sort=True)[SGD_SHARED].any().to_numpy() if len(df) else []
     return _with_paper(df, "table1", task, "mu_max")
 
 
@@ -394,6 +400,10 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
     """The table with readable cells: ``result_cell`` ('0.07 ± 0.01', the mean ± its 95% interval
     over seeds, or 'diverged (2/2)'); Table 2's ``before_cell`` and ``after_cell`` alike."""
     out = df.copy()
+    if SGD_SHARED in out and "optimizer" in out:
+        out["optimizer"] = [f"{o} (plain SGD: the CM runs)" if flagged(shared) and o == "nag" else
+                            f"{o} (plain SGD, also NAG's)" if flagged(shared) else o
+                            for o, shared in zip(out["optimizer"], out[SGD_SHARED])]
     if "best_lr_at_edge" in out and "best_lr" in out:
         out["best_lr"] = [f"{fmt(v)} {EDGE_MARK}" if flagged(edge) else v
                           for v, edge in zip(out["best_lr"], out["best_lr_at_edge"])]

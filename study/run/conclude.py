@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from study.locations import Locations
-from study.record import outcome, results, tracking
+from study.record import outcome, results, tracking, tracking_experiment
 from study.record.journal import scrub
 from study.run.optuna_study import OptunaStudy, tell_ended
 from study.run.progress import Progress
@@ -66,7 +66,7 @@ def conclude(spec: StudySpec, loc: Locations, recorder: Any, parent_run_id: str 
     if parent_run_id:
         try:
             # This run's driver bookkeeping against its trials' compute (docs/benchmarks.md).
-            tracking.finish_study(loc.mlflow_uri, parent_run_id, state, reason, recorder.cost())
+            tracking_experiment.finish_study(loc.mlflow_uri, parent_run_id, state, reason, recorder.cost())
         except Exception as exc:
             log.warning("could not record the study's state in MLflow: %s", scrub(str(exc)))
         try:
@@ -126,9 +126,9 @@ def settle_mlflow(spec: StudySpec, loc: Locations, state: str) -> None:
     if study is None or not study.mlflow_experiment_id:
         return
     by_trial = {t.trial_id: t.state for t in results.study_trials(loc.results_db, study.id)}
-    for run in tracking.running_trial_runs(loc.mlflow_uri, study.mlflow_experiment_id):
+    for run in tracking_experiment.running_trial_runs(loc.mlflow_uri, study.mlflow_experiment_id):
         trial_state = by_trial.get(run.data.tags.get(tracking.TRIAL_TAG), "failed")
         if trial_state in TERMINAL:
             tracking.finish_trial(loc.mlflow_uri, run.info.run_id, trial_state)
         elif state != "completed":
-            tracking.kill_run(loc.mlflow_uri, run.info.run_id)
+            tracking_experiment.kill_run(loc.mlflow_uri, run.info.run_id)

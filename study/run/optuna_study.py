@@ -1,9 +1,10 @@
-"""Optuna, in one place, and nothing of Ray: the spec's sampler (built and checked here), its
-distributions, the Optuna study in the results database (``OptunaStudy``: open, ask, report, tell,
-the sampler's state after each ask), and what the reports take from Optuna (importances, plots).
+"""Optuna, and nothing of Ray: the spec's sampler (built and checked here), its distributions, the
+Optuna study in the results database (``OptunaStudy``: open, ask, report, tell, the sampler's
+state after each ask), and the one rule for telling it how a configuration ended. What the
+reports take from Optuna (importances, plots) is its reading side, optuna_study_analysis.py.
 
-Every other module of study/ reaches Optuna through this one, so which Optuna APIs the service
-depends on can be read on one page.
+Every other module of study/ reaches Optuna through these two, so which Optuna APIs the service
+depends on can be read in two short pages.
 """
 
 from __future__ import annotations
@@ -120,10 +121,11 @@ def batch_sampler(spec: StudySpec, per_trial: int = 1) -> Any:
     return optuna_sampler(spec, extra)
 
 
-def study_pacing(spec: StudySpec, per_trial: int = 1, sampler: Any = None) -> Any:
-    """The pacing of the spec's sampler (study/plan/pacing.py), read from the sampler a run builds
-    (``batch_sampler``): TPE's and GP's ``n_startup_trials``, CMA-ES's ``popsize`` (when unset,
-    the cmaes package's default 4 + floor(3 ln n) over the n numerical parameters it searches)."""
+def study_pacing(spec: StudySpec, per_trial: int = 1, sampler: Any = None, slots: int = 1) -> Any:
+    """The pacing of the spec's sampler (study/plan/pacing.py) for ``slots`` trials at once, read
+    from the sampler a run builds (``batch_sampler``): TPE's and GP's ``n_startup_trials``,
+    CMA-ES's ``popsize`` (when unset, the cmaes package's default 4 + floor(3 ln n) over the n
+    numerical parameters it searches)."""
     from study.plan.pacing import pacing
 
     sampler = sampler if sampler is not None else batch_sampler(spec, per_trial)
@@ -131,7 +133,8 @@ def study_pacing(spec: StudySpec, per_trial: int = 1, sampler: Any = None) -> An
     if spec.sampler.type == "cmaes":
         numerical = sum(not hasattr(d, "choices") for d in distributions(spec).values())
         generation = getattr(sampler, "_popsize", None) or 4 + math.floor(3 * math.log(max(1, numerical)))
-    return pacing(spec.sampler.type, spec.trials, int(getattr(sampler, "_n_startup_trials", 0) or 0), generation)
+    return pacing(spec.sampler.type, spec.trials, int(getattr(sampler, "_n_startup_trials", 0) or 0), generation,
+                  slots)
 
 
 def distributions(spec: StudySpec) -> dict[str, Any]:
@@ -331,70 +334,7 @@ class OptunaStudy:
                 raise
 
 
-# --- what the reports need ------------------------------------------------------------------------
-
-
-def finite_trials_study(url: str, name: str) -> tuple[Any | None, str | None]:
-    """The study's Optuna trials (from the results DB) that completed with a finite objective, as
-    an in-memory Optuna study; or (None, why there is nothing to analyse)."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=name, storage=url)
-    except Exception as exc:  # noqa: BLE001 - a study run without Optuna's tables
-        return None, f"skipped: no Optuna study {name!r} in the results DB ({type(exc).__name__})"
-    # Diverged trials report +inf to the searcher; the analysis is on the finite ones (they are
-    # counted as failures in the tables instead).
-    finite = [
-        t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.value is not None and math.isfinite(t.value)
-    ]
-    if len(finite) < 2:
-        return None, f"skipped: {len(finite)} completed trial(s) with a finite objective; importances need at least 2"
-    copy = optuna.create_study(direction=study.direction)
-    copy.add_trials(finite)
-    return copy, None
-
-
-def importance_evaluator() -> Any:
-    """fANOVA with a fixed seed: importances.csv and Optuna's importance plot then agree."""
-    import optuna
-
-    return optuna.importance.FanovaImportanceEvaluator(seed=0)
-
-
-def param_importances(study: Any, evaluator: Any = None) -> dict[str, float]:
-    """optuna.importance.get_param_importances, by default with ``importance_evaluator``."""
-    import optuna
-
-    found = optuna.importance.get_param_importances(study, evaluator=evaluator or importance_evaluator())
-    return {k: float(v) for k, v in found.items()}
-
-
-def plot_importances(study: Any, evaluator: Any = None) -> Any:
-    """optuna.visualization.matplotlib.plot_param_importances, by default with
-    ``importance_evaluator`` (the importances table's, so the figure and importances.csv agree)."""
-    from optuna.exceptions import ExperimentalWarning
-    from optuna.visualization.matplotlib import plot_param_importances
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        return plot_param_importances(study, evaluator=evaluator or importance_evaluator())
-
-
-def plot_slice(study: Any) -> Any:
-    """optuna.visualization.matplotlib.plot_slice: the objective of every trial against each
-    sampled parameter, under the sampler's names."""
-    from optuna.exceptions import ExperimentalWarning
-    from optuna.visualization.matplotlib import plot_slice as slice_plot
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        return slice_plot(study)
-
-
-# --- what Optuna is told of a configuration that ended (H4: the one rule) --------------------------
+# --- what Optuna is told of a configuration that ended (the one rule) --------------------------
 
 
 def tell_ended(study: OptunaStudy, ot_id: int, state: str, value: float | None, step: int | None = None,

@@ -18,10 +18,10 @@ import shutil
 from typing import Any, Callable
 
 from study.code_version import code_version
-from study.errors import LocationError
+from study.errors import LocationError, SpecError
 from study.locations import Locations, redact
 from study.plan import preflight
-from study.record import results, tracking
+from study.record import results, tracking, tracking_experiment
 from study.record.journal import JOURNAL_FILE, Journal, scrub
 from study.run import rung_board
 from study.run import searcher as search
@@ -76,6 +76,7 @@ def _refuse_existing(spec: StudySpec, loc: Locations) -> None:
 def run(spec: StudySpec, loc: Locations, console: Any = None) -> str:
     """Runs a new study to the end (or until interrupted); returns the study's final state."""
     reports = prepare(spec, loc)
+    warned = _warn(_early_warnings(spec, loc), console)
     preflight.check(spec, loc)
     _refuse_existing(spec, loc)
     created_dir = not loc.study_dir.exists()
@@ -86,24 +87,52 @@ def run(spec: StudySpec, loc: Locations, console: Any = None) -> str:
             init_ray(loc, spec)
             # The study's ASHA record for this run (study/run/rung_board.py), before the first write.
             run_scope.enter_context(rung_board.board(spec, loc.study_dir, reports))
-            started = _start(spec, loc, reports, console, undo)
+            started = _start(spec, loc, reports, console, undo, warned)
         except BaseException:
             _undo_start(loc, created_dir, undo)
             raise
         return fit_and_conclude(spec, loc, *started)
 
 
-def _start(spec: StudySpec, loc: Locations, reports: int, console: Any, undo: list) -> tuple:
-    """The first writes, each with its undo (run in reverse if a later step fails)."""
+def _early_warnings(spec: StudySpec, loc: Locations) -> list[str]:
+    """The plan's warnings (a learning sampler left blind, study/plan/pacing.py) as `study plan`
+    gives them for this machine: printed before any check that may refuse the run and before
+    anything is written, so a user who stops the run at them has nothing to clean up. On a
+    cluster, a CMA-ES generation follows the population size the cluster allows: its warning
+    waits for Ray (``_start`` prints it, still before the first write)."""
+    from study.plan import sizing
+
+    if loc.ray_address and spec.sampler.type == "cmaes" and "popsize" not in spec.sampler.options:
+        return []
+    try:
+        return sizing.make_plan(spec, sizing.this_machine()).warnings
+    except SpecError:
+        return []  # a study this machine cannot size: preflight refuses it, in its order of checks
+
+
+def _warn(warnings: list[str], console: Any) -> list[str]:
+    for warning in warnings:
+        if console is not None:
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        else:
+            log.warning("%s", warning)
+    return warnings
+
+
+def _start(spec: StudySpec, loc: Locations, reports: int, console: Any, undo: list, warned: list[str]) -> tuple:
+    """The first writes, each with its undo (run in reverse if a later step fails); before them,
+    the plan's warnings not ``warned`` already (those that needed the cluster's figures)."""
+    plan = run_plan(spec, loc)
+    _warn([w for w in plan.warnings if w not in warned], console)
     spec_yaml = spec_to_yaml(spec)
     (loc.study_dir / "spec.yaml").write_text(spec_yaml)
     undo.append(lambda: (loc.study_dir / "spec.yaml").unlink(missing_ok=True))
-    existed = tracking.experiment_exists(loc.mlflow_uri, spec.name)
+    existed = tracking_experiment.experiment_exists(loc.mlflow_uri, spec.name)
     experiment_id, parent_run_id = tracking.setup_study(
         loc.mlflow_uri, spec.name, spec.model_dump(mode="json"), spec_yaml, loc.artifact_location
     )
     if not existed:
-        undo.append(lambda: tracking.undo_experiment(loc.mlflow_uri, experiment_id))
+        undo.append(lambda: tracking_experiment.undo_experiment(loc.mlflow_uri, experiment_id))
     undo.append(lambda: results.delete_study(loc.results_db, spec.name))
     study_id = results.upsert_study(
         loc.results_db,
@@ -133,15 +162,9 @@ def _start(spec: StudySpec, loc: Locations, reports: int, console: Any, undo: li
     recorder, progress, feed = _feed(spec, loc, study_id, experiment_id, parent_run_id,
                                      Journal(loc.study_dir / JOURNAL_FILE), console)
     undo.append(lambda: shutil.rmtree(loc.tune_path, ignore_errors=True) if not loc.storage else None)
-    plan = run_plan(spec, loc)
     per_trial = plan.configs_per_trial
-    for warning in plan.warnings:  # a learning sampler left blind (study/plan/pacing.py)
-        if console is not None:
-            console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-        else:
-            log.warning("%s", warning)
     # The run's one sampler: the searcher asks it, and a resumed run restores it from Optuna's storage.
-    searcher = search.searcher(spec, loc.results_db, per_trial, batch_sampler(spec, per_trial))
+    searcher = search.searcher(spec, loc.results_db, per_trial, batch_sampler(spec, per_trial), plan.slots)
     tuner = new_tuner(spec, loc, reports, context, searcher, [feed])
     return tuner, recorder, progress, parent_run_id
 

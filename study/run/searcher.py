@@ -29,7 +29,8 @@ a fused study needs a member table per trial (study/plan/population.py) and a va
   (Optuna would raise UpdateFinishedTrialError).
 - Pacing: a sampler that learns from results (TPE, GP, CMA-ES) is asked only as many new
   configurations as study/plan/pacing.py allows: the start-up suggestions freely, then no more
-  without a result than its window. A population takes what is allowed when Tune asks for it
+  without a result than its window, each population at most its share of them (the trials at
+  once share them, so every trial slot gets a population from the start). A population takes what is allowed when Tune asks for it
   (possibly fewer than ``per_trial``); when nothing is allowed, ``suggest`` returns None and Tune
   asks again later. Only configurations of populations still live in Tune count as waiting for a
   result, so a study with nothing running never waits.
@@ -77,12 +78,13 @@ def use_restored_populations(tables: dict[str, list[dict[str, Any]]] | None) -> 
     _restored = None if tables is None else {tid: list(t) for tid, t in tables.items()}
 
 
-def searcher(spec: StudySpec, results_db: str, per_trial: int, sampler: Any) -> "PopulationSearch":
+def searcher(spec: StudySpec, results_db: str, per_trial: int, sampler: Any, slots: int = 1) -> "PopulationSearch":
     """The study's searcher, its Optuna study created in the results database; ``sampler`` is the
-    run's one (optuna_study.batch_sampler for ``per_trial``)."""
+    run's one (optuna_study.batch_sampler for ``per_trial``); ``slots`` trials run at once (the
+    plan's), which share a learning sampler's pacing."""
     use_storage(results_db)
     use_restored_populations(None)
-    found = PopulationSearch(spec, per_trial, sampler, study_pacing(spec, per_trial, sampler))
+    found = PopulationSearch(spec, per_trial, sampler, study_pacing(spec, per_trial, sampler, slots))
     found.open(results_db)
     return found
 

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from study.errors import SpecError
 from study.spec.credentials import find_credentials
-from study.spec.expand import check_configs
+from study.spec.expand import check_configs, sgd_duplicates
 from study.spec.limits import MAX_MEMBERS, MAX_REPEATS, MAX_TRIALS, MAX_UPDATES
+from study.spec.messages import describe_errors
 # A study's name follows one rule, shared with every command that takes a NAME.
 from study.spec.names import NAME_RULE, check_name  # noqa: F401 - NAME_RULE stays importable from here
 from study.spec.params import CategoricalParam, FloatParam, GridParam, Param, _Strict
@@ -115,6 +115,9 @@ class StudySpec(_Strict):
     retries: int = Field(0, ge=0, le=100)
     # Save a checkpoint every N reports (and at the last one).
     checkpoint_every: int = Field(1, ge=1, le=MAX_UPDATES)
+    # Time to target: the value of `metric` a configuration is timed to (a number, or one per task
+    # of a study over several tasks); None: the report uses the paper's value where it may stand.
+    target: float | dict[str, float] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -186,6 +189,46 @@ class StudySpec(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         return check_name(v)
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target_values(cls, v: Any) -> Any:
+        # Before pydantic's parsing, whose messages name neither the value nor the rule.
+        if v is None:
+            return v
+        for where, x in (v.items() if isinstance(v, dict) else [("", v)]):
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
+                entry = f" (task {where!r}: {x!r})" if where else ""
+                raise ValueError(
+                    f"target={v!r} is not allowed{entry}: need a finite number >= 0 (a value of the study's metric, "
+                    "an error or a loss), or a mapping of task to such a number for a study over several tasks"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _target_tasks(self) -> "StudySpec":
+        if isinstance(self.target, dict):
+            tasks = self.tasks()
+            unknown = [t for t in self.target if t not in tasks]
+            if unknown or not self.target:
+                raise ValueError(
+                    f"target={self.target!r} is not allowed"
+                    + (f" (task {unknown[0]!r} is not run by this study)" if unknown else "")
+                    + f": a target per task names one or more of the tasks this study runs: {', '.join(tasks)}"
+                )
+        return self
+
+    def tasks(self) -> list[str]:
+        """The tasks the study runs: the searched ``task`` values, else its one task."""
+        searched = self.search.get("task")
+        values = getattr(searched, "values", None)
+        return [str(v) for v in values] if values else [self.task]
+
+    def target_for(self, task: str | None) -> float | None:
+        """The spec's target for a configuration of ``task`` (None: the spec gives none)."""
+        if isinstance(self.target, dict):
+            return None if task is None or task not in self.target else float(self.target[task])
+        return None if self.target is None else float(self.target)
 
     @model_validator(mode="after")
     def _consistent(self) -> "StudySpec":
@@ -282,9 +325,10 @@ class StudySpec(_Strict):
 
     @property
     def trials(self) -> int:
-        if self.num_samples is not None:
-            return self.num_samples
-        return self.grid_size() if self.sampler.type == "grid" else 10
+        """Configurations run: a grid's points less plain SGD's NAG twins (expand.sgd_duplicates)."""
+        if self.sampler.type == "grid":
+            return self.grid_size() - len(sgd_duplicates(self))
+        return self.num_samples if self.num_samples is not None else 10
 
     @cached_property
     def checked_config(self) -> TaskConfig:
@@ -321,56 +365,8 @@ def load_spec(source: str | Path | dict[str, Any]) -> StudySpec:
 
 
 def describe(exc: ValidationError) -> str:
-    """Turns pydantic's errors into 'field=value is not allowed: rule' lines."""
-    lines = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if not str(p).endswith("Param") and p not in _TAGS]
-        key = ".".join(loc) or "spec"
-        msg = err["msg"].removeprefix("Value error, ")
-        value = err.get("input")
-        if err["type"] == "extra_forbidden":
-            parent = _model_at(loc[:-1])
-            allowed = ", ".join(parent.model_fields) if parent else "see docs/study-specs.md"
-            msg = f"unknown field {key!r} (value {value!r}); allowed fields: {allowed}"
-        elif err["type"] == "missing":
-            msg = f"{key} is required"
-        elif err["type"] in ("literal_error", "union_tag_invalid"):
-            msg = f"{key}={_tag_value(err)!r} is not allowed: {err['msg']}"
-        elif err["type"] == "value_error" and "is not allowed" in msg:
-            # "name='x' is not allowed" at name, "step=0 ..." at search.lr: one dotted field name.
-            head = re.match(r"[A-Za-z_][\w\[\]]*(?==)", msg)
-            if loc and head and head[0] == loc[-1]:
-                msg = ".".join(loc[:-1] + [msg]) if len(loc) > 1 else msg
-            elif loc and head:
-                msg = f"{key}.{msg}"
-            elif loc:
-                msg = f"{key}: {msg}"
-        else:
-            msg = f"{key}={value!r} is not allowed: {msg}"
-        lines.append(msg)
-    return "; ".join(lines)
-
-
-_TAGS = {"float", "int", "categorical", "grid"}
-
-
-def _tag_value(err: dict[str, Any]) -> Any:
-    ctx = err.get("ctx") or {}
-    return ctx.get("tag", err.get("input"))
-
-
-def _model_at(loc: list[str]) -> type[BaseModel] | None:
-    model: type[BaseModel] = StudySpec
-    for part in loc:
-        field = model.model_fields.get(part)
-        if field is None:
-            return None
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
-        else:
-            return None
-    return model
+    """Turns pydantic's errors about a spec into 'field=value is not allowed: rule' lines."""
+    return describe_errors(exc, StudySpec)
 
 
 def spec_to_yaml(spec: StudySpec) -> str:

@@ -331,5 +331,8 @@ class AutoencoderTask:
     def bias_only_error(self, cfg: TaskConfig) -> tuple[float, str]:
         return bias_only_error(cfg)
 
+    def error_resolution(self, cfg: TaskConfig) -> float | None:
+        return None  # a squared error: continuous
+
     def build(self, cfg: TaskConfig, device: torch.device, dtype: torch.dtype) -> AutoencoderWorkload:
         return build(cfg, device, dtype)

@@ -106,6 +106,12 @@ class Task(Protocol):
         the data cannot be read here."""
         ...
 
+    def error_resolution(self, cfg: "TaskConfig") -> float | None:
+        """The smallest step between two errors a member of ``cfg`` can report (a count over the
+        cases scored, divided by their number), or None where the error is continuous. A value
+        below it (other than 0) cannot be told apart."""
+        ...
+
     def build(self, cfg: "TaskConfig", device: "torch.device", dtype: "torch.dtype") -> Workload:
         """The batched computation of ``cfg``'s population on ``device``."""
         ...

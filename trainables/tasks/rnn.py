@@ -46,6 +46,8 @@ HID_TO_OUT_SCALE = 0.1  # Table 4
 ALLOWED_INITS = ("esn", "gaussian", "glorot", "orthogonal")
 PAPER_SCHEDULE = "rnn"  # sec. 4.2: mu = 0.9 for the first 1000 updates, then mu_0
 EVAL_CASES = 1000  # sequences the reported error is computed on, by default
+# Evaluation sequences kept in memory for the whole run; more are drawn again at each report.
+EVAL_KEPT_CASES = 1000
 
 # tanh(a) = 1 - 2 sigmoid(-2a). Why not torch.tanh: in this CPU build it takes many times as long
 # as sigmoid and cost more than the recurrent matmul. The pre-activation is held as z = -2a, the
@@ -255,19 +257,25 @@ class RNNWorkload:
     @torch.no_grad()
     def error(self, params: list[torch.Tensor]) -> torch.Tensor:
         """Zero-one error (sec. 4.2; units in docs/trainables.md) on a fixed evaluation set per
-        member, (K,) on the device."""
+        member, (K,) on the device: ``evaluated_sequences`` sequences, minibatches 0, 1, ... of
+        the evaluation stream. The first ``EVAL_KEPT_CASES`` are kept for the run; the rest (an
+        evaluation set fine enough for Table 5's smallest values has tens of thousands) are drawn
+        again at each report, the same ones each time (a minibatch is a function of its seed,
+        stream and index), so memory does not grow with eval_cases."""
+        n = -(-self.eval_cases // self.batch_size)
         if self._eval_batches is None:
-            n = -(-self.eval_cases // self.batch_size)
-            self._eval_batches = [self._sample(2, i) for i in range(n)]
+            kept = min(n, max(1, EVAL_KEPT_CASES // self.batch_size))
+            self._eval_batches = [self._sample(2, i) for i in range(kept)]
         K, H = params[0].shape[0], params[1].shape[-1]
         total = torch.zeros(K, dtype=torch.float64, device=self.device)
-        for batch in self._eval_batches:
+        for i in range(n):
+            batch = self._eval_batches[i] if i < len(self._eval_batches) else self._sample(2, i)
             _, T, B, _ = batch.inputs.shape
             hs = self.hidden_states(params, batch, out=self._workspace("hs", (K, T, B, H)))
             start = batch.error_from
             out = self.readout(params, self._from(hs, start))
             total += self.problem.zero_one_errors(out, batch.targets[:, start - batch.target_from:])
-        return total / len(self._eval_batches)
+        return total / n
 
 
 def build(cfg: TaskConfig, device: torch.device, dtype: torch.dtype) -> RNNWorkload:
@@ -280,8 +288,9 @@ def memory_estimate(cfg: TaskConfig):
     the weights about six times over; BPTT's (T, B, H) arrays of every time step (hidden states,
     their gradients, the readout's gradient and a copy of the steps read), kept from one update to
     the next; the readout's outputs and loss terms; a minibatch (its inputs, targets and masks,
-    and the draw's own temporaries); and the evaluation set, ceil(eval_cases / B) such minibatches
-    kept for the whole run."""
+    and the draw's own temporaries); and the evaluation set, ceil(eval_cases / B) such minibatches,
+    at most those of ``EVAL_KEPT_CASES`` sequences kept for the whole run and one more drawn at a
+    time beyond them."""
     from trainables.data.rnn_problems import PROBLEMS
     from trainables.tasks.memory import MemoryEstimate, Part, dtype_bytes, weight_copies
 
@@ -294,7 +303,10 @@ def memory_estimate(cfg: TaskConfig):
     weights = n_in * H + H * H + H + H * n_out + n_out
     targets = 16 if problem.kind == "classification" else n_out * (size + 4)
     batch = T * B * ((n_in + 1) * (size + 4) + targets + size + 3 + 2 * n_in * 4)
-    eval_batches = -(-(cfg.eval_cases or EVAL_CASES) // B)
+    # The kept evaluation minibatches, and one drawn again at a report when eval_cases is larger.
+    all_eval = -(-(cfg.eval_cases or EVAL_CASES) // B)
+    kept = min(all_eval, max(1, EVAL_KEPT_CASES // B))
+    eval_batches = kept + (1 if all_eval > kept else 0)
     return MemoryEstimate(per_member=(
         Part("weights and optimizer state", weight_copies(cfg) * weights * size, ("optimizer", "dtype")),
         Part("BPTT activations", T * B * (4 * H + 6 * n_out) * size, ("batch_size", "seq_length")),
@@ -369,6 +381,20 @@ def bias_only_error(cfg: TaskConfig) -> tuple[float, str]:
     return _bias_only_level(cfg.task, cfg.seq_length), how
 
 
+def evaluated_sequences(cfg: TaskConfig) -> int:
+    """Sequences the reported error is scored on: ``eval_cases`` rounded up to whole minibatches
+    (the evaluation set is ceil(eval_cases / B) minibatches of B)."""
+    batch = cfg.batch_size or PAPER_BATCH_SIZE
+    return -(-(cfg.eval_cases or EVAL_CASES) // batch) * batch
+
+
+def error_resolution(cfg: TaskConfig) -> float:
+    """The step of a member's reported error: each sequence adds a whole count (a wrong answer,
+    or a number of wrong symbols) to a sum divided by ``evaluated_sequences``, so one wrong
+    symbol more or less moves the error by 1 / that number."""
+    return 1.0 / evaluated_sequences(cfg)
+
+
 @dataclasses.dataclass(frozen=True)
 class RNNTask:
     """One of the long-range problems of sec. 4 as a Task (trainables/tasks/protocol.py)."""
@@ -399,6 +425,9 @@ class RNNTask:
 
     def bias_only_error(self, cfg: TaskConfig) -> tuple[float, str]:
         return bias_only_error(cfg)
+
+    def error_resolution(self, cfg: TaskConfig) -> float | None:
+        return error_resolution(cfg)
 
     def build(self, cfg: TaskConfig, device: torch.device, dtype: torch.dtype) -> RNNWorkload:
         return build(cfg, device, dtype)

@@ -84,7 +84,7 @@ def _optuna_figure(draw: Any, layout: bool = True) -> Figure:
 def importance_figure(study: Any, evaluator: Any) -> Figure:
     """optuna.visualization.matplotlib.plot_param_importances, with the evaluator that made the
     importances table (a fixed seed, so the figure and importances.csv agree)."""
-    from study.run.optuna_study import plot_importances
+    from study.run.optuna_study_analysis import plot_importances
 
     return _optuna_figure(lambda: plot_importances(study, evaluator))
 
@@ -92,7 +92,7 @@ def importance_figure(study: Any, evaluator: Any) -> Figure:
 def optuna_slice_figure(study: Any) -> Figure:
     """optuna.visualization.matplotlib.plot_slice: the objective of every finite trial against each
     sampled parameter, under the sampler's names (``one_minus_mu_0`` is 1 - mu_0, log scale)."""
-    from study.run.optuna_study import plot_slice
+    from study.run.optuna_study_analysis import plot_slice
 
     # Optuna places a colorbar beside several subplots: a tight_layout would move it onto them.
     return _optuna_figure(lambda: plot_slice(study), layout=False)

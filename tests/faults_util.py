@@ -61,9 +61,14 @@ def grid_spec(path: Path, name: str, lrs: list[float], **overrides: Any) -> Path
 _NOT_THERE_YET = re.compile(r"unable to open database file|no such (table|column)|(relation|column) .* does not exist")
 
 
-def driver_env(root: Path, **extra: str) -> dict[str, str]:
-    """The environment of a `study` subprocess: its own studies directory, a Ray of its own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MOMENTUM_STUDY_", "MLFLOW_"))}
+def driver_env(root: Path, ray_address: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a `study` subprocess: its own studies directory, and a Ray of its own,
+    or the Ray at ``ray_address`` (the session's, conftest.ray_session) with this process's RAY_*
+    settings, its token among them."""
+    drop = ("MOMENTUM_STUDY_", "MLFLOW_") if ray_address else ("RAY_", "MOMENTUM_STUDY_", "MLFLOW_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
     env.update(
         MOMENTUM_STUDY_DIR=str(root),
         TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",

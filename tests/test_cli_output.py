@@ -1,8 +1,10 @@
 """What the `study` command line prints, as a user sees it (issue #13): progress without a terminal,
 `study stop` and `study delete`, counts after an interrupt, a moved study directory, resuming a
 finished study, query errors, 80-column tables and full-precision CSV/JSON. Real Ray, SQLite and
-MLflow; the commands run as subprocesses (on a terminal where the width matters), but the reads of
-the session's finished quick study, which run study.cli.main.main in this process."""
+MLflow. The commands whose process is the point run as subprocesses: `study run` and `study stop`
+(a signal to another process), `study resume` (its own Ray; none for a finished study), `study
+delete` (its prompt), and a terminal's width; what a command only prints or refuses runs
+study.cli.main.main in this process (conftest.study_in_process)."""
 
 from __future__ import annotations
 
@@ -208,7 +210,7 @@ def test_stop_interrupts_a_running_study_and_a_moved_copy_resumes(ray_session, s
             time.sleep(0.3)
         assert driver.poll() is None, "the study ended before it could be stopped"
 
-        busy = _cli("delete", name, "--yes", env=env)
+        busy = study_in_process("delete", name, "--yes", env=env)
         assert busy.returncode == 2 and f"`study stop {name}` first" in busy.stderr
         assert db.exists() and _finished(db) >= 1
 
@@ -244,7 +246,7 @@ def test_stop_interrupts_a_running_study_and_a_moved_copy_resumes(ray_session, s
     assert last["best"] == f"{completed.min():.4g} (trial {completed.idxmin()})"
 
     # After the interrupt the study counts what finished, not "3/3".
-    status = _cli("status", name, env=env)
+    status = study_in_process("status", name, env=env)
     assert status.returncode == 0, status.stderr
     assert f"interrupted, {finished}/3 trials finished" in status.stdout
     assert "3/3" not in status.stdout
@@ -254,10 +256,11 @@ def test_stop_interrupts_a_running_study_and_a_moved_copy_resumes(ray_session, s
     moved_root.mkdir()
     shutil.move(str(study_env / name), str(moved_root / name))
     env_moved = {**env, "MOMENTUM_STUDY_DIR": str(moved_root)}
-    assert f"{finished}/3 trials finished" in _cli("status", name, env=env_moved).stdout
-    assert len(pd.read_csv(StringIO(_cli("results", name, "--format", "csv", env=env_moved).stdout))) == len(trials)
-    assert json.loads(_cli("query", name, "SELECT tune_path FROM ms_studies", "--format", "json", env=env_moved).stdout) \
-        == [{"tune_path": "tune"}]
+    assert f"{finished}/3 trials finished" in study_in_process("status", name, env=env_moved).stdout
+    csv = study_in_process("results", name, "--format", "csv", env=env_moved).stdout
+    assert len(pd.read_csv(StringIO(csv))) == len(trials)
+    query = study_in_process("query", name, "SELECT tune_path FROM ms_studies", "--format", "json", env=env_moved)
+    assert json.loads(query.stdout) == [{"tune_path": "tune"}]
     before = trials[trials["state"] == "completed"].set_index("trial_id")["ended_at"]
 
     # On a Ray of its own, as a user would: its workers take the moved MLflow store from the driver.
@@ -274,7 +277,7 @@ def test_stop_interrupts_a_running_study_and_a_moved_copy_resumes(ray_session, s
     exp = c.get_experiment_by_name(name)
     runs = c.search_runs([exp.experiment_id], filter_string="tags.`momentum_study.role` = 'trial'")
     assert len(runs) == 3 and {r.data.tags["state"] for r in runs} == {"completed"}
-    assert "completed, 3/3 trials finished" in _cli("status", name, env=env_moved).stdout
+    assert "completed, 3/3 trials finished" in study_in_process("status", name, env=env_moved).stdout
 
     # A finished study: nothing to do, and no Ray started for it (Ray says so on stderr when it
     # starts; a wall-clock bound here failed on a loaded machine).
@@ -283,7 +286,7 @@ def test_stop_interrupts_a_running_study_and_a_moved_copy_resumes(ray_session, s
     assert "Ray" not in again.stderr
 
     # Stopping a study that is not running says so.
-    idle = _cli("stop", name, env=env_moved)
+    idle = study_in_process("stop", name, env=env_moved)
     assert idle.returncode == 0 and idle.stdout.strip() == f"study {name} is not running: nothing to stop"
 
 
@@ -314,8 +317,8 @@ def test_delete_asks_then_removes_rows_optuna_mlflow_and_the_tune_directory(ray_
     assert done.stdout.strip().endswith(f"study {name} deleted")
     assert not (study_env / name).exists() and not tune_dir.exists()
     assert MlflowClient(mlflow_uri).get_experiment_by_name(name) is None
-    assert _cli("status", "--dir", str(study_env)).stdout.strip() == f"no studies yet in {study_env}"
-    gone = _cli("delete", name)
+    assert study_in_process("status", "--dir", str(study_env)).stdout.strip() == f"no studies yet in {study_env}"
+    gone = study_in_process("delete", name)
     assert gone.returncode == 2 and f"no study named {name!r}" in gone.stderr
 
     # The name is free again: the same study runs anew in the same stores.

@@ -110,3 +110,10 @@ def test_every_finding_is_the_papers_own_direction():
             b = published_value(f.table, task, f.better["optimizer"], **{axis: float(f.better[axis])})
             w = published_value(f.table, task, f.worse["optimizer"], **{axis: float(f.worse[axis])})
             assert b is not None and w is not None and b < w, (f.key, task, b, w)
+
+
+def test_both_cells_at_the_error_floor_on_every_seed_is_not_testable():
+    v = decide({0: 0.0, 1: 0.0}, {0: 0.0, 1: 0.0})
+    assert v.outcome == NOT_TESTABLE and "error 0 on every seed" in v.reason
+    # one cell at 0, the other not: decided as usual
+    assert decide({0: 0.0, 1: 0.0, 2: 0.0}, {0: 0.5, 1: 0.51, 2: 0.52}).outcome == HOLDS

@@ -822,3 +822,21 @@ def test_cli_report_default_out_dir_and_mlflow(addition_study):
     assert "NAG beats CM at mu_0 0.995" not in proc.stdout
     missing = study_in_process("report", "nope", "--dir", str(addition_study))  # a refusal: the same code in process
     assert missing.returncode == 2 and "nope" in missing.stderr
+
+
+def _members(errors_by_lr: dict[float, list[float]]) -> pd.DataFrame:
+    return pd.DataFrame([{"optimizer": "nag", "lr": lr, "outcome": "completed", "final_error": e}
+                         for lr, errors in errors_by_lr.items() for e in errors])
+
+
+def test_a_best_lr_at_the_edge_is_flagged_unless_a_tie_inside_or_the_floor_brackets_it():
+    row = tables.best_over(_members({1e-3: [0.5, 0.6], 1e-2: [0.7, 0.8], 1e-1: [0.9, 0.9]}), ["optimizer"]).iloc[0]
+    assert row["best_lr"] == 1e-3 and row["best_lr_at_edge"]
+    row = tables.best_over(_members({1e-3: [0.8, 0.8], 1e-2: [0.5, 0.6], 1e-1: [0.9, 0.9]}), ["optimizer"]).iloc[0]
+    assert row["best_lr"] == 1e-2 and not row["best_lr_at_edge"]
+    # the edge and an inner lr reach the same lowest mean: the inner one is the best, established
+    row = tables.best_over(_members({1e-5: [0.0, 0.2], 1e-4: [0.1, 0.1], 1e-3: [0.9, 0.9]}), ["optimizer"]).iloc[0]
+    assert row["best_lr"] == 1e-4 and not row["best_lr_at_edge"]
+    # error 0 on every seed at the edge: nothing beyond the grid can do better
+    row = tables.best_over(_members({1e-5: [0.0, 0.0], 1e-4: [0.1, 0.3], 1e-3: [0.9, 0.9]}), ["optimizer"]).iloc[0]
+    assert row["best_lr"] == 1e-5 and row["error"] == 0 and not row["best_lr_at_edge"]

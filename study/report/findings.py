@@ -13,7 +13,7 @@ before it). ``decide`` turns the per-seed values of the two cells into a verdict
 - **direction against**: neither separates, and the means do not agree with the paper (a tie
   included): weaker than contradicted, never read as support;
 - **not testable**, with the reason: a cell missing or without a clean result, fewer than 2 seeds
-  in a cell, a deciding cell whose best lr sits at the edge of its grid (the best is not
+  in a cell, both cells at error 0 on every seed (the floor: the problem does not separate them), a deciding cell whose best lr sits at the edge of its grid (the best is not
   established until the grid is widened), or a protocol under which the finding cannot show (a
   schedule that never reads mu_0, runs that end inside the warm-up).
 
@@ -160,6 +160,9 @@ def decide(better: Mapping[Any, float] | list[float], worse: Mapping[Any, float]
         return Verdict(NOT_TESTABLE, not_testable, b, w, paired)
     if b.n < 2 or w.n < 2:
         return Verdict(NOT_TESTABLE, f"fewer than 2 seeds (better n={b.n}, worse n={w.n}): no interval", b, w, paired)
+    if not any(b_values) and not any(w_values):  # 0 is every task's floor: both cells solved it
+        return Verdict(NOT_TESTABLE, "both cells reach error 0 on every seed: at this scale the problem does not "
+                                     "separate them", b, w, paired)
     if b.high < w.low:
         return Verdict(HOLDS, "the 95% intervals separate in the paper's direction", b, w, paired)
     if w.high < b.low:

@@ -98,11 +98,11 @@ def best_over(members: pd.DataFrame, keys: Sequence[str], select: str = "lr") ->
         n_pruned = int(cands["n_pruned"].sum())
         n_fail = int(cands["n_failed"].sum())
         if len(clean):
-            best = clean.loc[clean["mean"].idxmin()]
+            best, edge = _best_candidate(clean, select, cands[select].tolist())
             row.update(
                 {
                     f"best_{select}": best[select],
-                    f"best_{select}_at_edge": at_edge(best[select], cands[select].tolist()),
+                    f"best_{select}_at_edge": edge,
                     "error": best["mean"],
                     "error_ci_low": best["ci_low"],
                     "error_ci_high": best["ci_high"],
@@ -130,6 +130,19 @@ def best_over(members: pd.DataFrame, keys: Sequence[str], select: str = "lr") ->
         )
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _best_candidate(clean: pd.DataFrame, select: str, tried: Sequence[Any]) -> tuple[pd.Series, bool]:
+    """The clean candidate with the lowest mean error, and whether that best is at the edge of the
+    values tried in a way that leaves it unestablished. Two cases are not: a tie with a value
+    inside the grid (several lrs reach the same lowest mean, one of them inside: the optimum is
+    bracketed, and that inner value is reported), and a best mean of 0, the floor of every task's
+    error (nothing beyond the grid can do better)."""
+    lowest = float(clean["mean"].min())
+    tied = clean[np.isclose(clean["mean"].astype(float), lowest, rtol=1e-12, atol=0.0)]
+    inner = [i for i in tied.index if not at_edge(tied.loc[i, select], tried)]
+    best = tied.loc[inner[0]] if inner else tied.iloc[0]
+    return best, bool(not inner and lowest > 0 and at_edge(best[select], tried))
 
 
 def at_edge(best: Any, tried: Sequence[Any]) -> bool:

@@ -32,6 +32,24 @@ from study.spec.model import load_spec
 # In the study's directory: MLflow's warnings and request log, kept off the terminal.
 SERVER_LOG = "mlflow-ui.log"
 
+# The name the printed address uses for the loopback server. MLflow 3's UI opens its Assistant
+# panel (a third of a 1400-pixel window) by itself on a browser's first visit when the page's
+# host is literally localhost, 127.0.0.1 or ::1, and the server has no switch for it; under another
+# loopback name it offers no Assistant at all. Browsers resolve every *.localhost name to the
+# loopback address themselves (RFC 6761; Chrome, Edge, Firefox), so this address reaches the same
+# server bound to 127.0.0.1 and nothing else. The server accepts that Host header and Origin (MLflow
+# refuses unknown ones against DNS rebinding) as it does the other loopback names; the 127.0.0.1 address is
+# printed too, for a browser that does not resolve *.localhost.
+UI_HOST = "study.localhost"
+
+
+def mlflow_ui_env(uri: str, port: int) -> dict[str, str]:
+    """The server's environment: the store (servers.mlflow_server_env), and the Host headers of the
+    loopback names (``UI_HOST`` among them) and ``UI_HOST``'s Origin, which MLflow accepts."""
+    hosts = [f"{h}:{port}" for h in (UI_HOST, "localhost", LOCALHOST, "[::1]")]
+    return {**mlflow_server_env(uri), "MLFLOW_TRACKING_URI": uri, "MLFLOW_SERVER_ALLOWED_HOSTS": ",".join(hosts),
+            "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS": f"http://{UI_HOST}:{port}"}
+
 
 def command(args: argparse.Namespace, out: Console, err: Console) -> int:
     row = study_row(args, err)
@@ -71,12 +89,14 @@ def without_login(url: str) -> str:
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
-def where_to_look(name: str, url: str, spec: dict[str, Any], log: Path) -> str:
+def where_to_look(name: str, url: str, spec: dict[str, Any], log: Path, loopback_url: str | None = None) -> str:
     """What `study ui` prints: the address, what the page shows and where the server's output goes."""
     metric = spec.get("metric", "error")
     columns = [c.split("`")[1] for c in tracking.runs_view(spec)["selectedColumns"]]
+    also = (f"  the same page where a browser does not resolve *.localhost: {loopback_url} (there MLflow opens "
+            f"its Assistant panel on a first visit)\n") if loopback_url else ""
     return (
-        f"MLflow UI for study {name}: {url}  (Ctrl+C stops it)\n"
+        f"MLflow UI for study {name}: {url}  (Ctrl+C stops it)\n{also}"
         f"  the runs table: one row per configuration, named by its settings, sorted by {metric}; "
         f"columns {', '.join(columns)} ('Columns' adds more)\n"
         f"  the parent run {name!r}, in a group of its own: the study's description, spec.yaml, its best {metric} "
@@ -98,7 +118,7 @@ def run_ui(name: str, uri: str, experiment_id: str, spec: dict[str, Any], port: 
     except tracking_experiment.StoreRefused as exc:
         raise RuntimeError(f"study {name}'s MLflow experiment {experiment_id} is not in {redact(uri)} "
                            f"({exc}); name its store with --mlflow-uri") from None
-    url = tracking.runs_url(f"http://{LOCALHOST}:{port}", experiment_id)
-    env = {**mlflow_server_env(uri), "MLFLOW_TRACKING_URI": uri}
-    return serve(mlflow_ui_command(port), env, LOCALHOST, port, lambda: say(where_to_look(name, url, spec, log)),
-                 log=log)
+    url = tracking.runs_url(f"http://{UI_HOST}:{port}", experiment_id)
+    loopback = tracking.runs_url(f"http://{LOCALHOST}:{port}", experiment_id)
+    return serve(mlflow_ui_command(port), mlflow_ui_env(uri, port), LOCALHOST, port,
+                 lambda: say(where_to_look(name, url, spec, log, loopback)), log=log)

@@ -145,8 +145,8 @@ def runs_view(spec: dict[str, Any]) -> dict[str, Any]:
     columns = [f"params.`{p}`" for p in searched]
     columns += [f"tags.`{STATE_TAG}`", f"metrics.`{metric}`", f"metrics.`{seen_key(metric, mode)}`"]
     columns += [f"params.`{p}`" for p in paper]
-    # Narrower than MLflow's defaults: the searched values, the state and the metric fit beside the
-    # Assistant panel MLflow opens on a browser's first visit to a local server (a third of 1400 px).
+    # Narrower than MLflow's defaults: the searched values, the state and the metric fit in 1400 px
+    # also beside the Assistant panel MLflow opens on a first visit to 127.0.0.1 (study/cli/ui.py).
     widths = {"attributes.`Run Name`": 180, "runDateAndNestInfo": 110, **{c: 100 for c in columns[:len(searched)]},
               **{c: 90 for c in columns[len(searched):len(searched) + 2]}}
     return {"searchFilter": "", "orderByKey": f"metrics.`{metric}`", "orderByAsc": mode == "min",

@@ -108,3 +108,10 @@ def quick_study(ray_session, tmp_path_factory):
     state = runner.run(spec, loc)
     assert state == "completed"
     return loc
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under worksteal, the heavy modules spread over the workers and run first (tests/worker_order.py)."""
+    from worker_order import reorder
+
+    reorder(config, items)

@@ -243,6 +243,13 @@ def test_members_per_trial_follow_max_members_repeats_and_the_trials_that_can_ru
     assert population.configs_per_trial(_grid("off", fuse="off"), cfg, slots=1) == 1
     big = _grid("big", repeats=1)
     assert population.configs_per_trial(big, cfg, slots=1) == 4  # the whole grid: below the default cap
+    # As even as whole rounds of the slots allow: 25 configurations at up to 8 a trial on 2 slots
+    # train as 7, 7, 7, 4 (two rounds as long as a population of 7), not 8, 8, 8, 1 (the second
+    # round as long as 8, beside a population of 1).
+    lrs25 = {"lr": {"type": "grid", "values": [round(1e-4 * (k + 1), 6) for k in range(25)]}}
+    wide = _grid("wide", search=lrs25, max_members=16)
+    assert wide.trials == 25 and population.configs_per_trial(wide, cfg, slots=2) == 7
+    assert population.configs_per_trial(wide, cfg, slots=1) == 7  # one slot: the same 4 trials, evened out
     # The task's memory estimate bounds the default: a member of mem5 (T = 200) with minibatches of
     # 1000 in float64 keeps 4 x 200 x 1000 x 100 x 8 bytes = 640 MB of BPTT activations, and with
     # its minibatch and evaluation set about 720 MB: 2 fit 2 GiB (tests/test_memory_limits.py).

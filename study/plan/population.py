@@ -126,7 +126,10 @@ def configs_per_trial(spec: StudySpec, cfg: TaskConfig, slots: int, device: str 
     ``max_members`` (or the device's default, above) allows, and no more than fit ``budget``
     bytes by the task's estimate (``memory``, else ``cfg``'s) when given (a configuration's
     repeats never split), but no fewer trials than ``slots`` (trials that can run at once) while
-    there are configurations enough to fill them."""
+    there are configurations enough to fill them; and as even as whole rounds of ``slots`` allow:
+    the trials that size needs, rounded up to a multiple of ``slots``, share the configurations
+    (25 at up to 8 a trial on 2 slots: 7, 7, 7, 4, two rounds of the time of 7; not 8, 8, 8, 1,
+    whose second round trains one population of 8 beside one of 1)."""
     if spec.fuse == "off":
         return 1
     cap = spec.max_members or default_max_members(cfg, device, budget)
@@ -137,7 +140,11 @@ def configs_per_trial(spec: StudySpec, cfg: TaskConfig, slots: int, device: str 
         cap = min(cap, max(1, (int(budget) - est.shared_bytes) // est.member_bytes))
     per_trial = max(1, cap // spec.repeats)
     spread = math.ceil(spec.trials / max(1, slots))
-    return max(1, min(per_trial, spread))
+    per_trial = max(1, min(per_trial, spread))
+    if not math.isfinite(slots) or slots < 1:
+        return per_trial
+    trials = math.ceil(math.ceil(spec.trials / per_trial) / slots) * int(slots)
+    return max(1, math.ceil(spec.trials / trials))
 
 
 class AshaRule:

@@ -840,3 +840,16 @@ def test_a_best_lr_at_the_edge_is_flagged_unless_a_tie_inside_or_the_floor_brack
     # error 0 on every seed at the edge: nothing beyond the grid can do better
     row = tables.best_over(_members({1e-5: [0.0, 0.0], 1e-4: [0.1, 0.3], 1e-3: [0.9, 0.9]}), ["optimizer"]).iloc[0]
     assert row["best_lr"] == 1e-5 and row["error"] == 0 and not row["best_lr_at_edge"]
+
+
+def test_a_cell_that_learns_at_no_lr_tried_has_no_edge_to_widen_and_is_marked():
+    """On the bias-only plateau at every lr (addition's level is about 0.92), the lowest mean is
+    noise: no edge flag, the ‡ mark instead. A cell that learns keeps its edge flag."""
+    data = {"task": "addition", "seq_length": 20, "eval_cases": 1000}
+    flat = _members({1e-3: [0.91, 0.915], 1e-2: [0.92, 0.92], 1e-1: [0.93, 0.925]}).assign(**data)
+    row = tables.best_over(flat, ["optimizer"]).iloc[0]
+    assert row["best_lr"] == 1e-3 and not row["best_lr_at_edge"] and row["learns_at_no_lr"]
+    assert tables.display(tables.best_over(flat, ["optimizer"]))["best_lr"].iloc[0] == "0.001 ‡"
+    learning = _members({1e-3: [0.1, 0.12], 1e-2: [0.5, 0.6], 1e-1: [0.93, 0.925]}).assign(**data)
+    row = tables.best_over(learning, ["optimizer"]).iloc[0]
+    assert row["best_lr_at_edge"] and not row["learns_at_no_lr"]

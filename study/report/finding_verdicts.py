@@ -10,6 +10,7 @@ cells, grid edges) are found here and passed to the rule.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -18,7 +19,7 @@ import pandas as pd
 from study.report import protocol, tables
 from study.report.data import CONFIG_FIELDS
 from study.report.figures.style import fmt_value
-from study.report.findings import FINDINGS, Finding, Verdict, decide
+from study.report.findings import FINDINGS, NOT_TESTABLE, Finding, Verdict, decide
 from study.report.sections import paper_best_mu_max
 
 AXES = {"table1": ["optimizer", "mu_max"], "table2": ["optimizer", "mu_max"], "table3": ["optimizer", "init_scale"],
@@ -70,7 +71,7 @@ def judge(f: Finding, table_key: str, table: pd.DataFrame, members: pd.DataFrame
         return better, worse, decide([], [], f"the protocol cannot show it: {mismatch}")
     rows = _matching(table, group)
     keys = [k for k in AXES[table_key] if k in table] + list(group)
-    found, why = {}, []
+    found, why, scope = {}, [], []
     for name, cell, value in (("better", better, f.better_value), ("worse", worse, f.worse_value)):
         if any(k not in table for k in cell):
             why.append(f"{cell_text(cell)} not in the table")
@@ -84,13 +85,18 @@ def judge(f: Finding, table_key: str, table: pd.DataFrame, members: pd.DataFrame
             why.append(f"{cell_text(cell)} has no clean result ({row['result']})")
             continue
         found[name] = _seed_values(group_members, row, keys, value)
+        tried = f" ({row['lr_tried']})" if isinstance(row.get("lr_tried"), str) else ""
+        if tables.flagged(row.get(tables.LEARNS_AT_NO_LR)):
+            scope.append(f"{cell_text(cell)} learns at no lr tried{tried}")
         if tables.flagged(row.get("best_lr_at_edge")):
-            tried = f" ({row['lr_tried']})" if isinstance(row.get("lr_tried"), str) else ""
             why.append(f"the best lr of {cell_text(cell)}, {fmt_value(row['best_lr'])}, is at the edge of the lrs "
                        f"tried{tried}: not established until the grid is widened")
     if table_key == "table2":  # both values come from one row: its edge is said once
-        why = list(dict.fromkeys(why))
-    return better, worse, decide(found.get("better", []), found.get("worse", []), "; ".join(why) or None)
+        why, scope = list(dict.fromkeys(why)), list(dict.fromkeys(scope))
+    verdict = decide(found.get("better", []), found.get("worse", []), "; ".join(why) or None)
+    if scope and verdict.outcome != NOT_TESTABLE:  # what the verdict rests on, said with it
+        verdict = replace(verdict, reason=f"{verdict.reason}; {'; '.join(scope)}")
+    return better, worse, verdict
 
 
 def evaluate(table_key: str, table: pd.DataFrame, members: pd.DataFrame, task: str) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from study.report.data import family, rnn_warmup_updates
 from study.report.figures.style import fmt_value
 from study.report.figures.tables import table1_figure, table2_figure, table3_figure, table5_figure
 from study.report.published import load_published
+from study.report.verdict import LEARNS_NOT_ABOVE
 
 BEST_COLUMNS = {"result_cell": "error: mean ± 95% CI over seeds", "best_lr": "best lr", "seeds": "seeds",
                 "n_diverged": "diverged", "n_pruned": "pruned", "n_failed": "failed or unfinished", "n_members": "runs",
@@ -60,13 +61,22 @@ def paper_best_mu_max(task: str) -> float | None:
 
 
 def edge_note(table: pd.DataFrame) -> str:
-    """The legend of the edge mark, where a best lr sits at the edge of the lrs tried."""
+    """The legends of the edge mark, where a best lr sits at the edge of the lrs tried, and of the
+    mark of a row that learns at no lr tried."""
     n = sum(tables.flagged(v) for v in table.get("best_lr_at_edge", []))
-    if not n:
-        return ""
-    return (f" {tables.EDGE_MARK} **best lr at the edge of the lrs tried** ({n} of {len(table)} rows): the lowest or "
-            "highest lr run was best, so the best lr, and the error at it, are not established until the grid is "
-            "widened past it; findings resting on such a row are not testable.")
+    flat = sum(tables.flagged(v) for v in table.get(tables.LEARNS_AT_NO_LR, []))
+    note = ""
+    if n:
+        note += (f" {tables.EDGE_MARK} **best lr at the edge of the lrs tried** ({n} of {len(table)} rows): the lowest "
+                 "or highest lr run was best, so the best lr, and the error at it, are not established until the grid "
+                 "is widened past it; findings resting on such a row are not testable.")
+    if flat:
+        note += (f" {tables.FLAT_MARK} **learns at no lr tried** ({flat} of {len(table)} rows): every lr tried ended "
+                 f"at the bias-only level (the error above {LEARNS_NOT_ABOVE:g} times it), so which was lowest is the "
+                 "plateau's noise, "
+                 "not a best lr, and an edge there is not flagged; findings compare such a row as it is, within the "
+                 "lrs tried.")
+    return note
 
 
 def warmup_note(members: pd.DataFrame) -> str:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from study.report.published import published_row, published_value
 from study.report.importances import finite_optuna_study, importance_evaluator, importances  # noqa: F401
+from study.report.learning_range import bias_only_of, learns_at_no_lr
 from study.report.stats import mean_interval
 from study.report.sgd_shared import SGD_SHARED, with_shared_sgd
 
@@ -31,6 +32,9 @@ from study.report.sgd_shared import SGD_SHARED, with_shared_sgd
 UNFINISHED_OUTCOMES = ("failed", "running", "pending")
 # The mark of a best value at the edge of the values tried (tables and legend).
 EDGE_MARK = "†"
+# The mark of a cell that learns at no lr tried (study/report/learning_range.py), and its column.
+FLAT_MARK = "‡"
+LEARNS_AT_NO_LR = "learns_at_no_lr"
 
 
 def fmt(v: Any, digits: int = 4) -> str:
@@ -86,7 +90,7 @@ def best_over(members: pd.DataFrame, keys: Sequence[str], select: str = "lr") ->
     is chosen within each combination, never across them."""
     rows = []
     if members.empty:
-        return pd.DataFrame(columns=[*keys, f"best_{select}", f"best_{select}_at_edge", "error", "error_ci_low",
+        return pd.DataFrame(columns=[*keys, f"best_{select}", f"best_{select}_at_edge", LEARNS_AT_NO_LR, "error", "error_ci_low",
                                      "error_ci_high", "std", "min", "max", "seeds", "n_diverged", "n_pruned",
                                      "n_failed", "n_members", f"{select}_tried", "result"])
     for key, g in members.groupby(list(keys), dropna=False, sort=True):
@@ -99,10 +103,13 @@ def best_over(members: pd.DataFrame, keys: Sequence[str], select: str = "lr") ->
         n_fail = int(cands["n_failed"].sum())
         if len(clean):
             best, edge = _best_candidate(clean, select, cands[select].tolist())
+            # A cell on the bias-only plateau at every lr has no best lr to establish (learning_range.py).
+            flat = learns_at_no_lr(clean["mean"].astype(float).tolist(), bias_only_of(g))
             row.update(
                 {
                     f"best_{select}": best[select],
-                    f"best_{select}_at_edge": edge,
+                    f"best_{select}_at_edge": edge and not flat,
+                    LEARNS_AT_NO_LR: flat,
                     "error": best["mean"],
                     "error_ci_low": best["ci_low"],
                     "error_ci_high": best["ci_high"],
@@ -115,7 +122,7 @@ def best_over(members: pd.DataFrame, keys: Sequence[str], select: str = "lr") ->
             )
         else:
             row.update(
-                {f"best_{select}": None, f"best_{select}_at_edge": False, "error": math.nan, "error_ci_low": math.nan, "error_ci_high": math.nan,
+                {f"best_{select}": None, f"best_{select}_at_edge": False, LEARNS_AT_NO_LR: False, "error": math.nan, "error_ci_low": math.nan, "error_ci_high": math.nan,
                  "std": math.nan, "min": math.nan, "max": math.nan, "seeds": 0,
                  "result": "diverged" if n_div else _unfinished(g)}
             )
@@ -249,7 +256,8 @@ def table2(members: pd.DataFrame, task: str) -> pd.DataFrame:
     rows = []
     for _, b in best.iterrows():
         row: dict[str, Any] = {"optimizer": "nag", "mu_max": b["mu_max"], **{k: b[k] for k in others},
-                               "best_lr": b["best_lr"], "best_lr_at_edge": b["best_lr_at_edge"]}
+                               "best_lr": b["best_lr"], "best_lr_at_edge": b["best_lr_at_edge"],
+                               LEARNS_AT_NO_LR: b[LEARNS_AT_NO_LR]}
         sel = nag[(nag["mu_max"] == b["mu_max"]) & (nag["lr"] == b["best_lr"])]
         for k in others:
             sel = sel[sel[k].isna()] if b[k] is None else sel[sel[k] == b[k]]
@@ -277,7 +285,7 @@ def table2(members: pd.DataFrame, task: str) -> pd.DataFrame:
             }
         )
         rows.append(row)
-    return pd.DataFrame(rows, columns=["optimizer", "mu_max", *others, "best_lr", "best_lr_at_edge",
+    return pd.DataFrame(rows, columns=["optimizer", "mu_max", *others, "best_lr", "best_lr_at_edge", LEARNS_AT_NO_LR,
                                        "final_phase_updates", "before_step", "before", "before_ci_low",
                                        "before_ci_high", "after", "after_ci_low", "after_ci_high", "seeds",
                                        "n_without_before", "n_diverged", "n_pruned", "n_failed", "result",
@@ -420,6 +428,9 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
     if "best_lr_at_edge" in out and "best_lr" in out:
         out["best_lr"] = [f"{fmt(v)} {EDGE_MARK}" if flagged(edge) else v
                           for v, edge in zip(out["best_lr"], out["best_lr_at_edge"])]
+    if LEARNS_AT_NO_LR in out and "best_lr" in out:
+        out["best_lr"] = [f"{fmt(v)} {FLAT_MARK}" if flagged(flat) else v
+                          for v, flat in zip(out["best_lr"], out[LEARNS_AT_NO_LR])]
     if {"result", "error"} <= set(out.columns):
         out["result_cell"] = [_cell(r) for _, r in out.iterrows()] if len(out) else []
     for value in ("before", "after"):

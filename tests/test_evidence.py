@@ -76,6 +76,20 @@ def test_evidence_makes_each_report_from_scratch_and_indexes_its_verdicts(ray_se
     assert row["created_at"] > created  # deleted and made again, not resumed or appended to
     assert len(trials) == 4
 
+    # --reports-only: the report remade from the records with this code, the study not rerun; the
+    # run's provenance kept (here made to look older) and the remaking said.
+    prov_path = out / "ev_a" / "provenance.json"
+    prov = json.loads(prov_path.read_text())
+    prov_path.write_text(json.dumps({**prov, "code_version": "0.1.0+gold"}))
+    (out / "ev_a" / "report.md").unlink()
+    remade = study_in_process(*args, "--reports-only", env=env)
+    assert remade.returncode == 0 and "1 reports remade" in remade.stdout, remade.stdout + remade.stderr
+    assert queries.study_with_trials(url, "ev_a")[0]["created_at"] == row["created_at"]
+    assert f"by `study evidence --reports-only` with {code_version()}" in (out / "ev_a" / "report.md").read_text()
+    kept = json.loads(prov_path.read_text())
+    assert kept["report_version"] == code_version() and kept["wall_seconds"] == prov["wall_seconds"]
+    assert f"Code version 0.1.0+gold (report made by {code_version()})" in (out / "README.md").read_text()
+
 
 def test_evidence_refuses_a_bad_manifest_before_any_work(study_env, tmp_path):
     out = tmp_path / "results"

@@ -151,6 +151,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="NAME", help="make only this study (repeatable); the index "
                    "still lists every study of the manifest")
     p.add_argument("--plan", action="store_true", help="list the studies and their expected wall time; run nothing")
+    p.add_argument("--reports-only", action="store_true", help="remake the reports of the studies already made, from "
+                   "their records, with this code (nothing is rerun; each report names the code its study ran on)")
 
     p = sub.add_parser("best", help="write a spec that reruns a study's best configuration with new seeds (or longer)")
     p.add_argument("name")

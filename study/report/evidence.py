@@ -87,6 +87,7 @@ class Provenance:
     cpus: int
     load_before: list[float]
     load_after: list[float]
+    report_version: str | None = None  # the code that made the report, where not the run's (--reports-only)
 
     def markdown(self) -> list[str]:
         load = ", ".join(f"{x:.1f}" for x in self.load_before)
@@ -97,7 +98,11 @@ class Provenance:
             "```",
             *self.commands,
             "```",
-        ]
+        ] + ([] if self.report_version in (None, self.code_version) else [
+            "",
+            f"This report was remade from the study's records, without rerunning it, by `study evidence "
+            f"--reports-only` with {self.report_version}.",
+        ])
 
 
 def fmt_minutes(seconds: float) -> str:
@@ -171,6 +176,25 @@ def run_one(entry: Entry, studies_dir: Path, out_root: Path, say: Callable[[str]
     return prov
 
 
+def remake_report(entry: Entry, studies_dir: Path, out_root: Path, say: Callable[[str], None]) -> Provenance | None:
+    """The report of a study `study evidence` made earlier, built again from its records with this
+    code (after a change to the reports): its provenance (the run's code version, commands, wall
+    time) is kept, and the report's header names both the code the study ran on and this code.
+    None where the study or its provenance is not there (it was never made here)."""
+    from study.report.build import build_report
+
+    path = out_root / entry.name / PROVENANCE_FILE
+    if not path.is_file() or not (studies_dir / entry.name).is_dir():
+        say(f"{entry.name}: not made yet (no study in {studies_dir} or no {path}): skipped")
+        return None
+    prov = Provenance(**json.loads(path.read_text()))
+    prov.report_version = code_version()
+    rep = build_report(entry.name, str(studies_dir), None, out_root / entry.name, provenance=prov.markdown())
+    path.write_text(json.dumps(asdict(prov), indent=2) + "\n")
+    say(f"{entry.name}: report remade with {code_version()}, {rep.out_dir / 'report.md'}")
+    return prov
+
+
 def _findings(report_dir: Path) -> pd.DataFrame:
     path = report_dir / "findings.csv"
     return pd.read_csv(path, dtype=str).fillna("") if path.is_file() else pd.DataFrame()
@@ -218,7 +242,9 @@ def write_index(manifest: Manifest, entries: list[Entry], out_root: Path) -> Pat
     for e, p in made:
         state = "" if p.run_exit_status == 0 else f" `study run` ended with exit status {p.run_exit_status}."
         md += [f"### [{e.name}]({e.name}/report.md)", "", _cell(e.description), "", e.why.strip(), "",
-               f"Code version {p.code_version}; {fmt_minutes(p.wall_seconds)} of wall time from {p.started} UTC on "
+               f"Code version {p.code_version}"
+               + (f" (report made by {p.report_version})" if p.report_version not in (None, p.code_version) else "")
+               + f"; {fmt_minutes(p.wall_seconds)} of wall time from {p.started} UTC on "
                f"{p.cpus} core(s), load average {p.load_before[0]:.1f} at the start.{state}", "",
                "```", *p.commands, "```", ""]
     path = out_root / "README.md"
@@ -227,7 +253,7 @@ def write_index(manifest: Manifest, entries: list[Entry], out_root: Path) -> Pat
 
 
 def evidence(manifest_path: Path, out_root: Path, studies_dir: Path, only: list[str] | None,
-             say: Callable[[str], None]) -> tuple[Path, list[Provenance]]:
+             say: Callable[[str], None], reports_only: bool = False) -> tuple[Path, list[Provenance]]:
     manifest, entries = load_manifest(manifest_path)
     names = [e.name for e in entries]
     unknown = sorted(set(only or []) - set(names))
@@ -238,7 +264,11 @@ def evidence(manifest_path: Path, out_root: Path, studies_dir: Path, only: list[
     studies_dir.mkdir(parents=True, exist_ok=True)
     runs = []
     for e in chosen:
-        runs.append(run_one(e, studies_dir, out_root, say))
+        if reports_only:
+            prov = remake_report(e, studies_dir, out_root, say)
+            runs += [prov] if prov else []
+        else:
+            runs.append(run_one(e, studies_dir, out_root, say))
         write_index(manifest, entries, out_root)  # after each study: an interrupted set keeps what it made
     return write_index(manifest, entries, out_root), runs
 
@@ -265,6 +295,11 @@ def command(args: Any, out: Any, err: Any) -> int:
             out.print(line, highlight=False, soft_wrap=True)
         return 0
     say: Callable[[str], None] = lambda s: out.print(f"evidence: {s}", highlight=False, soft_wrap=True)  # noqa: E731
-    index, runs = evidence(manifest_path, Path(args.out), Path(args.dir or DEFAULT_STUDIES), args.only, say)
+    reports_only = bool(getattr(args, "reports_only", False))
+    index, runs = evidence(manifest_path, Path(args.out), Path(args.dir or DEFAULT_STUDIES), args.only, say,
+                           reports_only=reports_only)
+    if reports_only:
+        say(f"{len(runs)} reports remade; index {index}")
+        return 0
     say(f"{len(runs)} studies made, {fmt_minutes(sum(p.wall_seconds for p in runs))}; index {index}")
     return 0 if all(p.run_exit_status == 0 for p in runs) else 1

@@ -8,7 +8,7 @@ m ± t * s / sqrt(n), with t the 0.975 quantile of Student's t with n - 1 degree
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 from scipy import stats
@@ -35,4 +35,13 @@ def mean_interval(values: Iterable[float], level: float = LEVEL) -> tuple[float,
     return mean, sd, mean - half, mean + half
 
 
-__all__ = ["LEVEL", "mean_interval", "t_quantile"]
+def fmt(v: Any, digits: int = 4) -> str:
+    """A table cell's number: ``digits`` significant digits; '' for None and NaN."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.{digits}g}"
+    return str(v)
+
+
+__all__ = ["LEVEL", "fmt", "mean_interval", "t_quantile"]

@@ -20,6 +20,7 @@ machine) there is no level: ``None`` and the reason.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 # The config fields a bias-only level depends on: the task and the cases its error is scored on.
@@ -40,4 +41,17 @@ def bias_only_error(config: dict[str, Any]) -> tuple[float | None, str]:
         return None, f"no bias-only level: the {task} data could not be read here ({exc})"
 
 
-__all__ = ["bias_only_error"]
+def member_data_config(row: Any) -> dict[str, Any]:
+    """A member row's data settings (``DATA_FIELDS``, of a members frame) as the training config
+    takes them: gaps as None, counts as ints (pandas reads integer columns with gaps as floats)."""
+    config = {}
+    for k in DATA_FIELDS:
+        v = row.get(k) if hasattr(row, "get") else None
+        v = None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+        if v is not None and k in ("train_cases", "eval_cases", "seq_length"):
+            v = int(v)
+        config[k] = v
+    return config
+
+
+__all__ = ["DATA_FIELDS", "bias_only_error", "member_data_config"]

@@ -20,7 +20,7 @@ import pandas as pd
 from study.code_version import code_version
 from study.locations import resolve
 from study.report import figures, protocol, tables, time_to_target
-from study.report.bias_only import bias_only_error
+from study.report.bias_only import DATA_FIELDS, bias_only_error, member_data_config
 from study.report.data import StudyData, family, load_study, rnn_warmup_updates
 from study.report.figures.curves import curves_figure
 from study.report.figures.search import importance_figure, optuna_slice_figure, sensitivity_figure
@@ -130,13 +130,10 @@ def curve_marks(members: pd.DataFrame, task: str) -> tuple[list[tuple[float, str
     for start in sorted({int(u - f) for u, f in zip(finals["updates"], finals["final_phase_updates"])}):
         phases.append((start, f"final phase, mu <= 0.9 (from update {start:,})"))
     levels: list[tuple[float, str, str]] = []
-    configs = members.drop_duplicates(["task", "dataset", "data_dir", "train_cases", "eval_cases", "seq_length"])
+    configs = members.drop_duplicates(list(DATA_FIELDS))
     for _, c in configs.iterrows():
-        config = {k: (None if pd.isna(c[k]) else c[k]) for k in
-                  ("dataset", "data_dir", "train_cases", "eval_cases", "seq_length")}
-        config = {k: (int(v) if k in ("train_cases", "eval_cases", "seq_length") and v is not None else v)
-                  for k, v in config.items()}
-        level, how = bias_only_error({"task": task, **config})
+        config = {**member_data_config(c), "task": task}
+        level, how = bias_only_error(config)
         if level is None:
             notes.append(how)
             continue

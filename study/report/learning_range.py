@@ -11,35 +11,20 @@ as it is, within the lrs tried, which the table lists.
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any, Sequence
+from typing import Sequence
 
 import pandas as pd
 
-from study.report.bias_only import DATA_FIELDS, bias_only_error
+from study.report.bias_only import bias_only_error, member_data_config
 from study.report.verdict import LEARNS_NOT_ABOVE
 
 
-@lru_cache(maxsize=64)
-def _level(key: tuple[tuple[str, Any], ...]) -> float | None:
-    return bias_only_error(dict(key))[0]
-
-
-def _plain(v: Any) -> Any:
-    """A stored value as the training config takes it (pandas reads integer columns with gaps as floats)."""
-    if hasattr(v, "item"):
-        v = v.item()
-    return int(v) if isinstance(v, float) and v.is_integer() else v
-
-
 def bias_only_of(group: pd.DataFrame) -> float | None:
-    """The bias-only level of a cell's members (their task and data settings), or None where the
-    members carry no task or its data cannot be read here."""
+    """The bias-only level of a cell's members (their task and data settings; the tasks cache
+    it), or None where the members carry no task or its data cannot be read here."""
     if group.empty or "task" not in group or pd.isna(group["task"].iloc[0]):
         return None
-    row = group.iloc[0]
-    key = tuple((k, _plain(row[k])) for k in DATA_FIELDS if k in group and not pd.isna(row[k]))
-    return _level(key)
+    return bias_only_error(member_data_config(group.iloc[0]))[0]
 
 
 def learns_at_no_lr(means: Sequence[float], level: float | None) -> bool:

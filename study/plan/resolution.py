@@ -10,29 +10,17 @@ the paper publishes for its task (``spec_warnings``); the report says so beside 
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import yaml
 
+from study.published import load_published
 from study.spec.expand import param_name, task_config_dict
 from trainables.config import ConfigError, TaskConfig, parse_config
 from trainables.tasks import task_for
 
 if TYPE_CHECKING:
     from study.spec.model import StudySpec
-
-# The file study/report/published.py reads, read here directly: `study plan` stays free of the
-# report's imports (matplotlib).
-PUBLISHED_FILE = Path(__file__).resolve().parents[1] / "published_results.yaml"
-
-
-@functools.lru_cache(maxsize=1)
-def load_published() -> dict[str, Any]:
-    return yaml.safe_load(PUBLISHED_FILE.read_text())
-
 
 # The paper's tables of final errors (the bias-only rows are levels, not results to resolve).
 RESULT_TABLES = ("table1", "table3", "table5")

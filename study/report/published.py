@@ -7,18 +7,9 @@ are spelled out next to them, so a reduced reproduction is never read as the pap
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-PUBLISHED_FILE = Path(__file__).resolve().parents[1] / "published_results.yaml"
-
-
-@functools.lru_cache(maxsize=4)
-def load_published(path: str | None = None) -> dict[str, Any]:
-    return yaml.safe_load(Path(path or PUBLISHED_FILE).read_text())
+from study.published import PUBLISHED_FILE, load_published  # noqa: F401  (the reports' own names)
 
 
 def _close(a: float, b: float) -> bool:

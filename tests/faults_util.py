@@ -72,7 +72,6 @@ def driver_env(root: Path, ray_address: str | None = None, **extra: str) -> dict
     env.update(
         MOMENTUM_STUDY_DIR=str(root),
         TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
-        MOMENTUM_STUDY_SYSTEM_METRICS_INTERVAL="0.2",
         RAY_USAGE_STATS_ENABLED="0",
     )
     env.update(extra)

@@ -140,7 +140,7 @@ def test_checkpoint_moves_the_write_ahead_log_into_the_database_file(tmp_path):
     assert results.checkpoint("postgresql://u@127.0.0.1:1/x") is None
 
 
-def test_a_study_that_ended_has_its_whole_database_in_results_db(tmp_path):
+def test_a_study_that_ended_has_its_whole_database_in_results_db(ray_session, tmp_path):
     """SQLite folds the write-ahead log into the file only when the last connection closes: a
     driver killed after its study ended (a hung exit, a scheduler's kill) left the end of the study
     in results.db-wal, and results.db alone, copied, lacked it. The driver now checkpoints when the
@@ -150,7 +150,8 @@ def test_a_study_that_ended_has_its_whole_database_in_results_db(tmp_path):
 
     root = tmp_path / "studies"
     log = tmp_path / "driver.log"
-    driver = Driver(["run", str(_spec_file(tmp_path, "whole", num_samples=2))], driver_env(root), log)
+    # On the session's Ray: what is checked is the driver's own database connections.
+    driver = Driver(["run", str(_spec_file(tmp_path, "whole", num_samples=2))], driver_env(root, ray_session), log)
     try:
         wait_for("the study's end", lambda: "study whole completed" in log.read_text(), driver, timeout=600)
         os.killpg(driver.proc.pid, signal.SIGSTOP)  # it cannot close a connection from here on

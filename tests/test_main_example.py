@@ -1,7 +1,9 @@
 """The README's main example (search_spaces/quick.yaml) and the verdict that ends it (study/report/verdict.py).
 
 The verdict logic runs on results databases built here with study.record.results (no Ray); the shipped
-spec runs for real (local Ray, SQLite, MLflow) at a reduced budget, twice, as `make run` does.
+spec runs for real (local Ray, SQLite, MLflow) at a reduced budget, then is deleted as `make run` does
+before its next run (that a deleted study's name runs anew in the same stores:
+tests/test_cli_output.py::test_delete_asks_then_removes_rows_optuna_mlflow_and_the_tune_directory).
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def test_shipped_quick_spec_is_a_momentum_by_init_grid_whose_momentum_applies_fr
     assert 1.1 in spec.search["spectral_radius"].values and min(spec.search["spectral_radius"].values) < 1.0
 
 
-def test_quick_study_at_a_reduced_budget_ends_with_its_verdict_and_runs_again_after_delete(
+def test_quick_study_at_a_reduced_budget_ends_with_its_verdict_and_is_deleted_as_make_run_does(
     ray_session, study_env, tmp_path
 ):
     spec = yaml.safe_load(QUICK.read_text())
@@ -154,43 +156,45 @@ def test_quick_study_at_a_reduced_budget_ends_with_its_verdict_and_runs_again_af
     n = len(spec["search"]["mu_max"]["values"]) * len(spec["search"]["spectral_radius"]["values"])
     env = {**os.environ, "RAY_ADDRESS": ray_session}
 
-    # As `make run` does, in processes of their own: delete the previous quick study, then run; twice.
-    for attempt in (1, 2):
-        if (study_env / "quick").exists():
-            deleted = subprocess.run([STUDY_BIN, "delete", "quick", "--yes"], capture_output=True, text=True, env=env)
-            assert deleted.returncode == 0, deleted.stdout + deleted.stderr
-        run = subprocess.run([STUDY_BIN, "run", str(path)], capture_output=True, text=True, env=env, timeout=600)
-        assert run.returncode == 0, f"run {attempt}: {run.stdout}{run.stderr}"
-        lines = run.stdout.strip().splitlines()
-        assert lines[-3].startswith("  next: study status quick"), run.stdout
-        best = re.fullmatch(r"best configuration: mu_max (\S+), spectral_radius (\S+): error (\S+) "
-                            r"\(seeds: \S+, \S+\); bias-only (\S+)", lines[-2])
-        assert best, lines[-2]
-        verdict = re.fullmatch(rf"verdict: mu_max {re.escape(best[1])}, spectral_radius {re.escape(best[2])} "
-                               rf"(learns|learns a little|does not) \(error {re.escape(best[3])} vs bias-only "
-                               rf"{re.escape(best[4])}\); with mu_max \S+: .*; with spectral_radius \S+: .*; "
-                               rf"\d of {n} configurations learn", lines[-1])
-        assert verdict, lines[-1]
-        # The printed figures against the raw metric points, read with plain SQL rather than the
-        # reporting code: the best configuration is the one whose seeds' mean error at its last
-        # step is smallest, none diverged; the bias-only level is addition's closed form.
-        con = sqlite3.connect(f"file:{study_env / 'quick' / 'results.db'}?mode=ro", uri=True)
-        try:
-            rows = con.execute(
-                "SELECT t.params, p.member, p.error, p.status FROM ms_trials t JOIN ms_metric_points p "
-                "ON p.trial_pk = t.id WHERE p.step = (SELECT MAX(q.step) FROM ms_metric_points q "
-                "WHERE q.trial_pk = t.id)").fetchall()
-        finally:
-            con.close()
-        per_config: dict[str, list] = {}
-        for params, member, error, status in rows:
-            per_config.setdefault(params, []).append((member, error, status))
-        assert len(per_config) == n
-        clean = {p: [e for _, e, _ in sorted(ms)] for p, ms in per_config.items()
-                 if all(st != "diverged" for _, _, st in ms)}
-        params, errors = min(clean.items(), key=lambda kv: sum(kv[1]) / len(kv[1]))
-        params = json.loads(params)
-        assert (best[1], best[2]) == (f"{params['mu_max']:.3g}", f"{params['spectral_radius']:.3g}"), lines[-2]
-        assert best[3] == f"{sum(errors) / len(errors):.3g}", (lines[-2], errors)
-        assert lines[-2].endswith(f"(seeds: {', '.join(f'{e:.3g}' for e in errors)}); bias-only {best[4]}")
-        assert float(best[4]) == pytest.approx(ADDITION_BIAS_ONLY, abs=ADDITION_BIAS_ONLY_TOL)
+    # As `make run` does, in a process of its own.
+    run = subprocess.run([STUDY_BIN, "run", str(path)], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert lines[-3].startswith("  next: study status quick"), run.stdout
+    best = re.fullmatch(r"best configuration: mu_max (\S+), spectral_radius (\S+): error (\S+) "
+                        r"\(seeds: \S+, \S+\); bias-only (\S+)", lines[-2])
+    assert best, lines[-2]
+    verdict = re.fullmatch(rf"verdict: mu_max {re.escape(best[1])}, spectral_radius {re.escape(best[2])} "
+                           rf"(learns|learns a little|does not) \(error {re.escape(best[3])} vs bias-only "
+                           rf"{re.escape(best[4])}\); with mu_max \S+: .*; with spectral_radius \S+: .*; "
+                           rf"\d of {n} configurations learn", lines[-1])
+    assert verdict, lines[-1]
+    # The printed figures against the raw metric points, read with plain SQL rather than the
+    # reporting code: the best configuration is the one whose seeds' mean error at its last
+    # step is smallest, none diverged; the bias-only level is addition's closed form.
+    con = sqlite3.connect(f"file:{study_env / 'quick' / 'results.db'}?mode=ro", uri=True)
+    try:
+        rows = con.execute(
+            "SELECT t.params, p.member, p.error, p.status FROM ms_trials t JOIN ms_metric_points p "
+            "ON p.trial_pk = t.id WHERE p.step = (SELECT MAX(q.step) FROM ms_metric_points q "
+            "WHERE q.trial_pk = t.id)").fetchall()
+    finally:
+        con.close()
+    per_config: dict[str, list] = {}
+    for params, member, error, status in rows:
+        per_config.setdefault(params, []).append((member, error, status))
+    assert len(per_config) == n
+    clean = {p: [e for _, e, _ in sorted(ms)] for p, ms in per_config.items()
+             if all(st != "diverged" for _, _, st in ms)}
+    params, errors = min(clean.items(), key=lambda kv: sum(kv[1]) / len(kv[1]))
+    params = json.loads(params)
+    assert (best[1], best[2]) == (f"{params['mu_max']:.3g}", f"{params['spectral_radius']:.3g}"), lines[-2]
+    assert best[3] == f"{sum(errors) / len(errors):.3g}", (lines[-2], errors)
+    assert lines[-2].endswith(f"(seeds: {', '.join(f'{e:.3g}' for e in errors)}); bias-only {best[4]}")
+    assert float(best[4]) == pytest.approx(ADDITION_BIAS_ONLY, abs=ADDITION_BIAS_ONLY_TOL)
+
+    # `make run` deletes the previous quick study before it runs again: in a process of its own,
+    # everything of the study goes (its rows, its Optuna and MLflow stores, the Tune directory).
+    deleted = subprocess.run([STUDY_BIN, "delete", "quick", "--yes"], capture_output=True, text=True, env=env)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert not (study_env / "quick").exists()

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from study.report.learning_range import bias_only_of, learns_at_no_lr
-from study.report.stats import fmt, mean_interval
+from study.report.stats import fmt, mean_interval, or_none
 
 # Pruned (stopped early by the scheduler, e.g. ASHA) is counted apart from failed (crashed) and
 # unfinished (running, pending): a pruned member did not fail, it was judged unpromising.
@@ -28,10 +28,6 @@ EDGE_MARK = "†"
 # The mark of a cell that learns at no lr tried (study/report/learning_range.py), and its column.
 FLAT_MARK = "‡"
 LEARNS_AT_NO_LR = "learns_at_no_lr"
-
-
-def _key_value(v: Any) -> Any:
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
 
 def lr_candidates(group: pd.DataFrame, select: str = "lr") -> pd.DataFrame:
@@ -51,7 +47,7 @@ def lr_candidates(group: pd.DataFrame, select: str = "lr") -> pd.DataFrame:
         mean, sd, low, high = mean_interval(done) if clean else (math.nan,) * 4
         rows.append(
             {
-                select: _key_value(value),
+                select: or_none(value),
                 "n": n,
                 "n_diverged": n_div,
                 "n_pruned": n_pruned,
@@ -82,7 +78,7 @@ def best_over(members: pd.DataFrame, keys: Sequence[str], select: str = "lr") ->
         key = key if isinstance(key, tuple) else (key,)
         cands = lr_candidates(g, select)
         clean = cands[cands["clean"]]
-        row: dict[str, Any] = {k: _key_value(v) for k, v in zip(keys, key)}
+        row: dict[str, Any] = {k: or_none(v) for k, v in zip(keys, key)}
         n_div = int(cands["n_diverged"].sum())
         n_pruned = int(cands["n_pruned"].sum())
         n_fail = int(cands["n_failed"].sum())

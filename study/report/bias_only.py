@@ -20,8 +20,9 @@ machine) there is no level: ``None`` and the reason.
 
 from __future__ import annotations
 
-import math
 from typing import Any
+
+from study.report.stats import or_none
 
 # The config fields a bias-only level depends on: the task and the cases its error is scored on.
 DATA_FIELDS = ("task", "dataset", "data_dir", "train_cases", "eval_cases", "seq_length")
@@ -46,8 +47,7 @@ def member_data_config(row: Any) -> dict[str, Any]:
     takes them: gaps as None, counts as ints (pandas reads integer columns with gaps as floats)."""
     config = {}
     for k in DATA_FIELDS:
-        v = row.get(k) if hasattr(row, "get") else None
-        v = None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+        v = or_none(row.get(k))
         if v is not None and k in ("train_cases", "eval_cases", "seq_length"):
             v = int(v)
         config[k] = v

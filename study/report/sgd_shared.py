@@ -3,10 +3,10 @@ grid that ran it as CM only (study/spec/expand.py, ``sgd_duplicates``) are liste
 
 from __future__ import annotations
 
-import math
-from typing import Any
 
 import pandas as pd
+
+from study.report.stats import or_none
 
 SGD_SHARED = "sgd_shared"
 
@@ -28,7 +28,7 @@ def with_shared_sgd(members: pd.DataFrame) -> pd.DataFrame:
               and c not in NOT_SETTINGS]
 
     def setting(row: pd.Series) -> tuple:
-        return tuple(repr(_plain(row[c])) for c in fields)
+        return tuple(repr(or_none(row[c])) for c in fields)
 
     cm, nag = SGD_TWINS
     ran = {setting(r) for _, r in out[zero & (out["optimizer"] == nag)].iterrows()}
@@ -38,10 +38,6 @@ def with_shared_sgd(members: pd.DataFrame) -> pd.DataFrame:
     out.loc[shared, SGD_SHARED] = True
     twins = out.loc[shared].assign(optimizer=nag)
     return pd.concat([out, twins], ignore_index=True)
-
-
-def _plain(v: Any) -> Any:
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
 
 __all__ = ["SGD_SHARED", "with_shared_sgd"]

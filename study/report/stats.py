@@ -11,13 +11,24 @@ import math
 from typing import Any, Iterable
 
 import numpy as np
-from scipy import stats
 
 LEVEL = 0.95
 
 
+def missing(v: Any) -> bool:
+    """None or NaN: a gap in a stored value (pandas reads a column's gaps as NaN)."""
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def or_none(v: Any) -> Any:
+    """``v``, with a gap (None or NaN) as None."""
+    return None if missing(v) else v
+
+
 def t_quantile(n: int, level: float = LEVEL) -> float:
     """The two-sided ``level`` quantile of Student's t with n - 1 degrees of freedom (n >= 2)."""
+    from scipy import stats  # here: verdict.py, at the end of `study run`, needs only missing()
+
     return float(stats.t.ppf(0.5 + level / 2, n - 1))
 
 
@@ -37,11 +48,11 @@ def mean_interval(values: Iterable[float], level: float = LEVEL) -> tuple[float,
 
 def fmt(v: Any, digits: int = 4) -> str:
     """A table cell's number: ``digits`` significant digits; '' for None and NaN."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if missing(v):
         return ""
     if isinstance(v, (float, np.floating)):
         return f"{float(v):.{digits}g}"
     return str(v)
 
 
-__all__ = ["LEVEL", "fmt", "mean_interval", "t_quantile"]
+__all__ = ["LEVEL", "fmt", "mean_interval", "missing", "or_none", "t_quantile"]

@@ -38,6 +38,8 @@ from typing import Any
 
 import yaml
 
+from study.report.stats import missing
+
 LEARNS_BELOW = 0.5
 LEARNS_NOT_ABOVE = 0.9
 # Metrics that share the bias-only level's unit (the paper's reported error).
@@ -193,11 +195,11 @@ def study_verdict(name: str, directory: str | None = None, results_db: str | Non
         config = t["config"] or {}
         last = points[(points["trial_id"] == t["trial_id"]) & (points["step"] == t["last_step"])]
         seed_errors = tuple(
-            (None if _missing(p["seed"]) else int(p["seed"]),
-             None if p["status"] == "diverged" or _missing(p["error"]) else float(p["error"]))
+            (None if missing(p["seed"]) else int(p["seed"]),
+             None if p["status"] == "diverged" or missing(p["error"]) else float(p["error"]))
             for _, p in last.sort_values("member").iterrows()
         )
-        diverged = t["state"] == "diverged" or (t["members_diverged"] or 0) > 0 or _missing(t["metric_value"])
+        diverged = t["state"] == "diverged" or (t["members_diverged"] or 0) > 0 or missing(t["metric_value"])
         level = None
         if metric in ERROR_METRICS and mode == "min":
             level = bias_only_error(_member_config(config))[0]
@@ -207,7 +209,7 @@ def study_verdict(name: str, directory: str | None = None, results_db: str | Non
             error=None if diverged else float(t["metric_value"]),
             seed_errors=seed_errors,
             bias_only=level,
-            members_diverged=0 if _missing(t["members_diverged"]) else int(t["members_diverged"]),
+            members_diverged=0 if missing(t["members_diverged"]) else int(t["members_diverged"]),
         ))
     sign = 1.0 if mode == "min" else -1.0
     settings.sort(key=lambda s: (s.diverged, s.seeds_diverged, sign * s.error if s.error is not None else 0.0))
@@ -218,10 +220,6 @@ def _member_config(config: dict[str, Any]) -> dict[str, Any]:
     # A population's config holds lists (one value per seed); the bias-only level depends only on
     # the task and its data, which every member shares.
     return {k: (v[0] if isinstance(v, list) and v else v) for k, v in config.items()}
-
-
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 __all__ = ["Setting", "Verdict", "study_verdict", "LEARNS_BELOW", "LEARNS_NOT_ABOVE"]
